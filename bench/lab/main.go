@@ -1,0 +1,130 @@
+// Command lab shows go-pmtud doing its job, on this machine, in network
+// namespaces it creates and deletes again:
+//
+//	client ──(MTU 1400)── router ──(MTU 9000)── node A, node B (anycast 198.18.100.1)
+//
+// Node A serves a download from the anycast address; the router's
+// "fragmentation needed" for it lands on node B. The lab downloads once
+// without go-pmtud (it stalls: A never learns the path MTU), then starts
+// go-pmtud on B with A as its peer and downloads again (it completes), and
+// prints A's route to the client and the relay's counters each time.
+//
+// Run it as root: sudo go run ./bench/lab
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/go-pmtud/go-pmtud"
+	"github.com/go-pmtud/go-pmtud/bench/netlab"
+	"github.com/go-pmtud/go-pmtud/nl"
+)
+
+func main() {
+	size := flag.Int("size", 4<<20, "bytes to download")
+	mtu := flag.Int("mtu", 1400, "MTU of the router's link to the client")
+	stall := flag.Duration("stall", 3*time.Second, "a download that makes no progress this long has stalled")
+	flag.Parse()
+	if err := run(*size, *mtu, *stall); err != nil {
+		fmt.Fprintln(os.Stderr, "lab:", err)
+		os.Exit(1)
+	}
+}
+
+func run(size, mtu int, stall time.Duration) error {
+	lab, err := netlab.New("pmtud-lab")
+	if err != nil {
+		return err
+	}
+	defer lab.Close()
+	// Delete the namespaces on Ctrl-C too.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() { <-sig; lab.Close(); os.Exit(130) }()
+
+	c, err := netlab.BuildCluster(lab, 2, mtu)
+	if err != nil {
+		return err
+	}
+	a, b := c.Nodes[0], c.Nodes[1]
+	client := netlab.ClientAddr.String()
+	fmt.Printf("lab: client %s ── MTU %d ── router ── MTU %d ── node A %s, node B %s; anycast %s\n\n",
+		client, mtu, netlab.ClusterMTU, netlab.NodeAddr(0), netlab.NodeAddr(1), netlab.Anycast)
+
+	route := func() string {
+		out, err := a.Run("ip", "route", "get", client)
+		if err != nil {
+			return err.Error()
+		}
+		return strings.Join(strings.Fields(out), " ")
+	}
+	download := func() {
+		start := time.Now()
+		n, err := c.Transfer(size, stall)
+		switch {
+		case err != nil:
+			fmt.Printf("  download: %v\n", err)
+		case n == size:
+			fmt.Printf("  download: %d of %d bytes, complete in %v\n", n, size, time.Since(start).Round(time.Millisecond))
+		default:
+			fmt.Printf("  download: %d of %d bytes, stalled (no progress for %v)\n", n, size, stall)
+		}
+	}
+
+	fmt.Println("1. without go-pmtud")
+	fmt.Printf("  A before: ip route get %s: %s\n", client, route())
+	download()
+	fmt.Printf("  A after:  ip route get %s: %s\n\n", client, route())
+
+	fmt.Println("2. with go-pmtud on B (peer: A)")
+	if err := netlab.InstallNFLOGRule(b, 33); err != nil {
+		return err
+	}
+	fmt.Printf("  B: iptables %s\n", strings.Join(netlab.NFLOGRule(33), " "))
+	var relay *pmtud.Relay
+	if err := b.Do(func() (err error) {
+		relay, err = pmtud.New(pmtud.Config{
+			NodeName:   "node-b",
+			Source:     netlab.NodeAddr(1),
+			LocalAddrs: []netip.Addr{netlab.NodeAddr(1), netlab.Anycast},
+			Peers:      []netip.Addr{netlab.NodeAddr(0)},
+			TTL:        10,
+			NFLOG:      nl.Config{Group: 33},
+		}, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+		return err
+	}); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(ctx) }()
+	fmt.Printf("  A before: ip route get %s: %s\n", client, route())
+	download()
+	fmt.Printf("  A after:  ip route get %s: %s\n", client, route())
+	cancel()
+	if err := <-done; err != nil {
+		return err
+	}
+
+	fmt.Println("\n  go-pmtud counters on B:")
+	var buf bytes.Buffer
+	relay.WritePrometheus(&buf)
+	for sc := bufio.NewScanner(&buf); sc.Scan(); {
+		line := sc.Text()
+		if strings.HasPrefix(line, "go_pmtud_") && !strings.HasSuffix(line, " 0") && !strings.Contains(line, "_bucket") {
+			fmt.Println("   ", line)
+		}
+	}
+	return nil
+}

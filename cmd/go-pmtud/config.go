@@ -1,0 +1,272 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-pmtud/go-pmtud"
+	"github.com/go-pmtud/go-pmtud/nl"
+)
+
+// options are the command line as given, before resolution.
+type options struct {
+	peers          string
+	iface          string
+	nodeName       string
+	group          uint
+	metricsPort    uint
+	metricsAddress string
+	ttl            int
+	ignoreNetworks string
+	logLevel       string
+	relay          string
+	qthreshold     uint
+	timeout        time.Duration
+	bufsize        uint
+}
+
+// settings is the resolved configuration of one run.
+type settings struct {
+	relay       pmtud.Config
+	metricsAddr string // host:port, empty to serve no metrics
+	logLevel    slog.Level
+}
+
+// envName returns the environment variable that can set flag name.
+func envName(name string) string {
+	return "PMTUD_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+// parseFlags parses args (without the program name), then fills every flag
+// not given on the command line from its PMTUD_<NAME> environment variable.
+func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("go-pmtud", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.peers, "peers", "", "comma-separated IPv4 addresses of the peer nodes that get a copy of every ICMP (own addresses are removed)")
+	fs.StringVar(&o.iface, "iface", "", "cluster interface: copies leave from its IPv4 address (default: the interface of the default route)")
+	fs.StringVar(&o.nodeName, "nodename", "", "node name for the metrics' node label (default $NODE_NAME, then the hostname)")
+	fs.UintVar(&o.group, "nflog-group", 33, "NFLOG group the iptables rule logs to (0..65535)")
+	fs.UintVar(&o.metricsPort, "metrics-port", 30040, "port of the /metrics endpoint, served on the --iface address (0 disables it)")
+	fs.StringVar(&o.metricsAddress, "metrics-address", "", "host:port of the /metrics endpoint, overriding --iface address and --metrics-port")
+	fs.IntVar(&o.ttl, "ttl", 10, "TTL of the copies (1..255)")
+	fs.StringVar(&o.ignoreNetworks, "ignore-networks", "", "comma-separated CIDRs: ICMPs whose outer source lies inside are never replicated")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&o.relay, "relay", "icmp", "how copies travel: icmp (re-originated ICMP from a raw socket)")
+	fs.UintVar(&o.qthreshold, "nflog-qthreshold", 64, "packets the kernel batches into one NFLOG datagram (1..65535)")
+	fs.DurationVar(&o.timeout, "nflog-timeout", 10*time.Millisecond, "longest the kernel holds a batch before sending it (10ms steps)")
+	fs.UintVar(&o.bufsize, "nflog-bufsize", 131072, "NFLOG kernel batch buffer in bytes (nlbufsiz; the kernel ignores values above 131072)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		v := getenv(envName(f.Name))
+		if given[f.Name] || v == "" || err != nil {
+			return
+		}
+		if e := fs.Set(f.Name, v); e != nil {
+			err = fmt.Errorf("invalid value %q for %s: %v", v, envName(f.Name), e)
+		}
+	})
+	return o, err
+}
+
+// host is what resolve needs to know about the machine.
+type host interface {
+	defaultRouteInterface() (string, error)
+	interfaceAddrs(name string) ([]netip.Addr, error) // error if there is no such interface
+	allAddrs() ([]netip.Addr, error)
+	hostname() (string, error)
+}
+
+// resolve turns options into settings: parses addresses, looks up the
+// interface, and validates everything in one place.
+func resolve(o options, getenv func(string) string, h host) (settings, error) {
+	var s settings
+	c := &s.relay
+	var err error
+	if c.Mode, err = pmtud.ParseMode(o.relay); err != nil {
+		return s, fmt.Errorf("--relay: %w", err)
+	}
+	if c.Peers, err = parseAddrs(o.peers); err != nil {
+		return s, fmt.Errorf("--peers: %w", err)
+	}
+	if c.IgnoreNetworks, err = parsePrefixes(o.ignoreNetworks); err != nil {
+		return s, fmt.Errorf("--ignore-networks: %w", err)
+	}
+	if o.group > 65535 {
+		return s, fmt.Errorf("--nflog-group %d is outside 0..65535", o.group)
+	}
+	if o.qthreshold < 1 || o.qthreshold > 65535 {
+		return s, fmt.Errorf("--nflog-qthreshold %d is outside 1..65535", o.qthreshold)
+	}
+	if o.timeout <= 0 || o.timeout > time.Minute {
+		return s, fmt.Errorf("--nflog-timeout %v is outside (0, 1m]", o.timeout)
+	}
+	if o.bufsize < 4096 || o.bufsize > 1<<20 {
+		return s, fmt.Errorf("--nflog-bufsize %d is outside 4096..1048576", o.bufsize)
+	}
+	if o.metricsPort > 65535 {
+		return s, fmt.Errorf("--metrics-port %d is outside 0..65535", o.metricsPort)
+	}
+	if err := s.logLevel.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return s, fmt.Errorf("--log-level: %q is not one of debug, info, warn, error", o.logLevel)
+	}
+	c.TTL = o.ttl
+	c.NFLOG = nl.Config{
+		Group:      uint16(o.group),
+		QThreshold: uint32(o.qthreshold),
+		Timeout:    o.timeout,
+		BufSize:    uint32(o.bufsize),
+	}
+
+	c.NodeName = o.nodeName
+	if c.NodeName == "" {
+		c.NodeName = getenv("NODE_NAME")
+	}
+	if c.NodeName == "" {
+		if c.NodeName, err = h.hostname(); err != nil {
+			return s, fmt.Errorf("--nodename not given and no hostname: %w", err)
+		}
+	}
+
+	iface := o.iface
+	if iface == "" {
+		if iface, err = h.defaultRouteInterface(); err != nil {
+			return s, fmt.Errorf("--iface not given and %w", err)
+		}
+	}
+	addrs, err := h.interfaceAddrs(iface)
+	if err != nil {
+		return s, fmt.Errorf("--iface %s: %w", iface, err)
+	}
+	for _, a := range addrs {
+		if a.Is4() && !a.IsLinkLocalUnicast() {
+			c.Source = a
+			break
+		}
+	}
+	if !c.Source.IsValid() {
+		return s, fmt.Errorf("--iface %s has no IPv4 address", iface)
+	}
+	if c.LocalAddrs, err = h.allAddrs(); err != nil {
+		return s, fmt.Errorf("list local addresses: %w", err)
+	}
+
+	switch {
+	case o.metricsAddress != "":
+		if _, _, err := net.SplitHostPort(o.metricsAddress); err != nil {
+			return s, fmt.Errorf("--metrics-address: %w", err)
+		}
+		s.metricsAddr = o.metricsAddress
+	case o.metricsPort != 0:
+		s.metricsAddr = net.JoinHostPort(c.Source.String(), strconv.Itoa(int(o.metricsPort)))
+	}
+	return s, c.Validate()
+}
+
+func parseAddrs(s string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, f := range splitList(s) {
+		a, err := netip.ParseAddr(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not an IP address", f)
+		}
+		if !a.Unmap().Is4() {
+			return nil, fmt.Errorf("%s is not an IPv4 address (IPv6 is not supported yet)", f)
+		}
+		out = append(out, a.Unmap())
+	}
+	return out, nil
+}
+
+func parsePrefixes(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range splitList(s) {
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a CIDR such as 198.18.0.0/15", f)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// system is the host the daemon runs on.
+type system struct{}
+
+// defaultRouteInterface reads the IPv4 default route from /proc/net/route.
+func (system) defaultRouteInterface() (string, error) {
+	b, err := os.ReadFile("/proc/net/route")
+	if err != nil {
+		return "", fmt.Errorf("cannot read the routing table: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		// Iface Destination Gateway Flags ... Mask; the default route has
+		// destination and mask 0.
+		if len(f) >= 8 && f[1] == "00000000" && f[7] == "00000000" {
+			return f[0], nil
+		}
+	}
+	return "", errors.New("there is no IPv4 default route to take it from")
+}
+
+func (system) interfaceAddrs(name string) ([]netip.Addr, error) {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return nil, errors.New("no such interface")
+	}
+	as, err := ifi.Addrs()
+	if err != nil {
+		return nil, err
+	}
+	return netAddrs(as), nil
+}
+
+func (system) allAddrs() ([]netip.Addr, error) {
+	as, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	return netAddrs(as), nil
+}
+
+func (system) hostname() (string, error) { return os.Hostname() }
+
+func netAddrs(as []net.Addr) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range as {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fakeHost is a machine with eth0 = 198.18.0.10 (default route) and lo.
+type fakeHost struct{}
+
+func (fakeHost) defaultRouteInterface() (string, error) { return "eth0", nil }
+func (fakeHost) interfaceAddrs(name string) ([]netip.Addr, error) {
+	switch name {
+	case "eth0":
+		return []netip.Addr{netip.MustParseAddr("fe80::1"), netip.MustParseAddr("198.18.0.10")}, nil
+	case "lo":
+		return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+	case "v6only":
+		return []netip.Addr{netip.MustParseAddr("2001:db8::1")}, nil
+	}
+	return nil, errors.New("no such interface")
+}
+func (fakeHost) allAddrs() ([]netip.Addr, error) {
+	return []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("198.18.0.10")}, nil
+}
+func (fakeHost) hostname() (string, error) { return "host-a", nil }
+
+func env(kv ...string) func(string) string {
+	m := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return func(k string) string { return m[k] }
+}
+
+func TestResolve(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     func(string) string
+		wantErr string // substring; empty: valid
+		check   func(t *testing.T, s settings)
+	}{
+		{
+			name: "defaults",
+			args: []string{"--peers", "198.18.0.11, 198.18.0.12"},
+			env:  env(),
+			check: func(t *testing.T, s settings) {
+				c := s.relay
+				if c.Source != netip.MustParseAddr("198.18.0.10") || c.TTL != 10 || c.NFLOG.Group != 33 ||
+					c.NodeName != "host-a" || s.metricsAddr != "198.18.0.10:30040" || len(c.Peers) != 2 ||
+					c.NFLOG.QThreshold != 64 || c.NFLOG.Timeout != 10*time.Millisecond {
+					t.Errorf("unexpected settings %+v metrics %q", c, s.metricsAddr)
+				}
+			},
+		},
+		{
+			name: "environment fills flags, command line wins",
+			args: []string{"--ttl", "7"},
+			env:  env("PMTUD_PEERS", "198.18.0.11", "PMTUD_TTL", "3", "PMTUD_NFLOG_GROUP", "5", "NODE_NAME", "node-7", "PMTUD_METRICS_ADDRESS", "127.0.0.1:9"),
+			check: func(t *testing.T, s settings) {
+				c := s.relay
+				if c.TTL != 7 || c.NFLOG.Group != 5 || c.NodeName != "node-7" || s.metricsAddr != "127.0.0.1:9" || len(c.Peers) != 1 {
+					t.Errorf("unexpected settings %+v metrics %q", c, s.metricsAddr)
+				}
+			},
+		},
+		{
+			name: "own address removed from peers",
+			args: []string{"--peers", "198.18.0.10,198.18.0.11", "--iface", "eth0", "--nodename", "x", "--metrics-port", "0"},
+			env:  env(),
+			check: func(t *testing.T, s settings) {
+				if got := s.relay.RemotePeers(); len(got) != 1 || got[0] != netip.MustParseAddr("198.18.0.11") {
+					t.Errorf("RemotePeers = %v", got)
+				}
+				if s.metricsAddr != "" {
+					t.Errorf("metrics-port 0 should disable metrics, got %q", s.metricsAddr)
+				}
+			},
+		},
+		{name: "no peers", args: nil, env: env(), wantErr: "no peers"},
+		{name: "only own address", args: []string{"--peers", "198.18.0.10"}, env: env(), wantErr: "no peers left"},
+		{name: "bad peer", args: []string{"--peers", "198.18.0.300"}, env: env(), wantErr: `--peers: "198.18.0.300" is not an IP address`},
+		{name: "IPv6 peer", args: []string{"--peers", "2001:db8::2"}, env: env(), wantErr: "not an IPv4 address"},
+		{name: "bad CIDR", args: []string{"--peers", "198.18.0.11", "--ignore-networks", "198.18.0.0/33"}, env: env(), wantErr: "--ignore-networks"},
+		{name: "ttl 0", args: []string{"--peers", "198.18.0.11", "--ttl", "0"}, env: env(), wantErr: "ttl 0 is outside 1..255"},
+		{name: "ttl 256", args: []string{"--peers", "198.18.0.11", "--ttl", "256"}, env: env(), wantErr: "ttl 256"},
+		{name: "group", args: []string{"--peers", "198.18.0.11", "--nflog-group", "65536"}, env: env(), wantErr: "--nflog-group 65536"},
+		{name: "unknown interface", args: []string{"--peers", "198.18.0.11", "--iface", "nope0"}, env: env(), wantErr: "--iface nope0: no such interface"},
+		{name: "interface without IPv4", args: []string{"--peers", "198.18.0.11", "--iface", "v6only"}, env: env(), wantErr: "no IPv4 address"},
+		{name: "relay mode", args: []string{"--peers", "198.18.0.11", "--relay", "carrier-pigeon"}, env: env(), wantErr: "--relay"},
+		{name: "log level", args: []string{"--peers", "198.18.0.11", "--log-level", "loud"}, env: env(), wantErr: "--log-level"},
+		{name: "metrics address", args: []string{"--peers", "198.18.0.11", "--metrics-address", "nope"}, env: env(), wantErr: "--metrics-address"},
+		{name: "bad environment", args: nil, env: env("PMTUD_TTL", "ten"), wantErr: `invalid value "ten" for PMTUD_TTL`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			o, err := parseFlags(tt.args, tt.env, &stderr)
+			var s settings
+			if err == nil {
+				s, err = resolve(o, tt.env, fakeHost{})
+			}
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, s)
+		})
+	}
+}
+
+func TestBadConfigurationExitsWithUsageStatus(t *testing.T) {
+	for _, args := range [][]string{
+		{"--peers", "not-an-ip"},
+		{"--ttl", "x"},
+		{"--peers", "198.18.0.11", "--iface", "no-such-interface-0"},
+		{"stray-argument"},
+	} {
+		var stderr bytes.Buffer
+		if code := run(args, env(), &stderr); code != exitUsage {
+			t.Errorf("run(%q) = %d, want %d; stderr: %s", args, code, exitUsage, stderr.String())
+		}
+		if lines := strings.Count(strings.TrimSpace(stderr.String()), "\n"); !strings.Contains(stderr.String(), "go-pmtud") {
+			t.Errorf("run(%q): stderr %q (%d lines) does not name the program", args, stderr.String(), lines+1)
+		}
+	}
+}

@@ -1,0 +1,104 @@
+// Command go-pmtud replicates ICMP "fragmentation needed" messages, logged by
+// iptables to an NFLOG group, to every peer node of an ECMP cluster, so the
+// node that owns the flow learns the path MTU.
+//
+// Every flag can also be set by an environment variable PMTUD_<NAME>, for
+// example PMTUD_PEERS or PMTUD_NFLOG_GROUP; a flag on the command line wins.
+// Invalid configuration exits with status 2 and one line saying what is wrong.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/go-pmtud/go-pmtud"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stderr))
+}
+
+// Exit statuses.
+const (
+	exitOK      = 0
+	exitFailure = 1 // a runtime failure: NFLOG, sockets, HTTP listener
+	exitUsage   = 2 // invalid flags or environment
+)
+
+func run(args []string, getenv func(string) string, stderr io.Writer) int {
+	o, err := parseFlags(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "go-pmtud: %v\n", err)
+		return exitUsage
+	}
+	s, err := resolve(o, getenv, system{})
+	if err != nil {
+		fmt.Fprintf(stderr, "go-pmtud: invalid configuration: %v\n", err)
+		return exitUsage
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: s.logLevel}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	relay, err := pmtud.New(s.relay, log)
+	if err != nil {
+		log.Error("start-up failed", "err", err)
+		return exitFailure
+	}
+	c := s.relay
+	if len(c.IgnoreNetworks) == 0 {
+		log.Info("--ignore-networks is empty: only ICMPs from peers and own addresses are recognised as copies")
+	}
+	log.Info("go-pmtud started", "node", c.NodeName, "relay", c.Mode, "source", c.Source,
+		"peers", relay.Peers(), "nflog_group", c.NFLOG.Group, "ttl", c.TTL, "ignore_networks", c.IgnoreNetworks)
+
+	var srv *http.Server
+	if s.metricsAddr != "" {
+		ln, err := net.Listen("tcp", s.metricsAddr)
+		if err != nil {
+			relay.Close()
+			log.Error("metrics listener failed", "addr", s.metricsAddr, "err", err)
+			return exitFailure
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+			relay.WritePrometheus(w)
+		})
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+		srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server failed", "err", err)
+			}
+		}()
+		log.Info("serving metrics", "addr", ln.Addr().String())
+	}
+
+	err = relay.Run(ctx)
+	if srv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		srv.Shutdown(sctx)
+		cancel()
+	}
+	if err != nil {
+		log.Error("relay stopped", "err", err)
+		return exitFailure
+	}
+	log.Info("go-pmtud stopped", "signal", "received")
+	return exitOK
+}

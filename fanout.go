@@ -1,0 +1,195 @@
+package pmtud
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// maxMmsg is the most messages one sendmmsg takes: UIO_MAXIOV
+	// (include/uapi/linux/uio.h); the kernel silently caps vlen there.
+	maxMmsg = 1024
+	// icmpFilter is ICMP_FILTER (include/uapi/linux/icmp.h), the SOL_RAW
+	// option with a bitmask of ICMP types a raw socket does not receive.
+	icmpFilter = 1
+	// sendRetries bounds the retries of a message the kernel refused with
+	// ENOBUFS (qdisc or neighbour queue full) before it is counted as an
+	// error. EAGAIN is not retried here: it waits for the socket to drain.
+	sendRetries = 3
+)
+
+// fanout sends each payload of a batch to every peer, with sendmmsg over
+// one socket. The messages are prebuilt once: message i*P+j points at
+// iovec i and at peer j's sockaddr, so per batch only the iovecs change.
+//
+// A fanout is owned by one goroutine.
+type fanout struct {
+	file *os.File
+	rc   syscall.RawConn
+
+	peers []netip.Addr
+	addrs []unix.RawSockaddrInet4 // one per peer
+	iovs  []unix.Iovec            // one per payload of a group
+	msgs  []unix.Mmsghdr          // len(iovs) * len(peers)
+
+	// State of the send in progress, read by sendFn.
+	off, end int
+	retries  int
+	errs     []uint64 // per peer, this group
+	sendFn   func(fd uintptr) bool
+
+	// The last send error and its peer, kept as values (not a formatted
+	// error) so a dead peer costs no allocation.
+	lastErrno syscall.Errno
+	lastPeer  int
+
+	// Totals per peer, for the metrics; reset by the caller.
+	sent    []uint64
+	sendErr []uint64
+}
+
+// newICMPFanout opens a raw IPPROTO_ICMP socket bound to src, with TTL ttl,
+// that receives nothing, and prepares messages to peers.
+func newICMPFanout(src netip.Addr, ttl int, peers []netip.Addr) (*fanout, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+	if err != nil {
+		return nil, fmt.Errorf("pmtud: raw ICMP socket: %w", err)
+	}
+	setup := func() error {
+		// Without the filter a raw ICMP socket queues a copy of every ICMP
+		// the node receives, and nobody reads it: block all 32 types.
+		if err := unix.SetsockoptInt(fd, unix.SOL_RAW, icmpFilter, -1); err != nil {
+			return fmt.Errorf("pmtud: set ICMP_FILTER: %w", err)
+		}
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TTL, ttl); err != nil {
+			return fmt.Errorf("pmtud: set IP_TTL %d: %w", ttl, err)
+		}
+		sa := &unix.SockaddrInet4{Addr: src.As4()}
+		if err := unix.Bind(fd, sa); err != nil {
+			return fmt.Errorf("pmtud: bind raw socket to %v: %w", src, err)
+		}
+		return nil
+	}
+	if err := setup(); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return newFanout(fd, "icmp", peers, 0)
+}
+
+// newFanout takes ownership of the non-blocking socket fd and prepares
+// messages to peers; port is the destination port (0 for raw sockets).
+func newFanout(fd int, name string, peers []netip.Addr, port uint16) (*fanout, error) {
+	file := os.NewFile(uintptr(fd), "pmtud-"+name)
+	rc, err := file.SyscallConn()
+	if err != nil {
+		file.Close()
+		return nil, fmt.Errorf("pmtud: %s socket: %w", name, err)
+	}
+	p := len(peers)
+	group := max(1, maxMmsg/p) // payloads per group: one sendmmsg's worth
+	f := &fanout{
+		file:    file,
+		rc:      rc,
+		peers:   peers,
+		addrs:   make([]unix.RawSockaddrInet4, p),
+		iovs:    make([]unix.Iovec, group),
+		msgs:    make([]unix.Mmsghdr, group*p),
+		errs:    make([]uint64, p),
+		sent:    make([]uint64, p),
+		sendErr: make([]uint64, p),
+	}
+	for j, a := range peers {
+		f.addrs[j] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
+		// sin_port is in network byte order.
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&f.addrs[j].Port))[:], port)
+	}
+	for i := range f.iovs {
+		for j := range f.addrs {
+			h := &f.msgs[i*p+j].Hdr
+			h.Name = (*byte)(unsafe.Pointer(&f.addrs[j]))
+			h.Namelen = unix.SizeofSockaddrInet4
+			h.Iov = &f.iovs[i]
+			h.Iovlen = 1
+		}
+	}
+	f.sendFn = f.sendmmsg
+	return f, nil
+}
+
+// send sends every payload to every peer. It blocks while the socket
+// buffer is full and allocates nothing. Failures are counted per peer in
+// f.sendErr (the last one in f.lastErrno), successes in f.sent. It returns
+// an error only when the socket is closed.
+func (f *fanout) send(payloads [][]byte) error {
+	p := len(f.peers)
+	for len(payloads) > 0 {
+		g := min(len(payloads), len(f.iovs))
+		for i, b := range payloads[:g] {
+			f.iovs[i].Base = unsafe.SliceData(b)
+			f.iovs[i].SetLen(len(b))
+		}
+		clear(f.errs)
+		f.off, f.end, f.retries = 0, g*p, 0
+		if err := f.rc.Write(f.sendFn); err != nil {
+			// The socket was closed under us: nothing of the group went out.
+			for j := range f.sendErr {
+				f.sendErr[j] += uint64(g)
+			}
+			return fmt.Errorf("pmtud: sendmmsg: %w", err)
+		}
+		for j := range f.sent {
+			f.sent[j] += uint64(g) - f.errs[j]
+			f.sendErr[j] += f.errs[j]
+		}
+		payloads = payloads[g:]
+	}
+	return nil
+}
+
+// sendmmsg is the RawConn write callback: it sends msgs[off:end], resuming
+// after partial sends, and returns false to wait for the socket to become
+// writable again.
+func (f *fanout) sendmmsg(fd uintptr) bool {
+	p := len(f.peers)
+	for f.off < f.end {
+		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd,
+			uintptr(unsafe.Pointer(&f.msgs[f.off])), uintptr(min(f.end-f.off, maxMmsg)), 0, 0, 0)
+		switch {
+		case errno == 0:
+			f.off += int(n)
+			f.retries = 0
+			continue
+		case errno == unix.EINTR:
+			continue
+		case errno == unix.EAGAIN:
+			return false
+		case errno == unix.ENOBUFS && f.retries < sendRetries:
+			f.retries++
+			continue
+		}
+		// The first message of the call failed: count it against its peer
+		// and go on with the next, so one unreachable peer never stops
+		// the others.
+		f.errs[f.off%p]++
+		f.lastErrno, f.lastPeer = errno, f.off%p
+		f.off++
+		f.retries = 0
+	}
+	return true
+}
+
+// close closes the socket.
+func (f *fanout) close() error {
+	if err := f.file.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+		return fmt.Errorf("pmtud: close socket: %w", err)
+	}
+	return nil
+}

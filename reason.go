@@ -1,0 +1,49 @@
+package pmtud
+
+import "github.com/go-pmtud/go-pmtud/wire"
+
+// DropReason says why a logged packet was not replicated. Its String is the
+// reason label of go_pmtud_dropped_packets_total. The first values are the
+// wire parser's rejections, in wire.Error order; the rest are policy.
+type DropReason uint8
+
+const (
+	// DropIgnoredNetwork: the outer source lies in --ignore-networks.
+	DropIgnoredNetwork = DropReason(wire.ErrorCount) + iota
+	// DropFromPeer: the outer source is a peer, so the packet is a copy.
+	DropFromPeer
+	// DropFromSelf: the outer source is one of the node's own addresses.
+	DropFromSelf
+	// dropReasonCount bounds the enum for iteration.
+	dropReasonCount
+)
+
+// dropReasonOf maps a wire parse error to its drop reason.
+func dropReasonOf(e wire.Error) DropReason { return DropReason(e) }
+
+// String returns the reason's metric label, such as "bad_checksum" or
+// "from_peer".
+func (r DropReason) String() string {
+	switch r {
+	case DropIgnoredNetwork:
+		return "ignored_network"
+	case DropFromPeer:
+		return "from_peer"
+	case DropFromSelf:
+		return "from_self"
+	}
+	if r > 0 && r < DropReason(wire.ErrorCount) {
+		return wire.Error(r).String()
+	}
+	return "unknown"
+}
+
+// DropReasons returns every drop reason, in a fixed order: the set of
+// labels go_pmtud_dropped_packets_total is created with.
+func DropReasons() []DropReason {
+	rs := make([]DropReason, 0, dropReasonCount-1)
+	for r := DropReason(1); r < dropReasonCount; r++ {
+		rs = append(rs, r)
+	}
+	return rs
+}

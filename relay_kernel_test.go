@@ -1,0 +1,355 @@
+package pmtud_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
+
+	"github.com/go-pmtud/go-pmtud"
+	"github.com/go-pmtud/go-pmtud/bench/netlab"
+	"github.com/go-pmtud/go-pmtud/nl"
+	"github.com/go-pmtud/go-pmtud/wire"
+)
+
+const group = 33
+
+// startRelay starts a relay in ns and stops it when the test ends.
+func startRelay(t *testing.T, ns *netlab.NS, cfg pmtud.Config) *pmtud.Relay {
+	t.Helper()
+	if cfg.NodeName == "" {
+		cfg.NodeName = ns.Name()
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = 10
+	}
+	cfg.NFLOG = nl.Config{Group: group}
+	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	var r *pmtud.Relay
+	if err := ns.Do(func() (err error) {
+		r, err = pmtud.New(cfg, log)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run returned %v after cancel, want nil", err)
+		}
+	})
+	return r
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(string(bytes.TrimSpace(b)))
+	return len(b), nil
+}
+
+// injector sends hand-made IPv4 packets from ns (IP_HDRINCL) to a next hop.
+type injector struct{ fd int }
+
+func newInjector(t *testing.T, ns *netlab.NS) *injector {
+	t.Helper()
+	inj := &injector{}
+	if err := ns.Do(func() (err error) {
+		inj.fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(inj.fd) })
+	return inj
+}
+
+// send routes pkt towards via; the packet keeps its own destination.
+func (inj *injector) send(t *testing.T, via netip.Addr, pkt []byte) {
+	t.Helper()
+	if err := unix.Sendto(inj.fd, pkt, 0, &unix.SockaddrInet4{Addr: via.As4()}); err != nil {
+		t.Fatalf("inject: %v", err)
+	}
+}
+
+// icmpSink receives every ICMP that reaches a namespace, with its IP header.
+type icmpSink struct {
+	conn *ipv4.RawConn
+}
+
+func newICMPSink(t *testing.T, ns *netlab.NS) *icmpSink {
+	t.Helper()
+	var pc net.PacketConn
+	if err := ns.Do(func() (err error) {
+		pc, err = net.ListenPacket("ip4:icmp", "0.0.0.0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	rc, err := ipv4.NewRawConn(pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &icmpSink{conn: rc}
+}
+
+type received struct {
+	src  netip.Addr
+	ttl  int
+	icmp []byte
+}
+
+// collect returns the ICMP packets that arrive within wait.
+func (s *icmpSink) collect(t *testing.T, wait time.Duration) []received {
+	t.Helper()
+	var out []received
+	s.conn.SetReadDeadline(time.Now().Add(wait))
+	buf := make([]byte, 65536)
+	for {
+		h, p, _, err := s.conn.ReadFrom(buf)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		src, _ := netip.AddrFromSlice(h.Src.To4())
+		out = append(out, received{src: src, ttl: h.TTL, icmp: bytes.Clone(p)})
+	}
+}
+
+// quotedTCP returns the first 28 bytes of a TCP packet from the anycast
+// address to the client, as a router quotes it.
+func quotedTCP(sport uint16) []byte {
+	tcp := []byte{byte(sport >> 8), byte(sport), 0x1f, 0x90, 0, 0, 0, 1}
+	return wire.AppendIPv4(nil, netlab.Anycast, netlab.ClientAddr, unix.IPPROTO_TCP, 63, tcp)
+}
+
+// fragNeeded returns a router's "fragmentation needed" from src to the
+// anycast address.
+func fragNeeded(src netip.Addr, mtu uint16, sport uint16) []byte {
+	return wire.AppendIPv4(nil, src, netlab.Anycast, unix.IPPROTO_ICMP, 64, wire.AppendFragNeeded(nil, mtu, quotedTCP(sport)))
+}
+
+// waitFor polls cond until it holds or 10 s pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestReplicatesVerbatimICMP(t *testing.T) {
+	lab := netlab.NewT(t)
+	c, err := netlab.BuildCluster(lab, 4, 1400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := c.Nodes[1]
+	// A rule wider than the documented one, so that the relay's own
+	// validation, not iptables' icmp match, must reject the bad inputs.
+	b.MustRun(t, "iptables", "-t", "raw", "-A", "PREROUTING", "-p", "icmp", "-j", "NFLOG", "--nflog-group", "33")
+	peers := []netip.Addr{netlab.NodeAddr(0), netlab.NodeAddr(2), netlab.NodeAddr(3)}
+	const ttl = 7
+	relay := startRelay(t, b, pmtud.Config{
+		Source:         netlab.NodeAddr(1),
+		LocalAddrs:     []netip.Addr{netlab.NodeAddr(1), netlab.Anycast},
+		Peers:          append(peers, netlab.NodeAddr(1)), // own address: removed
+		IgnoreNetworks: []netip.Prefix{netip.MustParsePrefix("198.19.254.0/24")},
+		TTL:            ttl,
+	})
+	if got := relay.Peers(); len(got) != 3 {
+		t.Fatalf("Peers() = %v, want the 3 remote peers", got)
+	}
+	sinks := make([]*icmpSink, len(peers))
+	for i, j := range []int{0, 2, 3} {
+		sinks[i] = newICMPSink(t, c.Nodes[j])
+	}
+
+	valid := [][]byte{
+		fragNeeded(netlab.RouterLoopback, 1400, 40000),
+		fragNeeded(netlab.RouterLoopback, 1280, 40001),
+		fragNeeded(netlab.RouterLoopback, 576, 40002),
+	}
+	badChecksum := fragNeeded(netlab.RouterLoopback, 1400, 40003)
+	badChecksum[20+2] ^= 0xff
+	shortInner := wire.AppendIPv4(nil, netlab.RouterLoopback, netlab.Anycast, unix.IPPROTO_ICMP, 64,
+		wire.AppendFragNeeded(nil, 1400, quotedTCP(40004)[:24]))
+	echo := wire.AppendIPv4(nil, netlab.RouterLoopback, netlab.Anycast, unix.IPPROTO_ICMP, 64,
+		setChecksum([]byte{8, 0, 0, 0, 0, 1, 0, 1, 'p', 'i', 'n', 'g'}))
+	portUnreach := fragNeeded(netlab.RouterLoopback, 0, 40005)
+	portUnreach[20+1] = 3
+	setChecksum(portUnreach[20:])
+	rejected := map[pmtud.DropReason][]byte{
+		pmtud.DropIgnoredNetwork:              fragNeeded(netip.MustParseAddr("198.19.254.7"), 1400, 40006),
+		pmtud.DropFromPeer:                    fragNeeded(netlab.NodeAddr(2), 1400, 40007),
+		pmtud.DropFromSelf:                    fragNeeded(netlab.NodeAddr(1), 1400, 40008),
+		pmtud.DropReason(wire.ErrBadChecksum): badChecksum,
+		pmtud.DropReason(wire.ErrBadInner):    shortInner,
+	}
+
+	inj := newInjector(t, c.Router)
+	for _, p := range valid {
+		inj.send(t, netlab.NodeAddr(1), p)
+	}
+	for _, p := range rejected {
+		inj.send(t, netlab.NodeAddr(1), p)
+	}
+	inj.send(t, netlab.NodeAddr(1), echo)
+	inj.send(t, netlab.NodeAddr(1), portUnreach)
+	total := uint64(len(valid) + len(rejected) + 2)
+	waitFor(t, "the relay to read every input", func() bool { return relay.Stats().Received == total })
+
+	for i, s := range sinks {
+		got := s.collect(t, 500*time.Millisecond)
+		if len(got) != len(valid) {
+			t.Errorf("peer %v received %d ICMPs, want exactly %d", peers[i], len(got), len(valid))
+		}
+		for k, r := range got {
+			if k >= len(valid) {
+				break
+			}
+			if want := valid[k][20:]; !bytes.Equal(r.icmp, want) {
+				t.Errorf("peer %v copy %d: ICMP bytes differ from the router's\n got %x\nwant %x", peers[i], k, r.icmp, want)
+			}
+			if r.ttl != ttl || r.src != netlab.NodeAddr(1) {
+				t.Errorf("peer %v copy %d: ttl %d from %v, want ttl %d from %v", peers[i], k, r.ttl, r.src, ttl, netlab.NodeAddr(1))
+			}
+		}
+	}
+	st := relay.Stats()
+	if want := uint64(len(valid) * len(peers)); st.Sent != want || st.SendErrors != 0 {
+		t.Errorf("Sent = %d, SendErrors = %d; want %d, 0", st.Sent, st.SendErrors, want)
+	}
+	want := map[pmtud.DropReason]uint64{pmtud.DropReason(wire.ErrNotFragNeeded): 2}
+	for r := range rejected {
+		want[r]++
+	}
+	if len(st.Dropped) != len(want) {
+		t.Errorf("Dropped = %v, want %v", st.Dropped, want)
+	}
+	for r, n := range want {
+		if st.Dropped[r] != n {
+			t.Errorf("Dropped[%v] = %d, want %d (all: %v)", r, st.Dropped[r], n, st.Dropped)
+		}
+	}
+}
+
+// setChecksum fills in the ICMP checksum of m and returns it.
+func setChecksum(m []byte) []byte {
+	m[2], m[3] = 0, 0
+	c := wire.Checksum(m)
+	m[2], m[3] = byte(c>>8), byte(c)
+	return m
+}
+
+// TestPeerLearnsPathMTU is the end-to-end check of shared/design.md: node A
+// owns a flow, the router's "fragmentation needed" lands on node B. Only
+// with go-pmtud on B does A learn the path MTU and the transfer complete.
+func TestPeerLearnsPathMTU(t *testing.T) {
+	const size = 1 << 20
+	for _, withRelay := range []bool{false, true} {
+		name := "without go-pmtud"
+		if withRelay {
+			name = "with go-pmtud on B"
+		}
+		t.Run(name, func(t *testing.T) {
+			lab := netlab.NewT(t)
+			c, err := netlab.BuildCluster(lab, 2, 1400)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, b := c.Nodes[0], c.Nodes[1]
+			if mtu, err := a.CachedMTU(netlab.ClientAddr.String()); err != nil || mtu != 0 {
+				t.Fatalf("before the transfer A caches mtu %d (%v), want none", mtu, err)
+			}
+			var relay *pmtud.Relay
+			if withRelay {
+				if err := netlab.InstallNFLOGRule(b, group); err != nil {
+					t.Fatal(err)
+				}
+				relay = startRelay(t, b, pmtud.Config{
+					Source:     netlab.NodeAddr(1),
+					LocalAddrs: []netip.Addr{netlab.NodeAddr(1), netlab.Anycast},
+					Peers:      []netip.Addr{netlab.NodeAddr(0)},
+				})
+			}
+			got, err := c.Transfer(size, 3*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mtu, err := a.CachedMTU(netlab.ClientAddr.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if withRelay {
+				if got != size || mtu != 1400 {
+					t.Fatalf("with go-pmtud: transferred %d of %d bytes, A caches mtu %d; want all and 1400 (relay stats %+v)", got, size, mtu, relay.Stats())
+				}
+				if st := relay.Stats(); st.Sent == 0 {
+					t.Fatalf("transfer completed but the relay sent nothing: %+v", st)
+				}
+				return
+			}
+			if got == size || mtu != 0 {
+				t.Fatalf("negative control: transferred %d of %d bytes, A caches mtu %d; want a stall and no cached MTU", got, size, mtu)
+			}
+		})
+	}
+}
+
+// TestTwoDaemonsDoNotPingPong runs go-pmtud on two nodes that list each
+// other, with no --ignore-networks: one router ICMP to each gives exactly
+// one copy each way, and the copies are not copied again.
+func TestTwoDaemonsDoNotPingPong(t *testing.T) {
+	lab := netlab.NewT(t)
+	c, err := netlab.BuildCluster(lab, 2, 1400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relays := make([]*pmtud.Relay, 2)
+	for i, node := range c.Nodes {
+		if err := netlab.InstallNFLOGRule(node, group); err != nil {
+			t.Fatal(err)
+		}
+		relays[i] = startRelay(t, node, pmtud.Config{
+			Source:     netlab.NodeAddr(i),
+			LocalAddrs: []netip.Addr{netlab.NodeAddr(i), netlab.Anycast},
+			Peers:      []netip.Addr{netlab.NodeAddr(0), netlab.NodeAddr(1)},
+		})
+	}
+	inj := newInjector(t, c.Router)
+	inj.send(t, netlab.NodeAddr(0), fragNeeded(netlab.RouterLoopback, 1400, 41000))
+	inj.send(t, netlab.NodeAddr(1), fragNeeded(netlab.RouterLoopback, 1400, 41001))
+
+	check := func() bool {
+		for _, r := range relays {
+			st := r.Stats()
+			if st.Received != 2 || st.Sent != 1 || st.Dropped[pmtud.DropFromPeer] != 1 {
+				return false
+			}
+		}
+		return true
+	}
+	waitFor(t, "one copy each way", check)
+	// A ping-pong would keep the counters moving; give it time to show.
+	time.Sleep(300 * time.Millisecond)
+	if !check() {
+		t.Fatalf("counters moved after the exchange: A %+v, B %+v", relays[0].Stats(), relays[1].Stats())
+	}
+}

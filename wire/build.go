@@ -1,0 +1,57 @@
+package wire
+
+import (
+	"encoding/binary"
+	"net/netip"
+)
+
+// ipv4FlagDF is IP_DF (include/uapi/linux/ip.h): don't fragment.
+const ipv4FlagDF = 0x4000
+
+// AppendIPv4 appends to b a 20-byte IPv4 header (no options, TOS 0, ID 0, DF
+// set, header checksum computed) from src to dst carrying proto with the
+// given TTL, followed by payload, and returns the extended slice. It
+// allocates only when b lacks the capacity.
+//
+// It panics if src or dst is not an IPv4 address or if the packet would
+// exceed 65535 bytes: it builds test, lab and load packets, where either is a
+// bug in the caller.
+func AppendIPv4(b []byte, src, dst netip.Addr, proto, ttl uint8, payload []byte) []byte {
+	total := ipv4HeaderLen + len(payload)
+	if total > 0xffff {
+		panic("wire: AppendIPv4: packet longer than 65535 bytes")
+	}
+	s, d := src.As4(), dst.As4()
+	start := len(b)
+	b = append(b,
+		4<<4|ipv4HeaderLen/4, 0, // version, IHL; TOS
+		byte(total>>8), byte(total),
+		0, 0, // ID
+		ipv4FlagDF>>8, 0, // flags, fragment offset
+		ttl, proto,
+		0, 0, // checksum, computed below
+		s[0], s[1], s[2], s[3],
+		d[0], d[1], d[2], d[3],
+	)
+	binary.BigEndian.PutUint16(b[start+10:], Checksum(b[start:]))
+	return append(b, payload...)
+}
+
+// AppendFragNeeded appends to b an ICMP Destination Unreachable /
+// Fragmentation Needed message (type 3, code 4) announcing next-hop mtu and
+// quoting orig in full, with its checksum computed, and returns the extended
+// slice. Callers quote as much of the original packet as a router would
+// (RFC 792: its header and 8 bytes; RFC 1812: up to 576 bytes in all). It
+// allocates only when b lacks the capacity.
+func AppendFragNeeded(b []byte, mtu uint16, orig []byte) []byte {
+	start := len(b)
+	b = append(b,
+		icmpDestUnreach, icmpFragNeeded,
+		0, 0, // checksum, computed below
+		0, 0, // unused
+		byte(mtu>>8), byte(mtu),
+	)
+	b = append(b, orig...)
+	binary.BigEndian.PutUint16(b[start+2:], Checksum(b[start:]))
+	return b
+}

@@ -1,0 +1,42 @@
+// Package wire parses, validates and builds the packets go-pmtud relays:
+// ICMPv4 Destination Unreachable / Fragmentation Needed (type 3, code 4),
+// starting at the IPv4 header, as NFLOG and the UDP relay hand them over.
+//
+// It works on bytes only: no syscalls, no sockets, no state. ParseFragNeeded
+// allocates nothing on any path, accepted or rejected: results are values
+// whose slices are views into the input, and rejections are Error values,
+// which double as the drop-reason labels of the daemon's metrics.
+//
+// # What is validated, and why
+//
+// A packet is relayed verbatim to every peer, so one bad packet becomes P bad
+// packets. The parser therefore checks what the receiving kernel needs before
+// it acts on the message, and lets through what the kernel tolerates:
+//
+//   - The outer IPv4 header: version 4, IHL >= 5, a total length that covers
+//     the header and fits in the buffer, and a valid header checksum. The
+//     kernel verifies that checksum before the raw table sees a packet from
+//     the wire, but packets also arrive from peers over the UDP relay, so
+//     the parser trusts no source. Bytes past the total length (link-layer
+//     padding) are not part of the packet and are dropped from the views.
+//   - Not a fragment: a non-first fragment carries no ICMP header, and a
+//     first fragment carries an ICMP message whose checksum cannot be
+//     verified. Routers keep ICMP errors within 576 bytes (RFC 1812), so
+//     they are never fragmented: a fragment is forged or broken.
+//   - Protocol ICMP, type 3 code 4, at least the 8-byte ICMP header.
+//   - The ICMP checksum over the whole message. The raw PREROUTING hook that
+//     feeds NFLOG runs before the kernel checks it, and the peers' kernels
+//     would discard a message that fails it (the relay keeps the bytes
+//     intact, so the checksum stays valid for any destination).
+//   - The quoted packet: IPv4, IHL >= 5, and its header plus 8 bytes
+//     present. Linux's ICMP handler needs exactly that to find the socket
+//     the error is for (the ports live in those 8 bytes); a shorter quote
+//     would be dropped by every peer.
+//
+// Deliberately not validated: the quoted packet's total length and header
+// checksum (routers quote a truncated copy, RFC 792 the header plus 64 bits,
+// RFC 1812 as much as fits in 576 bytes, and some rewrite the quoted header
+// without fixing its checksum; the kernel ignores both), and the MTU value
+// (what to do with an MTU of 0 or below the minimum is the receiving
+// kernel's policy, not a property of the packet).
+package wire

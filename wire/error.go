@@ -1,0 +1,58 @@
+package wire
+
+import "strconv"
+
+// Error is why ParseFragNeeded rejected a packet. Its String (and Error) is a
+// metric label such as "bad_checksum". Error values are small integers, so
+// returning one as an error allocates nothing.
+type Error uint8
+
+const (
+	// ErrTruncated: the buffer is shorter than 20 bytes, than the IPv4
+	// total length, or the ICMP message is shorter than its 8-byte header.
+	// Data cut off in transit or by a too small NFLOG copy range.
+	ErrTruncated Error = iota + 1
+	// ErrNotIPv4: the version nibble is not 4.
+	ErrNotIPv4
+	// ErrBadHeader: IHL < 5, total length < IHL*4, or a bad IPv4 header
+	// checksum.
+	ErrBadHeader
+	// ErrFragment: More Fragments set or fragment offset not 0.
+	ErrFragment
+	// ErrNotICMP: the IPv4 protocol is not ICMP (1).
+	ErrNotICMP
+	// ErrNotFragNeeded: an ICMP type and code other than 3 and 4.
+	ErrNotFragNeeded
+	// ErrBadChecksum: the ICMP checksum over the whole message does not
+	// verify.
+	ErrBadChecksum
+	// ErrBadInner: the quoted packet is not IPv4, its IHL < 5, or fewer
+	// than its header plus 8 bytes are quoted.
+	ErrBadInner
+	// ErrorCount is one more than the last Error, for iterating over all of
+	// them: for e := Error(1); e < ErrorCount; e++.
+	ErrorCount
+)
+
+var errorLabels = [ErrorCount]string{
+	ErrTruncated:     "truncated",
+	ErrNotIPv4:       "not_ipv4",
+	ErrBadHeader:     "bad_ip_header",
+	ErrFragment:      "fragment",
+	ErrNotICMP:       "not_icmp",
+	ErrNotFragNeeded: "not_frag_needed",
+	ErrBadChecksum:   "bad_checksum",
+	ErrBadInner:      "bad_inner",
+}
+
+// String returns e's metric label, such as "bad_checksum". It allocates only
+// for values outside the enum.
+func (e Error) String() string {
+	if e > 0 && e < ErrorCount {
+		return errorLabels[e]
+	}
+	return "wire.Error(" + strconv.Itoa(int(e)) + ")"
+}
+
+// Error returns the same text as String.
+func (e Error) Error() string { return e.String() }
