@@ -37,6 +37,10 @@ func ParseMode(s string) (Mode, error) {
 	return 0, fmt.Errorf("unknown relay mode %q (want icmp)", s)
 }
 
+// maxCPUs is CPU_SETSIZE (include/bits/cpu-set.h in glibc), the CPUs a
+// unix.CPUSet can name.
+const maxCPUs = 1024
+
 // Config is everything a Relay needs, resolved: addresses, not interface
 // names. Validate checks it; New calls Validate.
 type Config struct {
@@ -59,6 +63,11 @@ type Config struct {
 	TTL int
 	// NFLOG is the subscription to the kernel's log group.
 	NFLOG nl.Config
+	// Workers is the number of send sockets, each with a goroutine locked
+	// to an OS thread that handles whole batches; 0 means 1.
+	Workers int
+	// CPUs, when set, pins worker i's thread to CPUs[i % len(CPUs)].
+	CPUs []int
 }
 
 // Validate reports the first thing wrong with c, in words an operator can
@@ -83,6 +92,14 @@ func (c *Config) Validate() error {
 	}
 	if len(c.RemotePeers()) == 0 {
 		return fmt.Errorf("no peers left after removing the node's own addresses from %v", c.Peers)
+	}
+	if c.Workers < 0 || c.Workers > 64 {
+		return fmt.Errorf("workers %d is outside 1..64", c.Workers)
+	}
+	for _, cpu := range c.CPUs {
+		if cpu < 0 || cpu >= maxCPUs {
+			return fmt.Errorf("cpu %d is outside 0..%d", cpu, maxCPUs-1)
+		}
 	}
 	for _, n := range c.IgnoreNetworks {
 		if !n.IsValid() {

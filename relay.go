@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"time"
 
@@ -23,6 +24,11 @@ const logEvery = 10 * time.Second
 
 // Relay replicates the frag-needed ICMPs of one NFLOG group to every peer.
 // Create it with New, run it with Run.
+//
+// One goroutine reads NFLOG datagrams into batches from a small pool and
+// hands each whole batch to the next free worker; each worker owns a send
+// socket and an OS thread (pinned with Config.CPUs), parses, filters and
+// fans out its batch, and returns the batch to the pool.
 type Relay struct {
 	cfg    Config
 	log    *slog.Logger
@@ -30,15 +36,23 @@ type Relay struct {
 	policy policy
 	m      *relayMetrics
 
-	reader *nl.Reader
-	fan    *fanout
+	reader  *nl.Reader
+	workers []*worker
+	free    chan *nl.Batch // batches ready to be read into
+	work    chan *nl.Batch // batches ready to be handled
 
-	batch    *nl.Batch
-	payloads [][]byte // views into batch, reused
-
-	lastLog   time.Time
+	lastLog   time.Time // of the reader's warnings
 	closeOnce sync.Once
 	closeErr  error
+}
+
+// worker handles whole batches with its own send socket.
+type worker struct {
+	r        *Relay
+	cpu      int // -1: not pinned
+	fan      *fanout
+	payloads [][]byte // views into the batch in hand, reused
+	lastLog  time.Time
 }
 
 // New validates cfg and opens the NFLOG subscription and the send socket,
@@ -55,21 +69,36 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	peers := cfg.RemotePeers()
+	n := max(cfg.Workers, 1)
 	r := &Relay{
-		cfg:      cfg,
-		log:      log,
-		peers:    peers,
-		policy:   newPolicy(&cfg, peers),
-		m:        newRelayMetrics(cfg.NodeName, peers),
-		batch:    nl.NewBatch(),
-		payloads: make([][]byte, 0, 256),
+		cfg:    cfg,
+		log:    log,
+		peers:  peers,
+		policy: newPolicy(&cfg, peers),
+		m:      newRelayMetrics(cfg.NodeName, peers),
+		// Two batches per worker keep every worker busy while the reader
+		// fills the next one; one more is in the reader's hands.
+		free: make(chan *nl.Batch, 2*n+1),
+		work: make(chan *nl.Batch, 2*n+1),
+	}
+	for range cap(r.free) {
+		r.free <- nl.NewBatch()
+	}
+	for i := range n {
+		fan, err := newICMPFanout(cfg.Source, cfg.TTL, peers)
+		if err != nil {
+			r.closeWorkers()
+			return nil, err
+		}
+		w := &worker{r: r, cpu: -1, fan: fan, payloads: make([][]byte, 0, 256)}
+		if len(cfg.CPUs) > 0 {
+			w.cpu = cfg.CPUs[i%len(cfg.CPUs)]
+		}
+		r.workers = append(r.workers, w)
 	}
 	var err error
-	if r.fan, err = newICMPFanout(cfg.Source, cfg.TTL, peers); err != nil {
-		return nil, err
-	}
 	if r.reader, err = nl.Listen(cfg.NFLOG); err != nil {
-		r.fan.close()
+		r.closeWorkers()
 		return nil, err
 	}
 	return r, nil
@@ -80,16 +109,42 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) {
 func (r *Relay) Peers() []netip.Addr { return r.peers }
 
 // Run reads, validates and replicates until ctx is done or reading fails
-// for good. On cancellation it finishes the batch in hand, closes its
+// for good. On cancellation it finishes the batches in hand, closes its
 // sockets and returns nil.
 func (r *Relay) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { r.reader.Close() })
 	defer stop()
 	defer r.Close()
+
+	errc := make(chan error, len(r.workers))
+	var wg sync.WaitGroup
+	for _, w := range r.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errc <- w.run()
+		}()
+	}
+	err := r.read(ctx)
+	close(r.work) // the workers drain what is queued, then stop
+	wg.Wait()
+	close(errc)
+	for e := range errc {
+		err = errors.Join(err, e)
+	}
+	return err
+}
+
+// read is the reader loop: it fills batches and queues them for the
+// workers until the reader is closed.
+func (r *Relay) read(ctx context.Context) error {
 	for {
-		err := r.reader.Read(r.batch)
-		if len(r.batch.Packets) > 0 || r.batch.Lost > 0 {
-			r.handle(r.batch)
+		b := <-r.free
+		err := r.reader.Read(b)
+		if len(b.Packets) > 0 || b.Lost > 0 {
+			r.work <- b
+		} else {
+			r.free <- b
 		}
 		switch {
 		case err == nil:
@@ -104,23 +159,45 @@ func (r *Relay) Run(ctx context.Context) error {
 			r.m.overruns.Inc()
 		case errors.Is(err, nl.ErrMalformed):
 			r.m.malformed.Inc()
-			r.logf("malformed NFLOG datagram", "err", err)
+			logf(r.log, &r.lastLog, "malformed NFLOG datagram", "err", err)
 		default:
 			r.m.errors.Inc()
-			r.logf("NFLOG read failed", "err", err)
+			logf(r.log, &r.lastLog, "NFLOG read failed", "err", err)
 			time.Sleep(10 * time.Millisecond) // do not spin on a persistent error
 		}
 	}
 }
 
+// run is a worker's loop, on an OS thread of its own, pinned to w.cpu if
+// set. The thread is never unlocked: it exits with the goroutine, so a
+// pinned thread never returns to the Go scheduler.
+func (w *worker) run() error {
+	runtime.LockOSThread()
+	if w.cpu >= 0 {
+		var set unix.CPUSet
+		set.Set(w.cpu)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			// Keep working unpinned: a wrong CPU list must not stop the
+			// relay, but the operator must know.
+			w.r.log.Error("cannot pin worker thread", "cpu", w.cpu, "err", err)
+		}
+	}
+	for b := range w.r.work {
+		w.handle(b)
+		w.r.free <- b
+	}
+	return nil
+}
+
 // handle replicates the valid packets of one batch. It allocates nothing.
-func (r *Relay) handle(b *nl.Batch) {
+func (w *worker) handle(b *nl.Batch) {
+	r := w.r
 	start := time.Now()
 	r.m.recv.Add(len(b.Packets))
 	if b.Lost > 0 {
 		r.m.lost.AddInt64(int64(b.Lost))
 	}
-	payloads := r.payloads[:0]
+	payloads := w.payloads[:0]
 	for i := range b.Packets {
 		f, err := wire.ParseFragNeeded(b.Packets[i].Payload)
 		if err != nil {
@@ -137,56 +214,66 @@ func (r *Relay) handle(b *nl.Batch) {
 		}
 		payloads = append(payloads, f.ICMP)
 	}
-	r.payloads = payloads[:0]
+	w.payloads = payloads[:0]
 	if len(payloads) > 0 {
-		r.send(payloads)
+		w.send(payloads)
 	}
 	r.m.duration.UpdateDuration(start)
 }
 
 // send fans payloads out and moves the per-peer tallies into the metrics.
-func (r *Relay) send(payloads [][]byte) {
-	if err := r.fan.send(payloads); err != nil {
+func (w *worker) send(payloads [][]byte) {
+	r, fan := w.r, w.fan
+	if err := fan.send(payloads); err != nil {
 		r.m.errors.Inc()
-		r.logf("send failed", "err", err)
+		logf(r.log, &w.lastLog, "send failed", "err", err)
 	}
 	var total uint64
 	for j := range r.peers {
-		if n := r.fan.sent[j]; n > 0 {
+		if n := fan.sent[j]; n > 0 {
 			r.m.peerSent[j].AddInt64(int64(n))
 			total += n
 		}
-		if n := r.fan.sendErr[j]; n > 0 {
+		if n := fan.sendErr[j]; n > 0 {
 			r.m.peerErrors[j].AddInt64(int64(n))
 			r.m.errors.AddInt64(int64(n))
 		}
 	}
 	r.m.sent.AddInt64(int64(total))
-	clear(r.fan.sent)
-	clear(r.fan.sendErr)
-	if r.fan.lastErrno != 0 {
-		r.logf("send to peer failed", "peer", r.peers[r.fan.lastPeer], "err", r.fan.lastErrno)
-		r.fan.lastErrno = 0
+	clear(fan.sent)
+	clear(fan.sendErr)
+	if fan.lastErrno != 0 {
+		logf(r.log, &w.lastLog, "send to peer failed", "peer", r.peers[fan.lastPeer], "err", fan.lastErrno)
+		fan.lastErrno = 0
 	}
 }
 
-// logf logs a hot-path warning at most once per logEvery.
-func (r *Relay) logf(msg string, args ...any) {
+// logf logs a hot-path warning at most once per logEvery per caller; last
+// is the caller's own timestamp, so no lock is shared.
+func logf(log *slog.Logger, last *time.Time, msg string, args ...any) {
 	now := time.Now()
-	if now.Sub(r.lastLog) < logEvery {
+	if now.Sub(*last) < logEvery {
 		return
 	}
-	r.lastLog = now
-	r.log.Warn(msg+" (repeats are counted, logged every "+logEvery.String()+")", args...)
+	*last = now
+	log.Warn(msg+" (repeats are counted, logged every "+logEvery.String()+")", args...)
 }
 
 // Close stops reading and closes the sockets. Run calls it on return; it is
 // safe to call more than once and from another goroutine.
 func (r *Relay) Close() error {
 	r.closeOnce.Do(func() {
-		r.closeErr = errors.Join(r.reader.Close(), r.fan.close())
+		r.closeErr = errors.Join(r.reader.Close(), r.closeWorkers())
 	})
 	return r.closeErr
+}
+
+func (r *Relay) closeWorkers() error {
+	var errs []error
+	for _, w := range r.workers {
+		errs = append(errs, w.fan.close())
+	}
+	return errors.Join(errs...)
 }
 
 // WritePrometheus writes the relay's metrics in the Prometheus text format.

@@ -46,6 +46,7 @@ func be32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
 // (include/uapi/linux/netfilter/nfnetlink_log.h).
 const (
 	nfulaHwaddr   = 8
+	nfulaPrefix   = 10
 	nfulaHwType   = 15
 	nfulaHwHeader = 16
 	nfulaHwLen    = 17
@@ -58,10 +59,11 @@ const (
 func kernelPacket(group uint16, payload []byte, seq, ifindex uint32, tsSec, tsUsec uint64) []byte {
 	b := nfgen(group)
 	b = appendAttr(b, nfulaPacketHdr, []byte{0x08, 0x00, 0 /* NF_INET_PRE_ROUTING */, 0})
+	b = appendAttr(b, nfulaPrefix, []byte{0}) // iptables NFLOG without --nflog-prefix: ""
 	b = appendAttr(b, nfulaIfindexIndev, be32(ifindex))
 	b = appendAttr(b, nfulaHwaddr, []byte{0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
-	b = appendAttr(b, nfulaHwType, be16(772))  // ARPHRD_LOOPBACK
-	b = appendAttr(b, nfulaHwLen, be16(14))    // ETH_HLEN
+	b = appendAttr(b, nfulaHwType, be16(772)) // ARPHRD_LOOPBACK
+	b = appendAttr(b, nfulaHwLen, be16(14))   // ETH_HLEN
 	b = appendAttr(b, nfulaHwHeader, []byte{0: 0, 12: 0x08, 13: 0x00})
 	ts := binary.BigEndian.AppendUint64(nil, tsSec)
 	ts = binary.BigEndian.AppendUint64(ts, tsUsec)

@@ -18,19 +18,29 @@ import (
 // accepts has the properties its documentation promises, and that it agrees
 // with golang.org/x/net: whatever it accepts, x/net parses to the same
 // addresses, type and code; whatever the x/net baseline accepts, it accepts.
+//
+// A random mutation almost never leaves both checksums valid, so the fuzzer
+// would rarely get past them; fix says which of them to recompute before
+// parsing (see fixChecksums), which lets it explore the checks behind them.
 func FuzzParseFragNeeded(f *testing.F) {
 	for _, tt := range parseCases() {
-		f.Add(tt.pkt)
+		f.Add(tt.pkt, uint8(0))
 	}
-	// Mutations the table does not have: a flipped byte in each region.
+	// Mutations the table does not have: a flipped byte in each region,
+	// with and without the checksums fixed up.
 	ok := typical()
 	for _, i := range []int{0, 2, 6, 9, 12, 20, 21, 26, 28, 28 + 9, 28 + 20, len(ok) - 1} {
 		p := bytes.Clone(ok)
 		p[i] ^= 0x5a
-		f.Add(p)
+		f.Add(p, uint8(0))
+		f.Add(p, fixBoth)
 	}
 
-	f.Fuzz(func(t *testing.T, b []byte) {
+	f.Fuzz(func(t *testing.T, b []byte, fix uint8) {
+		if fix != 0 {
+			b = bytes.Clone(b) // the input is the corpus entry: leave it as it was
+			fixChecksums(b, fix)
+		}
 		fn, err := wire.ParseFragNeeded(b)
 		bsrc, bdst, bmtu, berr := baseline.ParseFragNeededXNet(b)
 		if err != nil {
@@ -83,6 +93,34 @@ func FuzzParseFragNeeded(f *testing.F) {
 			t.Fatalf("baseline %v -> %v MTU %d, wire %v -> %v MTU %d", bsrc, bdst, bmtu, fn.Src, fn.Dst, fn.MTU)
 		}
 	})
+}
+
+const (
+	fixIPv4Sum uint8 = 1 << iota // recompute the IPv4 header checksum
+	fixICMPSum                   // recompute the ICMP checksum
+	fixBoth    = fixIPv4Sum | fixICMPSum
+)
+
+// fixChecksums recomputes in b the checksums fix asks for, where the header
+// fields say where they are; ICMP first, since the IPv4 header does not
+// cover it.
+func fixChecksums(b []byte, fix uint8) {
+	if len(b) < 20 {
+		return
+	}
+	h, total := int(b[0]&0x0f)*4, int(binary.BigEndian.Uint16(b[2:4]))
+	if h < 20 || h > len(b) {
+		return
+	}
+	if fix&fixICMPSum != 0 && h+4 <= total && total <= len(b) {
+		m := b[h:total]
+		m[2], m[3] = 0, 0
+		binary.BigEndian.PutUint16(m[2:], wire.Checksum(m))
+	}
+	if fix&fixIPv4Sum != 0 {
+		b[10], b[11] = 0, 0
+		binary.BigEndian.PutUint16(b[10:], wire.Checksum(b[:h]))
+	}
 }
 
 // icmpNoExtensions is the longest ICMP message in which x/net looks for no

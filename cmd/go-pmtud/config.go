@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/go-pmtud/go-pmtud"
 	"github.com/go-pmtud/go-pmtud/nl"
 )
@@ -32,6 +34,8 @@ type options struct {
 	qthreshold     uint
 	timeout        time.Duration
 	bufsize        uint
+	workers        int
+	cpus           string
 }
 
 // settings is the resolved configuration of one run.
@@ -65,6 +69,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.UintVar(&o.qthreshold, "nflog-qthreshold", 64, "packets the kernel batches into one NFLOG datagram (1..65535)")
 	fs.DurationVar(&o.timeout, "nflog-timeout", 10*time.Millisecond, "longest the kernel holds a batch before sending it (10ms steps)")
 	fs.UintVar(&o.bufsize, "nflog-bufsize", 131072, "NFLOG kernel batch buffer in bytes (nlbufsiz; the kernel ignores values above 131072)")
+	fs.IntVar(&o.workers, "workers", 1, "send sockets, each with its own goroutine locked to an OS thread (1..64)")
+	fs.StringVar(&o.cpus, "cpus", "", "CPU list such as 2,3 or 2-3: pins the worker threads, round-robin (default: not pinned)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -92,6 +98,7 @@ type host interface {
 	interfaceAddrs(name string) ([]netip.Addr, error) // error if there is no such interface
 	allAddrs() ([]netip.Addr, error)
 	hostname() (string, error)
+	allowedCPU(cpu int) bool // whether this process may run on cpu
 }
 
 // resolve turns options into settings: parses addresses, looks up the
@@ -128,6 +135,18 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 		return s, fmt.Errorf("--log-level: %q is not one of debug, info, warn, error", o.logLevel)
 	}
 	c.TTL = o.ttl
+	c.Workers = o.workers
+	if c.CPUs, err = parseCPUList(o.cpus); err != nil {
+		return s, fmt.Errorf("--cpus: %w", err)
+	}
+	for _, cpu := range c.CPUs {
+		if !h.allowedCPU(cpu) {
+			return s, fmt.Errorf("--cpus: CPU %d is not in this process's CPU set", cpu)
+		}
+	}
+	if o.workers < 1 {
+		return s, fmt.Errorf("--workers %d is outside 1..64", o.workers)
+	}
 	c.NFLOG = nl.Config{
 		Group:      uint16(o.group),
 		QThreshold: uint32(o.qthreshold),
@@ -207,6 +226,26 @@ func parsePrefixes(s string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
+// parseCPUList parses a Linux CPU list: "2", "2,3", "0-3,6".
+func parseCPUList(s string) ([]int, error) {
+	var out []int
+	for _, f := range splitList(s) {
+		lo, hi, isRange := strings.Cut(f, "-")
+		a, err := strconv.Atoi(lo)
+		b := a
+		if err == nil && isRange {
+			b, err = strconv.Atoi(hi)
+		}
+		if err != nil || a < 0 || b < a || b-a > 1023 {
+			return nil, fmt.Errorf("%q is not a CPU number or range such as 2-3", f)
+		}
+		for cpu := a; cpu <= b; cpu++ {
+			out = append(out, cpu)
+		}
+	}
+	return out, nil
+}
+
 func splitList(s string) []string {
 	var out []string
 	for _, f := range strings.Split(s, ",") {
@@ -258,6 +297,14 @@ func (system) allAddrs() ([]netip.Addr, error) {
 }
 
 func (system) hostname() (string, error) { return os.Hostname() }
+
+func (system) allowedCPU(cpu int) bool {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return true // cannot tell: let pinning report it
+	}
+	return set.IsSet(cpu)
+}
 
 func netAddrs(as []net.Addr) []netip.Addr {
 	var out []netip.Addr

@@ -28,6 +28,7 @@ func (fakeHost) allAddrs() ([]netip.Addr, error) {
 	return []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("198.18.0.10")}, nil
 }
 func (fakeHost) hostname() (string, error) { return "host-a", nil }
+func (fakeHost) allowedCPU(cpu int) bool   { return cpu < 4 }
 
 func env(kv ...string) func(string) string {
 	m := map[string]string{}
@@ -82,6 +83,20 @@ func TestResolve(t *testing.T) {
 				}
 			},
 		},
+		{
+			name: "workers pinned",
+			args: []string{"--peers", "198.18.0.11", "--workers", "3", "--cpus", "1,2-3"},
+			env:  env(),
+			check: func(t *testing.T, s settings) {
+				if s.relay.Workers != 3 || len(s.relay.CPUs) != 3 || s.relay.CPUs[0] != 1 || s.relay.CPUs[2] != 3 {
+					t.Errorf("workers %d cpus %v", s.relay.Workers, s.relay.CPUs)
+				}
+			},
+		},
+		{name: "cpu not allowed", args: []string{"--peers", "198.18.0.11", "--cpus", "7"}, env: env(), wantErr: "CPU 7 is not in this process's CPU set"},
+		{name: "bad cpu list", args: []string{"--peers", "198.18.0.11", "--cpus", "3-1"}, env: env(), wantErr: `--cpus: "3-1"`},
+		{name: "workers 0", args: []string{"--peers", "198.18.0.11", "--workers", "0"}, env: env(), wantErr: "--workers 0"},
+		{name: "workers 65", args: []string{"--peers", "198.18.0.11", "--workers", "65"}, env: env(), wantErr: "workers 65 is outside"},
 		{name: "no peers", args: nil, env: env(), wantErr: "no peers"},
 		{name: "only own address", args: []string{"--peers", "198.18.0.10"}, env: env(), wantErr: "no peers left"},
 		{name: "bad peer", args: []string{"--peers", "198.18.0.300"}, env: env(), wantErr: `--peers: "198.18.0.300" is not an IP address`},

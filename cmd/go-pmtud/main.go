@@ -64,7 +64,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		log.Info("--ignore-networks is empty: only ICMPs from peers and own addresses are recognised as copies")
 	}
 	log.Info("go-pmtud started", "node", c.NodeName, "relay", c.Mode, "source", c.Source,
-		"peers", relay.Peers(), "nflog_group", c.NFLOG.Group, "ttl", c.TTL, "ignore_networks", c.IgnoreNetworks)
+		"peers", relay.Peers(), "nflog_group", c.NFLOG.Group, "ttl", c.TTL, "workers", max(c.Workers, 1), "cpus", c.CPUs, "ignore_networks", c.IgnoreNetworks)
 
 	var srv *http.Server
 	if s.metricsAddr != "" {
