@@ -14,14 +14,6 @@ const (
 	defaultReadBuffer = 8 << 20
 )
 
-// maxDatagram bounds the size of one NFLOG datagram. The kernel allocates
-// the batch skb with alloc_skb(max(nlbufsiz, packet size)), and the slab
-// rounds a 128 KiB request (plus skb_shared_info) up to a 256 KiB block,
-// whose whole tailroom it then fills before flushing. So a datagram is
-// always shorter than 256 KiB, whatever BufSize says (checked on Linux 6.18,
-// net/netfilter/nfnetlink_log.c nfulnl_alloc_skb and nfulnl_log_packet).
-const maxDatagram = 256 << 10
-
 // Config configures one NFLOG group subscription. Zero fields get the
 // documented defaults.
 type Config struct {
@@ -100,29 +92,4 @@ func (c Config) timeoutTicks() uint32 {
 		t = 1<<32 - 1
 	}
 	return uint32(t)
-}
-
-// Batch owns one receive buffer and the packets decoded from the last Read
-// into it. A Batch is reused Read after Read; it is not safe for concurrent
-// use.
-type Batch struct {
-	// Packets are the packets of the last datagram read into the Batch. Their
-	// payloads are views into the Batch's buffer, valid until the next Read.
-	Packets []Packet
-	// Lost is how many packets the kernel numbered but never delivered
-	// (sequence-number gaps) between the previous Read and the packets of
-	// this one; 0 normally.
-	Lost uint64
-
-	buf []byte
-}
-
-// NewBatch returns a Batch with a receive buffer large enough for the
-// largest datagram the kernel sends (256 KiB) and room for 256 packets. It
-// allocates both once; Read reuses them.
-func NewBatch() *Batch {
-	return &Batch{
-		Packets: make([]Packet, 0, 256),
-		buf:     make([]byte, maxDatagram),
-	}
 }

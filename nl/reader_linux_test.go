@@ -397,3 +397,19 @@ func TestReadAllocs(t *testing.T) {
 		t.Errorf("Read: %v allocations per packet, want 0", allocs)
 	}
 }
+
+func TestKernelTruncatedDatagram(t *testing.T) {
+	e := newKernelEnv(t, 14)
+	r := e.listen(t, Config{QThreshold: 1})
+	small := &Batch{buf: make([]byte, 300)} // shorter than one 576-byte packet
+	e.send(t, probe(0))
+	if err := r.Read(small); !errors.Is(err, ErrMalformed) || !errors.Is(err, errTruncated) {
+		t.Fatalf("Read into a 300-byte buffer: %v; want the truncation error", err)
+	}
+	// The datagram is consumed; the Reader goes on.
+	e.send(t, probe(1))
+	rs := readUntil(t, r, func(rs []received) bool { return packets(rs) >= 1 })
+	if rs[0].err != nil || string(rs[0].pkts[0].Payload) != string(probe(1)) {
+		t.Errorf("Read after a truncated datagram: %v", rs[0].err)
+	}
+}

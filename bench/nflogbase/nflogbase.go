@@ -36,7 +36,6 @@ import (
 
 	nflog "github.com/florianl/go-nflog/v2"
 	"github.com/mdlayher/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // ErrShortAttribute reports input on which go-nflog v2.3.0 would panic
@@ -72,7 +71,15 @@ const (
 	vlanTCI   = 2 // NFULA_VLAN_TCI
 )
 
-const nlmsgHeaderLen = 16 // sizeof(struct nlmsghdr), include/uapi/linux/netlink.h
+const (
+	nlmsgHeaderLen = 16 // sizeof(struct nlmsghdr), include/uapi/linux/netlink.h
+	nfnetlinkV0    = 0  // NFNETLINK_V0, include/uapi/linux/netfilter/nfnetlink.h
+
+	// Address families (include/linux/socket.h) whose nfgenmsg go-nflog skips.
+	afInet   = 2  // AF_INET
+	afInet6  = 10 // AF_INET6
+	afBridge = 7  // AF_BRIDGE
+)
 
 // Decode decodes one NFLOG datagram b the way go-nflog v2.3.0's receive loop
 // does, calling fn with the nflog.Attribute of each message, in order, until
@@ -166,7 +173,7 @@ func ParseMessage(data []byte) (nflog.Attribute, error) {
 		return a, ErrShortAttribute
 	}
 	off := 0
-	if (data[0] == unix.AF_INET || data[0] == unix.AF_INET6 || data[0] == unix.AF_BRIDGE) && data[1] == unix.NFNETLINK_V0 {
+	if (data[0] == afInet || data[0] == afInet6 || data[0] == afBridge) && data[1] == nfnetlinkV0 {
 		off = 4
 	}
 	if off > len(data) {
