@@ -23,12 +23,16 @@ func Checksum(b []byte) uint16 {
 // that matter.
 func sum(b []byte) uint64 {
 	var s, c uint64
-	for len(b) >= 32 {
+	for len(b) >= 64 {
 		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[0:8]), c)
 		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[8:16]), c)
 		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[16:24]), c)
 		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[24:32]), c)
-		b = b[32:]
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[32:40]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[40:48]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[48:56]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[56:64]), c)
+		b = b[64:]
 	}
 	for len(b) >= 8 {
 		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b), c)

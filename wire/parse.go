@@ -96,46 +96,44 @@ func ParseFragNeeded(b []byte) (FragNeeded, error) {
 	if Checksum(icmp) != 0 {
 		return FragNeeded{}, ErrBadChecksum
 	}
-	inner, ok := parseQuoted(icmp[icmpHeaderLen:])
-	if !ok {
-		return FragNeeded{}, ErrBadInner
-	}
-	return FragNeeded{
+	f := FragNeeded{
 		Src:    netip.AddrFrom4([4]byte(pkt[12:16])),
 		Dst:    netip.AddrFrom4([4]byte(pkt[16:20])),
 		TTL:    pkt[8],
 		MTU:    binary.BigEndian.Uint16(icmp[6:8]),
 		Packet: pkt,
 		ICMP:   icmp,
-		Inner:  inner,
-	}, nil
+	}
+	// Inner is filled in place: returning a Flow by value costs a copy.
+	if !parseQuoted(&f.Inner, icmp[icmpHeaderLen:]) {
+		return FragNeeded{}, ErrBadInner
+	}
+	return f, nil
 }
 
-// parseQuoted returns the flow of q, the packet quoted by an ICMP error,
-// reporting whether q holds an IPv4 header and the 8 bytes after it. Its
+// parseQuoted sets f to the flow of q, the packet quoted by an ICMP error,
+// and reports whether q holds an IPv4 header and the 8 bytes after it. Its
 // total length and checksum are not checked (see the package documentation).
-func parseQuoted(q []byte) (Flow, bool) {
+func parseQuoted(f *Flow, q []byte) bool {
 	if len(q) < ipv4HeaderLen || q[0]>>4 != 4 {
-		return Flow{}, false
+		return false
 	}
 	ihl := int(q[0]&0x0f) * 4
 	if ihl < ipv4HeaderLen || len(q) < ihl+8 {
-		return Flow{}, false
+		return false
 	}
-	f := Flow{
-		Src:   netip.AddrFrom4([4]byte(q[12:16])),
-		Dst:   netip.AddrFrom4([4]byte(q[16:20])),
-		Proto: q[9],
-	}
+	f.Src = netip.AddrFrom4([4]byte(q[12:16]))
+	f.Dst = netip.AddrFrom4([4]byte(q[16:20]))
+	f.Proto = q[9]
 	// A non-first fragment continues the payload: its first bytes are data,
 	// not ports.
 	if binary.BigEndian.Uint16(q[6:8])&ipv4FragOff != 0 {
-		return f, true
+		return true
 	}
 	switch f.Proto {
 	case protoTCP, protoUDP, protoSCTP, protoUDPLite:
 		f.SrcPort = binary.BigEndian.Uint16(q[ihl : ihl+2])
 		f.DstPort = binary.BigEndian.Uint16(q[ihl+2 : ihl+4])
 	}
-	return f, true
+	return true
 }
