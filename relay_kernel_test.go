@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -306,6 +307,19 @@ func TestPeerLearnsPathMTU(t *testing.T) {
 					Peers:      []netip.Addr{netlab.NodeAddr(0)},
 				})
 			}
+			var capture *nl.Reader
+			if withRelay {
+				// A second group sees the same router ICMPs, for the parser
+				// checks and fuzz seeds below.
+				b.MustRun(t, append([]string{"iptables"}, netlab.NFLOGRule(group+1)...)...)
+				if err := b.Do(func() (err error) {
+					capture, err = nl.Listen(nl.Config{Group: group + 1})
+					return err
+				}); err != nil {
+					t.Fatal(err)
+				}
+				defer capture.Close()
+			}
 			got, err := c.Transfer(size, 3*time.Second)
 			if err != nil {
 				t.Fatal(err)
@@ -318,6 +332,7 @@ func TestPeerLearnsPathMTU(t *testing.T) {
 				if got != size || mtu != 1400 {
 					t.Fatalf("with go-pmtud: transferred %d of %d bytes, A caches mtu %d; want all and 1400 (relay stats %+v)", got, size, mtu, relay.Stats())
 				}
+				checkRealRouterICMP(t, capture)
 				// The counters are updated just after the sendmmsg call returns.
 				waitFor(t, "the relay to count its copies", func() bool { return relay.Stats().Sent > 0 })
 				return
@@ -327,6 +342,52 @@ func TestPeerLearnsPathMTU(t *testing.T) {
 			}
 		})
 	}
+}
+
+// checkRealRouterICMP reads the ICMPs the kernel router sent during a
+// transfer and checks that wire accepts them as the router built them.
+// With PMTUD_WRITE_SEEDS=1 it stores them as fuzz seeds for wire and nl.
+func checkRealRouterICMP(t *testing.T, r *nl.Reader) {
+	t.Helper()
+	b := nl.NewBatch()
+	done := make(chan error, 1)
+	go func() { done <- r.Read(b) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		r.Close()
+		t.Fatal("no router ICMP was logged to the capture group")
+	}
+	if len(b.Packets) == 0 {
+		t.Fatal("the capture group delivered an empty batch")
+	}
+	for i, p := range b.Packets {
+		f, err := wire.ParseFragNeeded(p.Payload)
+		if err != nil {
+			t.Fatalf("router ICMP %d rejected: %v (%x)", i, err, p.Payload)
+		}
+		if f.Src != netlab.RouterLoopback || f.MTU != 1400 || f.Inner.Src != netlab.Anycast || f.Inner.Dst != netlab.ClientAddr || f.Inner.SrcPort != netlab.TransferPort {
+			t.Fatalf("router ICMP %d parsed as %+v", i, f)
+		}
+		if i == 0 && os.Getenv("PMTUD_WRITE_SEEDS") == "1" {
+			writeSeed(t, "wire/testdata/fuzz/FuzzParseFragNeeded/kernel-router", fmt.Sprintf("[]byte(%q)\nbyte('\\x00')\n", p.Payload))
+		}
+	}
+}
+
+// writeSeed writes a corpus entry in the format of go test fuzz v1.
+func writeSeed(t *testing.T, path, values string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("go test fuzz v1\n"+values), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("wrote fuzz seed %s", path)
 }
 
 // TestTwoDaemonsDoNotPingPong runs go-pmtud on two nodes that list each
