@@ -27,7 +27,9 @@ const (
 
 // fanout sends each payload of a batch to every peer, with sendmmsg over
 // one socket. The messages are prebuilt once: message i*P+j points at
-// iovec i and at peer j's sockaddr, so per batch only the iovecs change.
+// payload i's iovecs and at peer j's sockaddr, so per batch only the
+// iovecs change. A message has one iovec (the payload) or two (a header,
+// then the payload: the payload is never copied).
 //
 // A fanout is owned by one goroutine.
 type fanout struct {
@@ -35,9 +37,10 @@ type fanout struct {
 	rc   syscall.RawConn
 
 	peers []netip.Addr
+	parts int                     // iovecs per message: 1, or 2 with a header
 	addrs []unix.RawSockaddrInet4 // one per peer
-	iovs  []unix.Iovec            // one per payload of a group
-	msgs  []unix.Mmsghdr          // len(iovs) * len(peers)
+	iovs  []unix.Iovec            // parts per payload of a group
+	msgs  []unix.Mmsghdr          // group * len(peers)
 
 	// State of the send in progress, read by sendFn.
 	off, end int
@@ -81,12 +84,13 @@ func newICMPFanout(src netip.Addr, ttl int, peers []netip.Addr) (*fanout, error)
 		unix.Close(fd)
 		return nil, err
 	}
-	return newFanout(fd, "icmp", peers, 0)
+	return newFanout(fd, "icmp", peers, 0, 1)
 }
 
 // newFanout takes ownership of the non-blocking socket fd and prepares
-// messages to peers; port is the destination port (0 for raw sockets).
-func newFanout(fd int, name string, peers []netip.Addr, port uint16) (*fanout, error) {
+// messages to peers; port is the destination port (0 for raw sockets),
+// parts the iovecs per message (2: header and payload).
+func newFanout(fd int, name string, peers []netip.Addr, port uint16, parts int) (*fanout, error) {
 	file := os.NewFile(uintptr(fd), "pmtud-"+name)
 	rc, err := file.SyscallConn()
 	if err != nil {
@@ -99,8 +103,9 @@ func newFanout(fd int, name string, peers []netip.Addr, port uint16) (*fanout, e
 		file:    file,
 		rc:      rc,
 		peers:   peers,
+		parts:   parts,
 		addrs:   make([]unix.RawSockaddrInet4, p),
-		iovs:    make([]unix.Iovec, group),
+		iovs:    make([]unix.Iovec, group*parts),
 		msgs:    make([]unix.Mmsghdr, group*p),
 		errs:    make([]uint64, p),
 		sent:    make([]uint64, p),
@@ -111,30 +116,36 @@ func newFanout(fd int, name string, peers []netip.Addr, port uint16) (*fanout, e
 		// sin_port is in network byte order.
 		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&f.addrs[j].Port))[:], port)
 	}
-	for i := range f.iovs {
+	for i := range group {
 		for j := range f.addrs {
 			h := &f.msgs[i*p+j].Hdr
 			h.Name = (*byte)(unsafe.Pointer(&f.addrs[j]))
 			h.Namelen = unix.SizeofSockaddrInet4
-			h.Iov = &f.iovs[i]
-			h.Iovlen = 1
+			h.Iov = &f.iovs[i*parts]
+			h.SetIovlen(parts)
 		}
 	}
 	f.sendFn = f.sendmmsg
 	return f, nil
 }
 
-// send sends every payload to every peer. It blocks while the socket
-// buffer is full and allocates nothing. Failures are counted per peer in
-// f.sendErr (the last one in f.lastErrno), successes in f.sent. It returns
-// an error only when the socket is closed.
-func (f *fanout) send(payloads [][]byte) error {
+// send sends every payload, preceded by its header when the fanout has two
+// parts (heads[i] goes with payloads[i]; heads is nil otherwise), to every
+// peer. It blocks while the socket buffer is full and allocates nothing.
+// Failures are counted per peer in f.sendErr (the last one in f.lastErrno),
+// successes in f.sent. It returns an error only when the socket is closed.
+func (f *fanout) send(heads, payloads [][]byte) error {
 	p := len(f.peers)
 	for len(payloads) > 0 {
-		g := min(len(payloads), len(f.iovs))
+		g := min(len(payloads), len(f.iovs)/f.parts)
 		for i, b := range payloads[:g] {
-			f.iovs[i].Base = unsafe.SliceData(b)
-			f.iovs[i].SetLen(len(b))
+			iov := f.iovs[i*f.parts : (i+1)*f.parts]
+			if f.parts == 2 {
+				iov[0].Base = unsafe.SliceData(heads[i])
+				iov[0].SetLen(len(heads[i]))
+			}
+			iov[f.parts-1].Base = unsafe.SliceData(b)
+			iov[f.parts-1].SetLen(len(b))
 		}
 		clear(f.errs)
 		f.off, f.end, f.retries = 0, g*p, 0
@@ -150,6 +161,9 @@ func (f *fanout) send(payloads [][]byte) error {
 			f.sendErr[j] += f.errs[j]
 		}
 		payloads = payloads[g:]
+		if heads != nil {
+			heads = heads[g:]
+		}
 	}
 	return nil
 }

@@ -224,7 +224,7 @@ func (w *worker) handle(b *nl.Batch) {
 // send fans payloads out and moves the per-peer tallies into the metrics.
 func (w *worker) send(payloads [][]byte) {
 	r, fan := w.r, w.fan
-	if err := fan.send(payloads); err != nil {
+	if err := fan.send(nil, payloads); err != nil {
 		r.m.errors.Inc()
 		logf(r.log, &w.lastLog, "send failed", "err", err)
 	}
