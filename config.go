@@ -6,7 +6,10 @@ import (
 	"net/netip"
 	"slices"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/go-pmtud/go-pmtud/nl"
+	"github.com/go-pmtud/go-pmtud/wire"
 )
 
 // Mode selects how a copy travels to a peer.
@@ -17,13 +20,25 @@ const (
 	// packet from the node to the peer (the reference daemon's way). The peer
 	// needs no daemon, but its conntrack sees the copy as INVALID.
 	ModeICMP Mode = iota + 1
+	// ModeUDP sends the router's packet, untouched, in an authenticated UDP
+	// datagram to the peer's go-pmtud, which writes it into a TUN device:
+	// the peer's kernel sees exactly what the router sent (RELATED to the
+	// flow, NAT reversed), so pods behind DNAT learn too.
+	ModeUDP
 )
+
+// DefaultRelayPort is the udp relay's default port: below the Kubernetes
+// NodePort range (30000-32767) and the kernel's default ephemeral range
+// (32768-60999), so neither a Service nor an outgoing connection takes it.
+const DefaultRelayPort = 2734
 
 // String returns the mode's flag value.
 func (m Mode) String() string {
 	switch m {
 	case ModeICMP:
 		return "icmp"
+	case ModeUDP:
+		return "udp"
 	}
 	return fmt.Sprintf("Mode(%d)", uint8(m))
 }
@@ -33,13 +48,19 @@ func ParseMode(s string) (Mode, error) {
 	switch s {
 	case "icmp":
 		return ModeICMP, nil
+	case "udp":
+		return ModeUDP, nil
 	}
-	return 0, fmt.Errorf("unknown relay mode %q (want icmp)", s)
+	return 0, fmt.Errorf("unknown relay mode %q (want udp or icmp)", s)
 }
 
 // maxCPUs is CPU_SETSIZE (include/bits/cpu-set.h in glibc), the CPUs a
 // unix.CPUSet can name.
 const maxCPUs = 1024
+
+// DefaultTUNAddr is the TUN device's address when one is needed: link-local,
+// so it is never routed beyond the node, and a /32, so it adds no route.
+var DefaultTUNAddr = netip.MustParseAddr("169.254.42.1")
 
 // Config is everything a Relay needs, resolved: addresses, not interface
 // names. Validate checks it; New calls Validate.
@@ -68,12 +89,53 @@ type Config struct {
 	Workers int
 	// CPUs, when set, pins worker i's thread to CPUs[i % len(CPUs)].
 	CPUs []int
+
+	// The udp relay's settings; ignored in ModeICMP.
+
+	// RelayPort is the UDP port of every node's go-pmtud; 0 means
+	// DefaultRelayPort.
+	RelayPort uint16
+	// Keys authenticate relay datagrams: Keys[0] seals, every key (at most
+	// two: the current and the previous, during a rotation) opens. Without
+	// keys the relay is unauthenticated and accepts datagrams from current
+	// peers' addresses only.
+	Keys []wire.Key
+	// TUNName names the TUN device the relay creates; "" means "pmtud0".
+	TUNName string
+	// TUNAddr becomes the TUN device's /32 address when
+	// net.ipv4.conf.all.rp_filter is not 0: loose mode on the device then
+	// accepts injected packets only if the device has an address. Invalid
+	// means DefaultTUNAddr.
+	TUNAddr netip.Addr
 }
 
 // Validate reports the first thing wrong with c, in words an operator can
 // act on. It does not touch the system.
 func (c *Config) Validate() error {
-	if c.Mode != 0 && c.Mode != ModeICMP {
+	switch c.Mode {
+	case 0, ModeICMP:
+	case ModeUDP:
+		if len(c.Keys) > 2 {
+			return fmt.Errorf("%d relay keys: at most two (the current and the previous) are accepted", len(c.Keys))
+		}
+		for i, k := range c.Keys {
+			if k.ID == 0 {
+				return errors.New("relay key id 0 is reserved for unauthenticated datagrams")
+			}
+			if len(k.Secret) < 16 {
+				return fmt.Errorf("relay key %d is %d bytes, want at least 16", k.ID, len(k.Secret))
+			}
+			if i == 1 && k.ID == c.Keys[0].ID {
+				return fmt.Errorf("relay keys share the id %d", k.ID)
+			}
+		}
+		if len(c.TUNName) >= unix.IFNAMSIZ {
+			return fmt.Errorf("TUN name %q is longer than %d bytes", c.TUNName, unix.IFNAMSIZ-1)
+		}
+		if c.TUNAddr.IsValid() && !c.TUNAddr.Is4() {
+			return fmt.Errorf("TUN address %v is not an IPv4 address", c.TUNAddr)
+		}
+	default:
 		return fmt.Errorf("relay mode %v is not supported", c.Mode)
 	}
 	if !c.Source.Is4() {

@@ -24,6 +24,11 @@ type relayMetrics struct {
 	duration   *metrics.PrometheusHistogram
 	peerSent   []*metrics.Counter
 	peerErrors []*metrics.Counter
+
+	// The udp relay's receive side.
+	relayRecv    *metrics.Counter
+	injected     *metrics.Counter
+	relayDropped [recvDropReasonCount]*metrics.Counter
 }
 
 // quote renders a Prometheus label value.
@@ -32,7 +37,7 @@ func quote(v string) string {
 	return `"` + r.Replace(v) + `"`
 }
 
-func newRelayMetrics(node string, peers []netip.Addr) *relayMetrics {
+func newRelayMetrics(node string, mode Mode, peers []netip.Addr) *relayMetrics {
 	s := metrics.NewSet()
 	n := `{node=` + quote(node) + `}`
 	m := &relayMetrics{
@@ -44,6 +49,13 @@ func newRelayMetrics(node string, peers []netip.Addr) *relayMetrics {
 		lost:      s.NewCounter("go_pmtud_nflog_lost_packets_total" + n),
 		malformed: s.NewCounter("go_pmtud_nflog_malformed_total" + n),
 		duration:  s.NewPrometheusHistogram("go_pmtud_callback_duration_seconds" + n),
+	}
+	if mode == ModeUDP {
+		m.relayRecv = s.NewCounter("go_pmtud_relay_received_total" + n)
+		m.injected = s.NewCounter("go_pmtud_relay_injected_total" + n)
+		for _, r := range RecvDropReasons() {
+			m.relayDropped[r] = s.NewCounter(fmt.Sprintf("go_pmtud_relay_dropped_total{node=%s,reason=%s}", quote(node), quote(r.String())))
+		}
 	}
 	for _, r := range DropReasons() {
 		m.dropped[r] = s.NewCounter(fmt.Sprintf("go_pmtud_dropped_packets_total{node=%s,reason=%s}", quote(node), quote(r.String())))

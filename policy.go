@@ -14,6 +14,9 @@ type policy struct {
 	// netip.Addr hashes a 24-byte value and allocates nothing.
 	guard  map[netip.Addr]DropReason
 	ignore []netip.Prefix // few in practice: a linear scan beats a trie
+	// tunIndex is the udp relay's TUN device: packets logged as arriving
+	// on it were injected by go-pmtud. 0: no TUN.
+	tunIndex uint32
 }
 
 func newPolicy(c *Config, peers []netip.Addr) policy {

@@ -14,6 +14,9 @@ const (
 	DropFromPeer
 	// DropFromSelf: the outer source is one of the node's own addresses.
 	DropFromSelf
+	// DropFromTUN: the packet arrived on the udp relay's TUN device, so
+	// go-pmtud injected it: a copy, whatever its source address says.
+	DropFromTUN
 	// dropReasonCount bounds the enum for iteration.
 	dropReasonCount
 )
@@ -31,6 +34,8 @@ func (r DropReason) String() string {
 		return "from_peer"
 	case DropFromSelf:
 		return "from_self"
+	case DropFromTUN:
+		return "from_tun"
 	}
 	if r > 0 && r < DropReason(wire.ErrorCount) {
 		return wire.Error(r).String()

@@ -37,7 +37,10 @@ type Relay struct {
 	m      *relayMetrics
 
 	reader  *nl.Reader
+	seq     *wire.Sequence // udp relay: one numbering for all workers
 	workers []*worker
+	tun     *tunDevice     // udp relay only
+	recv    *receiver      // udp relay only
 	free    chan *nl.Batch // batches ready to be read into
 	work    chan *nl.Batch // batches ready to be handled
 
@@ -53,6 +56,12 @@ type worker struct {
 	fan      *fanout
 	payloads [][]byte // views into the batch in hand, reused
 	lastLog  time.Time
+
+	// udp relay only: the envelope header of each payload, sealed once
+	// and sent to every peer.
+	sealer *wire.Sealer
+	hdrs   [][wire.EnvelopeLen]byte
+	heads  [][]byte // views into hdrs, reused
 }
 
 // New validates cfg and opens the NFLOG subscription and the send socket,
@@ -65,6 +74,15 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) {
 	if cfg.Mode == 0 {
 		cfg.Mode = ModeICMP
 	}
+	if cfg.RelayPort == 0 {
+		cfg.RelayPort = DefaultRelayPort
+	}
+	if cfg.TUNName == "" {
+		cfg.TUNName = "pmtud0"
+	}
+	if !cfg.TUNAddr.IsValid() {
+		cfg.TUNAddr = DefaultTUNAddr
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -75,7 +93,7 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) {
 		log:    log,
 		peers:  peers,
 		policy: newPolicy(&cfg, peers),
-		m:      newRelayMetrics(cfg.NodeName, peers),
+		m:      newRelayMetrics(cfg.NodeName, cfg.Mode, peers),
 		// Two batches per worker keep every worker busy while the reader
 		// fills the next one; one more is in the reader's hands.
 		free: make(chan *nl.Batch, 2*n+1),
@@ -84,15 +102,18 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) {
 	for range cap(r.free) {
 		r.free <- nl.NewBatch()
 	}
-	for i := range n {
-		fan, err := newICMPFanout(cfg.Source, cfg.TTL, peers)
-		if err != nil {
+	if cfg.Mode == ModeUDP {
+		r.seq = wire.NewSequence(time.Now())
+		if err := r.openUDP(); err != nil {
 			r.closeWorkers()
 			return nil, err
 		}
-		w := &worker{r: r, cpu: -1, fan: fan, payloads: make([][]byte, 0, 256)}
-		if len(cfg.CPUs) > 0 {
-			w.cpu = cfg.CPUs[i%len(cfg.CPUs)]
+	}
+	for i := range n {
+		w, err := r.newWorker(i)
+		if err != nil {
+			r.closeWorkers()
+			return nil, err
 		}
 		r.workers = append(r.workers, w)
 	}
@@ -102,6 +123,53 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// newWorker opens worker i's send socket.
+func (r *Relay) newWorker(i int) (*worker, error) {
+	c := &r.cfg
+	w := &worker{r: r, cpu: -1, payloads: make([][]byte, 0, 256)}
+	if len(c.CPUs) > 0 {
+		w.cpu = c.CPUs[i%len(c.CPUs)]
+	}
+	var err error
+	if c.Mode == ModeICMP {
+		w.fan, err = newICMPFanout(c.Source, c.TTL, r.peers)
+		return w, err
+	}
+	var key *wire.Key
+	if len(c.Keys) > 0 {
+		key = &c.Keys[0]
+	}
+	if w.sealer, err = wire.NewSealer(key, r.seq, c.Source); err != nil {
+		return nil, fmt.Errorf("pmtud: relay key: %w", err)
+	}
+	w.hdrs = make([][wire.EnvelopeLen]byte, 256)
+	w.heads = make([][]byte, 0, 256)
+	w.fan, err = newUDPFanout(c.Source, c.TTL, r.peers, c.RelayPort)
+	return w, err
+}
+
+// openUDP creates the udp relay's TUN device and receive socket.
+func (r *Relay) openUDP() error {
+	c := &r.cfg
+	opener, err := wire.NewOpener(c.Keys...)
+	if err != nil {
+		return fmt.Errorf("pmtud: relay keys: %w", err)
+	}
+	if r.tun, err = openTUN(c.TUNName, c.TUNAddr); err != nil {
+		return err
+	}
+	r.policy.tunIndex = uint32(r.tun.index)
+	if r.recv, err = newReceiver(r, c.Source, c.RelayPort, r.tun, opener); err != nil {
+		r.tun.close()
+		r.tun = nil
+		return err
+	}
+	if len(c.Keys) == 0 {
+		r.log.Warn("the udp relay is unauthenticated: datagrams are accepted from the peers' addresses, unverified; give --relay-key-file")
+	}
+	return nil
 }
 
 // Peers returns the peers that get copies: the configured ones without
@@ -116,7 +184,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	defer stop()
 	defer r.Close()
 
-	errc := make(chan error, len(r.workers))
+	errc := make(chan error, len(r.workers)+1)
 	var wg sync.WaitGroup
 	for _, w := range r.workers {
 		wg.Add(1)
@@ -125,8 +193,18 @@ func (r *Relay) Run(ctx context.Context) error {
 			errc <- w.run()
 		}()
 	}
+	if r.recv != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errc <- r.recv.run()
+		}()
+	}
 	err := r.read(ctx)
 	close(r.work) // the workers drain what is queued, then stop
+	if r.recv != nil {
+		r.recv.close() // ends its run
+	}
 	wg.Wait()
 	close(errc)
 	for e := range errc {
@@ -197,9 +275,14 @@ func (w *worker) handle(b *nl.Batch) {
 	if b.Lost > 0 {
 		r.m.lost.AddInt64(int64(b.Lost))
 	}
-	payloads := w.payloads[:0]
+	payloads, heads := w.payloads[:0], w.heads[:0]
 	for i := range b.Packets {
-		f, err := wire.ParseFragNeeded(b.Packets[i].Payload)
+		p := &b.Packets[i]
+		if p.InIfindex != 0 && p.InIfindex == r.policy.tunIndex {
+			r.m.dropped[DropFromTUN].Inc()
+			continue
+		}
+		f, err := wire.ParseFragNeeded(p.Payload)
 		if err != nil {
 			if we, ok := err.(wire.Error); ok && we > 0 && we < wire.ErrorCount {
 				r.m.dropped[dropReasonOf(we)].Inc()
@@ -212,19 +295,33 @@ func (w *worker) handle(b *nl.Batch) {
 			r.m.dropped[reason].Inc()
 			continue
 		}
-		payloads = append(payloads, f.ICMP)
+		if w.sealer == nil {
+			payloads = append(payloads, f.ICMP)
+			continue
+		}
+		k := len(payloads)
+		if k == len(w.hdrs) {
+			w.hdrs = append(w.hdrs, [wire.EnvelopeLen]byte{}) // a bigger batch than ever: grows once
+			w.hdrs = w.hdrs[:cap(w.hdrs)]
+		}
+		w.sealer.Seal(&w.hdrs[k], f.Packet)
+		heads = append(heads, w.hdrs[k][:])
+		payloads = append(payloads, f.Packet)
 	}
-	w.payloads = payloads[:0]
+	w.payloads, w.heads = payloads[:0], heads[:0]
 	if len(payloads) > 0 {
-		w.send(payloads)
+		if w.sealer == nil {
+			heads = nil
+		}
+		w.send(heads, payloads)
 	}
 	r.m.duration.UpdateDuration(start)
 }
 
 // send fans payloads out and moves the per-peer tallies into the metrics.
-func (w *worker) send(payloads [][]byte) {
+func (w *worker) send(heads, payloads [][]byte) {
 	r, fan := w.r, w.fan
-	if err := fan.send(nil, payloads); err != nil {
+	if err := fan.send(heads, payloads); err != nil {
 		r.m.errors.Inc()
 		logf(r.log, &w.lastLog, "send failed", "err", err)
 	}
@@ -273,6 +370,12 @@ func (r *Relay) closeWorkers() error {
 	for _, w := range r.workers {
 		errs = append(errs, w.fan.close())
 	}
+	if r.recv != nil {
+		errs = append(errs, r.recv.close())
+	}
+	if r.tun != nil {
+		errs = append(errs, r.tun.close())
+	}
 	return errors.Join(errs...)
 }
 
@@ -287,6 +390,11 @@ type Stats struct {
 	Dropped    map[DropReason]uint64 // packets not replicated, by reason
 	Overruns   uint64                // ENOBUFS on the NFLOG socket
 	Lost       uint64                // packets the kernel dropped (sequence gaps)
+
+	// The udp relay's receive side.
+	RelayReceived uint64                    // datagrams from peers
+	Injected      uint64                    // packets written into the TUN device
+	RelayDropped  map[RecvDropReason]uint64 // datagrams not injected, by reason
 }
 
 // Stats returns the current counters. It allocates; it is for tests and
@@ -305,6 +413,16 @@ func (r *Relay) Stats() Stats {
 	for _, d := range DropReasons() {
 		if n := r.m.dropped[d].Get(); n > 0 {
 			s.Dropped[d] = n
+		}
+	}
+	if r.m.relayRecv != nil {
+		s.RelayReceived = r.m.relayRecv.Get()
+		s.Injected = r.m.injected.Get()
+		s.RelayDropped = make(map[RecvDropReason]uint64)
+		for _, d := range RecvDropReasons() {
+			if n := r.m.relayDropped[d].Get(); n > 0 {
+				s.RelayDropped[d] = n
+			}
 		}
 	}
 	return s

@@ -278,13 +278,15 @@ func setChecksum(m []byte) []byte {
 
 // TestPeerLearnsPathMTU is the end-to-end check of shared/design.md: node A
 // owns a flow, the router's "fragmentation needed" lands on node B. Only
-// with go-pmtud on B does A learn the path MTU and the transfer complete.
+// with go-pmtud does A learn the path MTU and the transfer complete: on B
+// alone with the icmp relay, on every node (as a DaemonSet) with the udp
+// relay.
 func TestPeerLearnsPathMTU(t *testing.T) {
 	const size = 1 << 20
-	for _, withRelay := range []bool{false, true} {
+	for _, mode := range []pmtud.Mode{0, pmtud.ModeICMP, pmtud.ModeUDP} {
 		name := "without go-pmtud"
-		if withRelay {
-			name = "with go-pmtud on B"
+		if mode != 0 {
+			name = mode.String() + " relay"
 		}
 		t.Run(name, func(t *testing.T) {
 			lab := netlab.NewT(t)
@@ -296,19 +298,15 @@ func TestPeerLearnsPathMTU(t *testing.T) {
 			if mtu, err := a.CachedMTU(netlab.ClientAddr.String()); err != nil || mtu != 0 {
 				t.Fatalf("before the transfer A caches mtu %d (%v), want none", mtu, err)
 			}
-			var relay *pmtud.Relay
-			if withRelay {
-				if err := netlab.InstallNFLOGRule(b, group); err != nil {
-					t.Fatal(err)
-				}
-				relay = startRelay(t, b, pmtud.Config{
-					Source:     netlab.NodeAddr(1),
-					LocalAddrs: []netip.Addr{netlab.NodeAddr(1), netlab.Anycast},
-					Peers:      []netip.Addr{netlab.NodeAddr(0)},
-				})
+			var relays []*pmtud.Relay
+			switch mode {
+			case pmtud.ModeICMP:
+				relays = startDaemons(t, c, mode, 1)
+			case pmtud.ModeUDP:
+				relays = startDaemons(t, c, mode, 0, 1)
 			}
 			var capture *nl.Reader
-			if withRelay {
+			if mode != 0 {
 				// A second group sees the same router ICMPs, for the parser
 				// checks and fuzz seeds below.
 				b.MustRun(t, append([]string{"iptables"}, netlab.NFLOGRule(group+1)...)...)
@@ -320,7 +318,7 @@ func TestPeerLearnsPathMTU(t *testing.T) {
 				}
 				defer capture.Close()
 			}
-			got, err := c.Transfer(size, 3*time.Second)
+			got, err := c.Transfer(a, size, 3*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -328,20 +326,56 @@ func TestPeerLearnsPathMTU(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if withRelay {
-				if got != size || mtu != 1400 {
-					t.Fatalf("with go-pmtud: transferred %d of %d bytes, A caches mtu %d; want all and 1400 (relay stats %+v)", got, size, mtu, relay.Stats())
+			if mode == 0 {
+				if got == size || mtu != 0 {
+					t.Fatalf("negative control: transferred %d of %d bytes, A caches mtu %d; want a stall and no cached MTU", got, size, mtu)
 				}
-				checkRealRouterICMP(t, capture)
-				// The counters are updated just after the sendmmsg call returns.
-				waitFor(t, "the relay to count its copies", func() bool { return relay.Stats().Sent > 0 })
 				return
 			}
-			if got == size || mtu != 0 {
-				t.Fatalf("negative control: transferred %d of %d bytes, A caches mtu %d; want a stall and no cached MTU", got, size, mtu)
+			onB := relays[len(relays)-1]
+			if got != size || mtu != 1400 {
+				t.Fatalf("transferred %d of %d bytes, A caches mtu %d; want all and 1400 (B's relay: %+v)", got, size, mtu, onB.Stats())
+			}
+			checkRealRouterICMP(t, capture)
+			// The counters are updated just after the sendmmsg call returns.
+			waitFor(t, "B's relay to count its copies", func() bool { return onB.Stats().Sent > 0 })
+			if mode == pmtud.ModeUDP {
+				waitFor(t, "A's relay to inject the copies", func() bool { return relays[0].Stats().Injected > 0 })
 			}
 		})
 	}
+}
+
+// startDaemons installs the NFLOG rule and starts go-pmtud on the given
+// nodes of c, each listing every node of c as a peer, as a DaemonSet would.
+func startDaemons(t *testing.T, c *netlab.Cluster, mode pmtud.Mode, nodes ...int) []*pmtud.Relay {
+	t.Helper()
+	var peers []netip.Addr
+	for i := range c.Nodes {
+		peers = append(peers, netlab.NodeAddr(i))
+	}
+	var relays []*pmtud.Relay
+	for _, i := range nodes {
+		if err := netlab.InstallNFLOGRule(c.Nodes[i], group); err != nil {
+			t.Fatal(err)
+		}
+		relays = append(relays, startRelay(t, c.Nodes[i], pmtud.Config{
+			Mode:       mode,
+			Source:     netlab.NodeAddr(i),
+			LocalAddrs: []netip.Addr{netlab.NodeAddr(i), netlab.Anycast},
+			Peers:      peers,
+			Keys:       testKeys(mode),
+		}))
+	}
+	return relays
+}
+
+// testKeys returns a relay key for the udp relay, none for icmp.
+func testKeys(mode pmtud.Mode) []wire.Key {
+	if mode != pmtud.ModeUDP {
+		return nil
+	}
+	return []wire.Key{{ID: 7, Secret: []byte("0123456789abcdef0123456789abcdef")}}
 }
 
 // checkRealRouterICMP reads the ICMPs the kernel router sent during a
@@ -394,39 +428,43 @@ func writeSeed(t *testing.T, path, values string) {
 // other, with no --ignore-networks: one router ICMP to each gives exactly
 // one copy each way, and the copies are not copied again.
 func TestTwoDaemonsDoNotPingPong(t *testing.T) {
-	lab := netlab.NewT(t)
-	c, err := netlab.BuildCluster(lab, 2, 1400)
-	if err != nil {
-		t.Fatal(err)
-	}
-	relays := make([]*pmtud.Relay, 2)
-	for i, node := range c.Nodes {
-		if err := netlab.InstallNFLOGRule(node, group); err != nil {
-			t.Fatal(err)
-		}
-		relays[i] = startRelay(t, node, pmtud.Config{
-			Source:     netlab.NodeAddr(i),
-			LocalAddrs: []netip.Addr{netlab.NodeAddr(i), netlab.Anycast},
-			Peers:      []netip.Addr{netlab.NodeAddr(0), netlab.NodeAddr(1)},
-		})
-	}
-	inj := newInjector(t, c.Router)
-	inj.send(t, netlab.NodeAddr(0), fragNeeded(netlab.RouterLoopback, 1400, 41000))
-	inj.send(t, netlab.NodeAddr(1), fragNeeded(netlab.RouterLoopback, 1400, 41001))
-
-	check := func() bool {
-		for _, r := range relays {
-			st := r.Stats()
-			if st.Received != 2 || st.Sent != 1 || st.Dropped[pmtud.DropFromPeer] != 1 {
-				return false
+	for _, mode := range []pmtud.Mode{pmtud.ModeICMP, pmtud.ModeUDP} {
+		t.Run(mode.String()+" relay", func(t *testing.T) {
+			lab := netlab.NewT(t)
+			c, err := netlab.BuildCluster(lab, 2, 1400)
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-		return true
-	}
-	waitFor(t, "one copy each way", check)
-	// A ping-pong would keep the counters moving; give it time to show.
-	time.Sleep(300 * time.Millisecond)
-	if !check() {
-		t.Fatalf("counters moved after the exchange: A %+v, B %+v", relays[0].Stats(), relays[1].Stats())
+			relays := startDaemons(t, c, mode, 0, 1)
+			inj := newInjector(t, c.Router)
+			inj.send(t, netlab.NodeAddr(0), fragNeeded(netlab.RouterLoopback, 1400, 41000))
+			inj.send(t, netlab.NodeAddr(1), fragNeeded(netlab.RouterLoopback, 1400, 41001))
+
+			// icmp: each node logs the router's ICMP and the peer's copy,
+			// which comes from the peer's address. udp: each node logs the
+			// router's ICMP and the injected copy, which arrives on its TUN.
+			copyReason := pmtud.DropFromPeer
+			if mode == pmtud.ModeUDP {
+				copyReason = pmtud.DropFromTUN
+			}
+			check := func() bool {
+				for _, r := range relays {
+					st := r.Stats()
+					if st.Received != 2 || st.Sent != 1 || st.Dropped[copyReason] != 1 {
+						return false
+					}
+					if mode == pmtud.ModeUDP && st.Injected != 1 {
+						return false
+					}
+				}
+				return true
+			}
+			waitFor(t, "one copy each way", check)
+			// A ping-pong would keep the counters moving; give it time to show.
+			time.Sleep(300 * time.Millisecond)
+			if !check() {
+				t.Fatalf("counters moved after the exchange: A %+v, B %+v", relays[0].Stats(), relays[1].Stats())
+			}
+		})
 	}
 }

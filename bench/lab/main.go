@@ -71,7 +71,7 @@ func run(size, mtu int, stall time.Duration) error {
 	}
 	download := func() {
 		start := time.Now()
-		n, err := c.Transfer(size, stall)
+		n, err := c.Transfer(c.Nodes[0], size, stall)
 		switch {
 		case err != nil:
 			fmt.Printf("  download: %v\n", err)

@@ -157,15 +157,15 @@ func InstallNFLOGRule(ns *NS, group int) error {
 // TransferPort is the TCP port of Transfer's server on node 0.
 const TransferPort = 8080
 
-// Transfer serves size bytes from Anycast:TransferPort on node 0 and fetches
-// them from the client, as a stalled download would be in production. It
-// returns how many bytes arrived before the stream ended or made no progress
-// for stall.
-func (c *Cluster) Transfer(size int, stall time.Duration) (int, error) {
+// Transfer serves size bytes on TransferPort from server (node 0, or a pod
+// behind it) and fetches them from the client at Anycast:TransferPort, as a
+// stalled download would be in production. It returns how many bytes
+// arrived before the stream ended or made no progress for stall.
+func (c *Cluster) Transfer(server *NS, size int, stall time.Duration) (int, error) {
 	addr := net.JoinHostPort(Anycast.String(), strconv.Itoa(TransferPort))
 	var ln net.Listener
-	if err := c.Nodes[0].Do(func() (err error) {
-		ln, err = net.Listen("tcp4", addr)
+	if err := server.Do(func() (err error) {
+		ln, err = net.Listen("tcp4", ":"+strconv.Itoa(TransferPort))
 		return err
 	}); err != nil {
 		return 0, fmt.Errorf("netlab: listen: %w", err)

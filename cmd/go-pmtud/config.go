@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/go-pmtud/go-pmtud"
 	"github.com/go-pmtud/go-pmtud/nl"
+	"github.com/go-pmtud/go-pmtud/wire"
 )
 
 // options are the command line as given, before resolution.
@@ -36,6 +38,10 @@ type options struct {
 	bufsize        uint
 	workers        int
 	cpus           string
+	relayPort      uint
+	relayKeyFile   string
+	tunName        string
+	tunAddress     string
 }
 
 // settings is the resolved configuration of one run.
@@ -65,7 +71,11 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.IntVar(&o.ttl, "ttl", 10, "TTL of the copies (1..255)")
 	fs.StringVar(&o.ignoreNetworks, "ignore-networks", "", "comma-separated CIDRs: ICMPs whose outer source lies inside are never replicated")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.StringVar(&o.relay, "relay", "icmp", "how copies travel: icmp (re-originated ICMP from a raw socket)")
+	fs.StringVar(&o.relay, "relay", "udp", "how copies travel: udp (the router's packet, authenticated, to the peer's go-pmtud, which injects it through TUN) or icmp (re-originated ICMP from a raw socket; peers need no daemon)")
+	fs.UintVar(&o.relayPort, "relay-port", uint(pmtud.DefaultRelayPort), "UDP port of the udp relay on every node")
+	fs.StringVar(&o.relayKeyFile, "relay-key-file", "", "file of relay keys, one ID:HEX-SECRET per line (secret >= 16 bytes); the first seals, both open (rotation). Empty: unauthenticated, peers' addresses only")
+	fs.StringVar(&o.tunName, "tun-name", "pmtud0", "TUN device the udp relay creates to inject received packets")
+	fs.StringVar(&o.tunAddress, "tun-address", pmtud.DefaultTUNAddr.String(), "/32 address given to the TUN device when net.ipv4.conf.all.rp_filter is not 0")
 	fs.UintVar(&o.qthreshold, "nflog-qthreshold", 64, "packets the kernel batches into one NFLOG datagram (1..65535)")
 	fs.DurationVar(&o.timeout, "nflog-timeout", 10*time.Millisecond, "longest the kernel holds a batch before sending it (10ms steps)")
 	fs.UintVar(&o.bufsize, "nflog-bufsize", 131072, "NFLOG kernel batch buffer in bytes (nlbufsiz; the kernel ignores values above 131072)")
@@ -136,6 +146,22 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 	}
 	c.TTL = o.ttl
 	c.Workers = o.workers
+	if o.relayPort < 1 || o.relayPort > 65535 {
+		return s, fmt.Errorf("--relay-port %d is outside 1..65535", o.relayPort)
+	}
+	c.RelayPort = uint16(o.relayPort)
+	c.TUNName = o.tunName
+	if c.TUNAddr, err = netip.ParseAddr(o.tunAddress); err != nil || !c.TUNAddr.Is4() {
+		return s, fmt.Errorf("--tun-address: %q is not an IPv4 address", o.tunAddress)
+	}
+	if o.relayKeyFile != "" {
+		if c.Mode != pmtud.ModeUDP {
+			return s, errors.New("--relay-key-file is for --relay udp")
+		}
+		if c.Keys, err = readKeys(o.relayKeyFile); err != nil {
+			return s, fmt.Errorf("--relay-key-file: %w", err)
+		}
+	}
 	if c.CPUs, err = parseCPUList(o.cpus); err != nil {
 		return s, fmt.Errorf("--cpus: %w", err)
 	}
@@ -224,6 +250,36 @@ func parsePrefixes(s string) ([]netip.Prefix, error) {
 		out = append(out, p.Masked())
 	}
 	return out, nil
+}
+
+// readKeys reads relay keys: one "ID:HEX-SECRET" per line, blank lines and
+// lines starting with # skipped; the first key seals.
+func readKeys(path string) ([]wire.Key, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var keys []wire.Key
+	for n, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		id, secret, ok := strings.Cut(line, ":")
+		i, err := strconv.ParseUint(id, 10, 16)
+		if !ok || err != nil || i == 0 {
+			return nil, fmt.Errorf("line %d: want ID:HEX-SECRET with ID in 1..65535", n+1)
+		}
+		k, err := hex.DecodeString(secret)
+		if err != nil || len(k) < 16 {
+			return nil, fmt.Errorf("line %d: the secret must be at least 16 bytes in hex (openssl rand -hex 32)", n+1)
+		}
+		keys = append(keys, wire.Key{ID: uint16(i), Secret: k})
+	}
+	if len(keys) == 0 {
+		return nil, errors.New("no keys in the file")
+	}
+	return keys, nil
 }
 
 // parseCPUList parses a Linux CPU list: "2", "2,3", "0-3,6".

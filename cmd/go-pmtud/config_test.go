@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -97,6 +98,10 @@ func TestResolve(t *testing.T) {
 		{name: "bad cpu list", args: []string{"--peers", "198.18.0.11", "--cpus", "3-1"}, env: env(), wantErr: `--cpus: "3-1"`},
 		{name: "workers 0", args: []string{"--peers", "198.18.0.11", "--workers", "0"}, env: env(), wantErr: "--workers 0"},
 		{name: "workers 65", args: []string{"--peers", "198.18.0.11", "--workers", "65"}, env: env(), wantErr: "workers 65 is outside"},
+		{name: "bad relay port", args: []string{"--peers", "198.18.0.11", "--relay-port", "0"}, env: env(), wantErr: "--relay-port 0"},
+		{name: "bad tun address", args: []string{"--peers", "198.18.0.11", "--tun-address", "2001:db8::1"}, env: env(), wantErr: "--tun-address"},
+		{name: "missing key file", args: []string{"--peers", "198.18.0.11", "--relay-key-file", "/nonexistent/keys"}, env: env(), wantErr: "--relay-key-file"},
+		{name: "key file with icmp", args: []string{"--peers", "198.18.0.11", "--relay", "icmp", "--relay-key-file", "/nonexistent/keys"}, env: env(), wantErr: "is for --relay udp"},
 		{name: "no peers", args: nil, env: env(), wantErr: "no peers"},
 		{name: "only own address", args: []string{"--peers", "198.18.0.10"}, env: env(), wantErr: "no peers left"},
 		{name: "bad peer", args: []string{"--peers", "198.18.0.300"}, env: env(), wantErr: `--peers: "198.18.0.300" is not an IP address`},
@@ -147,6 +152,27 @@ func TestBadConfigurationExitsWithUsageStatus(t *testing.T) {
 		}
 		if lines := strings.Count(strings.TrimSpace(stderr.String()), "\n"); !strings.Contains(stderr.String(), "go-pmtud") {
 			t.Errorf("run(%q): stderr %q (%d lines) does not name the program", args, stderr.String(), lines+1)
+		}
+	}
+}
+
+func TestReadKeys(t *testing.T) {
+	dir := t.TempDir()
+	write := func(content string) string {
+		p := dir + "/keys"
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	secret := strings.Repeat("ab", 32)
+	keys, err := readKeys(write("# current, then previous\n2:" + secret + "\n\n1:" + strings.Repeat("cd", 16) + "\n"))
+	if err != nil || len(keys) != 2 || keys[0].ID != 2 || len(keys[0].Secret) != 32 || keys[1].ID != 1 || len(keys[1].Secret) != 16 {
+		t.Fatalf("readKeys = %+v, %v", keys, err)
+	}
+	for _, bad := range []string{"", "0:" + secret, "x:" + secret, "1:" + secret[:30], "1:zz" + secret, secret} {
+		if _, err := readKeys(write(bad)); err == nil {
+			t.Errorf("readKeys(%q) accepted", bad)
 		}
 	}
 }

@@ -1,0 +1,180 @@
+package pmtud
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/go-pmtud/go-pmtud/bench/netlab"
+	"github.com/go-pmtud/go-pmtud/nl"
+	"github.com/go-pmtud/go-pmtud/wire"
+)
+
+// sinkPeers returns P peer addresses behind a TUN device that nobody reads,
+// in a fresh namespace: every packet goes through the kernel's whole IPv4
+// output path and is then dropped by the device, so a benchmark measures
+// the sender, not a receiver. Run fn inside the namespace to open sockets.
+func sinkPeers(tb testing.TB, p int) (*netlab.NS, []netip.Addr) {
+	tb.Helper()
+	lab := netlab.NewT(tb)
+	ns, err := lab.AddNS("sink")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// An attached but never read TUN has carrier: the kernel queues up to
+	// txqueuelen packets for the reader (orphaned from the sending socket)
+	// and drops the rest, like a blackhole with a real transmit path.
+	var fd int
+	if err := ns.Do(func() (err error) {
+		if fd, err = unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
+			return err
+		}
+		ifr, err := unix.NewIfreq("sink0")
+		if err != nil {
+			return err
+		}
+		ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
+		return unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { unix.Close(fd) })
+	ns.MustRun(tb, "ip", "link", "set", "sink0", "up")
+	ns.MustRun(tb, "ip", "addr", "add", "198.18.50.1/24", "dev", "sink0")
+	peers := make([]netip.Addr, p)
+	for i := range peers {
+		peers[i] = netip.AddrFrom4([4]byte{198, 18, 50, byte(10 + i)})
+	}
+	return ns, peers
+}
+
+// benchPayloads returns n distinct frag-needed ICMP messages of a typical
+// size (a Linux router quotes up to 576 bytes in all).
+func benchPayloads(n int) [][]byte {
+	out := make([][]byte, n)
+	for i := range out {
+		tcp := make([]byte, 576-20-8-20)
+		tcp[0], tcp[1] = byte(i>>8), byte(i)
+		quoted := wire.AppendIPv4(nil, netlab.Anycast, netlab.ClientAddr, unix.IPPROTO_TCP, 63, tcp)
+		out[i] = wire.AppendFragNeeded(nil, 1400, quoted)
+	}
+	return out
+}
+
+// reportPackets reports per-packet cost and rate for a benchmark that sends
+// perOp packets per iteration.
+func reportPackets(b *testing.B, perOp int) {
+	pkts := float64(b.N) * float64(perOp)
+	b.ReportMetric(b.Elapsed().Seconds()*1e9/pkts, "ns/pkt")
+	b.ReportMetric(pkts/b.Elapsed().Seconds(), "pkts/s")
+}
+
+var benchPeerCounts = []int{1, 16}
+
+// BenchmarkFanoutSendmmsg sends 64 ICMPs to P peers per op with the
+// relay's fan-out: sendmmsg, one shared iovec per ICMP, prebuilt sockaddrs.
+func BenchmarkFanoutSendmmsg(b *testing.B) {
+	for _, p := range benchPeerCounts {
+		b.Run(fmt.Sprintf("P=%d", p), func(b *testing.B) {
+			ns, peers := sinkPeers(b, p)
+			var fan *fanout
+			if err := ns.Do(func() (err error) {
+				fan, err = newICMPFanout(netip.MustParseAddr("198.18.50.1"), 10, peers)
+				return err
+			}); err != nil {
+				b.Fatal(err)
+			}
+			defer fan.close()
+			payloads := benchPayloads(64)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if err := fan.send(nil, payloads); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportPackets(b, len(payloads)*p)
+			if fan.lastErrno != 0 {
+				b.Fatalf("send error: %v", fan.lastErrno)
+			}
+		})
+	}
+}
+
+// BenchmarkFanoutSendto is the baseline: the same packets, one sendto per
+// packet and peer, as the reference daemon sends them.
+func BenchmarkFanoutSendto(b *testing.B) {
+	for _, p := range benchPeerCounts {
+		b.Run(fmt.Sprintf("P=%d", p), func(b *testing.B) {
+			ns, peers := sinkPeers(b, p)
+			var fd int
+			if err := ns.Do(func() (err error) {
+				fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+				if err != nil {
+					return err
+				}
+				return unix.SetsockoptInt(fd, unix.SOL_RAW, icmpFilter, -1)
+			}); err != nil {
+				b.Fatal(err)
+			}
+			defer unix.Close(fd)
+			sas := make([]unix.SockaddrInet4, p)
+			for i, a := range peers {
+				sas[i].Addr = a.As4()
+			}
+			payloads := benchPayloads(64)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				for _, pl := range payloads {
+					for i := range sas {
+						if err := unix.Sendto(fd, pl, 0, &sas[i]); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+			}
+			reportPackets(b, len(payloads)*p)
+		})
+	}
+}
+
+// BenchmarkRelayBatch is the whole per-batch path in-process: parse,
+// policy, fan-out and metrics, for a batch of 64 logged packets, P = 16.
+// ns/pkt is per packet sent (input packets × peers).
+func BenchmarkRelayBatch(b *testing.B) {
+	const p = 16
+	ns, peers := sinkPeers(b, p)
+	var r *Relay
+	if err := ns.Do(func() (err error) {
+		r, err = New(Config{
+			NodeName:       "bench",
+			Source:         netip.MustParseAddr("198.18.50.1"),
+			Peers:          peers,
+			IgnoreNetworks: []netip.Prefix{netip.MustParsePrefix("198.19.254.0/24")},
+			TTL:            10,
+			NFLOG:          nl.Config{Group: 33},
+		}, nil)
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	batch := &nl.Batch{}
+	for _, icmp := range benchPayloads(64) {
+		pkt := wire.AppendIPv4(nil, netlab.RouterLoopback, netlab.Anycast, unix.IPPROTO_ICMP, 64, icmp)
+		batch.Packets = append(batch.Packets, nl.Packet{Payload: pkt})
+	}
+	w := r.workers[0]
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		w.handle(batch)
+	}
+	reportPackets(b, len(batch.Packets)*p)
+	if st := r.Stats(); st.SendErrors != 0 || len(st.Dropped) != 0 {
+		b.Fatalf("unexpected errors or drops: %+v", st)
+	}
+}

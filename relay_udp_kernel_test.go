@@ -1,0 +1,203 @@
+package pmtud_test
+
+import (
+	"net"
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/go-pmtud/go-pmtud"
+	"github.com/go-pmtud/go-pmtud/bench/netlab"
+	"github.com/go-pmtud/go-pmtud/wire"
+)
+
+// The pod behind node A in the NAT scenario.
+var (
+	podAddr     = netip.MustParseAddr("198.18.3.2")
+	podGateway  = netip.MustParseAddr("198.18.3.1")
+	transferStr = strconv.Itoa(netlab.TransferPort)
+)
+
+// addPod puts a pod namespace behind node a and makes a DNAT the anycast
+// service port to it as kube-proxy does, with conntrack INVALID dropped on
+// every node and strict reverse-path filtering, as hardened hosts have.
+func addPod(t *testing.T, lab *netlab.Lab, c *netlab.Cluster) *netlab.NS {
+	t.Helper()
+	pod, err := lab.AddNS("pod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := c.Nodes[0]
+	if err := lab.Link(a, "pod0", pod, "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	mtu := strconv.Itoa(netlab.ClusterMTU)
+	for _, cmd := range [][]string{
+		{"ip", "link", "set", "pod0", "mtu", mtu},
+		{"ip", "addr", "add", podGateway.String() + "/24", "dev", "pod0"},
+		{"sysctl", "-q", "-w", "net.ipv4.ip_forward=1"},
+		{"iptables", "-t", "nat", "-A", "PREROUTING", "-d", netlab.Anycast.String(), "-p", "tcp", "--dport", transferStr,
+			"-j", "DNAT", "--to-destination", podAddr.String() + ":" + transferStr},
+	} {
+		a.MustRun(t, cmd...)
+	}
+	for _, node := range c.Nodes {
+		node.MustRun(t, "sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=1")
+		for _, chain := range []string{"INPUT", "FORWARD"} {
+			node.MustRun(t, "iptables", "-A", chain, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+		}
+	}
+	for _, cmd := range [][]string{
+		{"ip", "link", "set", "eth0", "mtu", mtu},
+		{"ip", "addr", "add", podAddr.String() + "/24", "dev", "eth0"},
+		{"ip", "route", "add", "default", "via", podGateway.String()},
+	} {
+		pod.MustRun(t, cmd...)
+	}
+	return pod
+}
+
+// TestPodBehindDNATLearnsPathMTU is the Kubernetes case: a client fetches
+// from a pod behind node A's DNAT; the router's ICMP lands on node B. The
+// udp relay delivers the router's packet to A untouched, so conntrack
+// relates it to the flow, reverses the NAT and the pod learns the MTU. The
+// icmp relay's copy is INVALID to A's conntrack and dropped: the transfer
+// stalls. go-pmtud runs on every node, as a DaemonSet.
+func TestPodBehindDNATLearnsPathMTU(t *testing.T) {
+	const size = 1 << 20
+	for _, mode := range []pmtud.Mode{pmtud.ModeUDP, pmtud.ModeICMP} {
+		t.Run(mode.String()+" relay", func(t *testing.T) {
+			lab := netlab.NewT(t)
+			c, err := netlab.BuildCluster(lab, 2, 1400)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pod := addPod(t, lab, c)
+			relays := startDaemons(t, c, mode, 0, 1)
+			got, err := c.Transfer(pod, size, 3*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mtu, err := pod.CachedMTU(netlab.ClientAddr.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			onB := relays[1].Stats()
+			if onB.Sent == 0 {
+				t.Fatalf("B replicated nothing: the scenario did not put the router's ICMP on B: %+v", onB)
+			}
+			if mode == pmtud.ModeUDP {
+				if got != size || mtu != 1400 {
+					t.Fatalf("udp relay: transferred %d of %d bytes, the pod caches mtu %d; want all and 1400 (A: %+v)", got, size, mtu, relays[0].Stats())
+				}
+				return
+			}
+			// The documented limit of the icmp relay.
+			if got == size || mtu != 0 {
+				t.Fatalf("icmp relay: transferred %d of %d bytes, the pod caches mtu %d; want a stall, as conntrack drops the copy as INVALID", got, size, mtu)
+			}
+		})
+	}
+}
+
+// TestRejectsForgedRelayDatagrams sends hand-made relay datagrams to a udp
+// relay: only the genuine one is injected, every other is counted under its
+// reason.
+func TestRejectsForgedRelayDatagrams(t *testing.T) {
+	lab := netlab.NewT(t)
+	c, err := netlab.BuildCluster(lab, 3, 1400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The relay on A lists B as its only peer; node 2 is no peer.
+	a := c.Nodes[0]
+	keys := testKeys(pmtud.ModeUDP)
+	relay := startRelay(t, a, pmtud.Config{
+		Mode:       pmtud.ModeUDP,
+		Source:     netlab.NodeAddr(0),
+		LocalAddrs: []netip.Addr{netlab.NodeAddr(0), netlab.Anycast},
+		Peers:      []netip.Addr{netlab.NodeAddr(1)},
+		Keys:       keys,
+	})
+
+	seq := wire.NewSequence(time.Now())
+	seal := func(key *wire.Key, sender netip.Addr, pkt []byte) []byte {
+		s, err := wire.NewSealer(key, seq, sender)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var hdr [wire.EnvelopeLen]byte
+		s.Seal(&hdr, pkt)
+		return append(hdr[:], pkt...)
+	}
+	good := seal(&keys[0], netlab.NodeAddr(1), fragNeeded(netlab.RouterLoopback, 1400, 42000))
+	badTag := seal(&keys[0], netlab.NodeAddr(1), fragNeeded(netlab.RouterLoopback, 1400, 42001))
+	badTag[len(badTag)-1] ^= 1
+	otherKey := wire.Key{ID: 8, Secret: keys[0].Secret}
+	unknownKey := seal(&otherKey, netlab.NodeAddr(1), fragNeeded(netlab.RouterLoopback, 1400, 42002))
+	notFragNeeded := fragNeeded(netlab.RouterLoopback, 1400, 42003)
+	notFragNeeded[20+1] = 3 // port unreachable
+	setChecksum(notFragNeeded[20:])
+	inner := seal(&keys[0], netlab.NodeAddr(1), notFragNeeded)
+	unauthenticated := seal(nil, netlab.NodeAddr(1), fragNeeded(netlab.RouterLoopback, 1400, 42004))
+	truncated := good[:wire.EnvelopeLen-1]
+
+	send := func(from *netlab.NS, d []byte) {
+		t.Helper()
+		if err := from.Do(func() error {
+			conn, err := net.Dial("udp4", net.JoinHostPort(netlab.NodeAddr(0).String(), strconv.Itoa(pmtud.DefaultRelayPort)))
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			_, err = conn.Write(d)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, stranger := c.Nodes[1], c.Nodes[2]
+	send(b, good)
+	send(b, good) // replayed
+	send(b, badTag)
+	send(b, unknownKey)
+	send(b, inner)
+	send(b, unauthenticated)
+	send(b, truncated)
+	send(stranger, seal(&keys[0], netlab.NodeAddr(2), fragNeeded(netlab.RouterLoopback, 1400, 42005)))
+
+	const total = 8
+	waitFor(t, "the relay to read every datagram", func() bool {
+		st := relay.Stats()
+		return st.RelayReceived == total && st.Injected+sum(st.RelayDropped) == total
+	})
+	st := relay.Stats()
+	if st.Injected != 1 {
+		t.Errorf("Injected = %d, want only the genuine datagram", st.Injected)
+	}
+	want := map[string]uint64{
+		"replayed": 1, "bad_tag": 1, "unknown_key": 1, "inner_not_frag_needed": 1,
+		"unauthenticated": 1, "short": 1, "not_peer": 1,
+	}
+	got := map[string]uint64{}
+	for r, n := range st.RelayDropped {
+		got[r.String()] = n
+	}
+	for r, n := range want {
+		if got[r] != n {
+			t.Errorf("RelayDropped[%s] = %d, want %d (all: %v)", r, got[r], n, got)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("RelayDropped = %v, want %v", got, want)
+	}
+}
+
+func sum[K comparable](m map[K]uint64) uint64 {
+	var n uint64
+	for _, v := range m {
+		n += v
+	}
+	return n
+}

@@ -1,0 +1,260 @@
+package pmtud
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/go-pmtud/go-pmtud/wire"
+)
+
+// newUDPFanout opens a UDP socket bound to src (any port) whose messages
+// carry an envelope header and the router's packet to port on every peer.
+func newUDPFanout(src netip.Addr, ttl int, peers []netip.Addr, port uint16) (*fanout, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return nil, fmt.Errorf("pmtud: UDP socket: %w", err)
+	}
+	setup := func() error {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TTL, ttl); err != nil {
+			return fmt.Errorf("pmtud: set IP_TTL %d: %w", ttl, err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: src.As4()}); err != nil {
+			return fmt.Errorf("pmtud: bind UDP socket to %v: %w", src, err)
+		}
+		return nil
+	}
+	if err := setup(); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return newFanout(fd, "udp", peers, port, 2)
+}
+
+// RecvDropReason says why a relay datagram from a peer was not injected.
+// Its String is the reason label of go_pmtud_relay_dropped_total.
+type RecvDropReason uint8
+
+// The first values are the envelope's rejections, in wire.EnvelopeError
+// order; then the inner packet's, in wire.Error order; then the rest.
+const (
+	// recvInnerBase + e is the reason for inner packet error e.
+	recvInnerBase = RecvDropReason(wire.EnvelopeErrorCount) - 1
+
+	// RecvNotPeer: the datagram's source is not a current peer.
+	RecvNotPeer = recvInnerBase + RecvDropReason(wire.ErrorCount) + iota
+	// RecvReplayed: the sequence number was seen before or is too old.
+	RecvReplayed
+	// RecvTruncated: the datagram did not fit the receive buffer.
+	RecvTruncated
+	// RecvInjectFailed: the write into the TUN device failed.
+	RecvInjectFailed
+	recvDropReasonCount
+)
+
+// String returns the reason's label: an envelope reason ("bad_tag"), an
+// inner packet reason prefixed "inner_" ("inner_bad_checksum"), or
+// "not_peer", "replayed", "truncated", "inject_failed".
+func (r RecvDropReason) String() string {
+	switch {
+	case r == 0:
+	case r < RecvDropReason(wire.EnvelopeErrorCount):
+		return wire.EnvelopeError(r).String()
+	case r < RecvNotPeer:
+		return "inner_" + wire.Error(r-recvInnerBase).String()
+	case r == RecvNotPeer:
+		return "not_peer"
+	case r == RecvReplayed:
+		return "replayed"
+	case r == RecvTruncated:
+		return "truncated"
+	case r == RecvInjectFailed:
+		return "inject_failed"
+	}
+	return "unknown"
+}
+
+// RecvDropReasons returns every receive drop reason, in a fixed order.
+func RecvDropReasons() []RecvDropReason {
+	rs := make([]RecvDropReason, 0, recvDropReasonCount-1)
+	for r := RecvDropReason(1); r < recvDropReasonCount; r++ {
+		rs = append(rs, r)
+	}
+	return rs
+}
+
+const (
+	// recvBatch is how many datagrams one recvmmsg may return.
+	recvBatch = 64
+	// recvBufLen holds the largest datagram a peer sends: the envelope and
+	// an ICMP error (576 bytes from Linux; other routers quote more).
+	recvBufLen = 4096
+)
+
+// receiver reads relay datagrams from peers in batches, verifies them and
+// injects the router's packets into the TUN device. It is owned by one
+// goroutine; its buffers are allocated once.
+type receiver struct {
+	r      *Relay
+	file   *os.File
+	rc     syscall.RawConn
+	tun    *tunDevice
+	opener *wire.Opener
+	// replay holds one window per peer; a source without one is no peer.
+	// Built once: the receive path only looks up.
+	replay map[netip.Addr]*wire.ReplayWindow
+
+	bufs  []byte // recvBatch * recvBufLen
+	iovs  []unix.Iovec
+	names []unix.RawSockaddrInet4
+	msgs  []unix.Mmsghdr
+
+	// The read in progress: recvFn's outputs.
+	n      int
+	errno  syscall.Errno
+	recvFn func(fd uintptr) bool
+
+	lastLog time.Time
+}
+
+// newReceiver binds a UDP socket to src:port and prepares the batch buffers.
+func newReceiver(r *Relay, src netip.Addr, port uint16, tun *tunDevice, opener *wire.Opener) (*receiver, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return nil, fmt.Errorf("pmtud: UDP socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: src.As4(), Port: int(port)}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("pmtud: bind relay port %v:%d: %w", src, port, err)
+	}
+	// A large receive buffer absorbs a storm's bursts from many peers.
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20); err != nil {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
+	}
+	file := os.NewFile(uintptr(fd), "pmtud-relay")
+	rc, err := file.SyscallConn()
+	if err != nil {
+		file.Close()
+		return nil, fmt.Errorf("pmtud: relay socket: %w", err)
+	}
+	rv := &receiver{
+		r:      r,
+		file:   file,
+		rc:     rc,
+		tun:    tun,
+		opener: opener,
+		replay: make(map[netip.Addr]*wire.ReplayWindow, len(r.peers)),
+		bufs:   make([]byte, recvBatch*recvBufLen),
+		iovs:   make([]unix.Iovec, recvBatch),
+		names:  make([]unix.RawSockaddrInet4, recvBatch),
+		msgs:   make([]unix.Mmsghdr, recvBatch),
+	}
+	for _, p := range r.peers {
+		rv.replay[p] = new(wire.ReplayWindow)
+	}
+	for i := range rv.msgs {
+		rv.iovs[i].Base = &rv.bufs[i*recvBufLen]
+		rv.iovs[i].SetLen(recvBufLen)
+		h := &rv.msgs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&rv.names[i]))
+		h.Iov = &rv.iovs[i]
+		h.SetIovlen(1)
+	}
+	rv.recvFn = rv.recvmmsg
+	return rv, nil
+}
+
+// recvmmsg is the RawConn read callback: one recvmmsg call for up to
+// recvBatch datagrams; false waits for the socket to become readable.
+func (rv *receiver) recvmmsg(fd uintptr) bool {
+	for i := range rv.msgs {
+		rv.msgs[i].Hdr.Namelen = unix.SizeofSockaddrInet4
+		rv.msgs[i].Hdr.Flags = 0
+	}
+	for {
+		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd,
+			uintptr(unsafe.Pointer(&rv.msgs[0])), uintptr(len(rv.msgs)), 0, 0, 0)
+		switch errno {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		rv.n, rv.errno = int(n), errno
+		return true
+	}
+}
+
+// run receives until the socket is closed.
+func (rv *receiver) run() error {
+	for {
+		if err := rv.rc.Read(rv.recvFn); err != nil {
+			return nil // closed
+		}
+		if rv.errno != 0 {
+			rv.r.m.errors.Inc()
+			logf(rv.r.log, &rv.lastLog, "relay receive failed", "err", rv.errno)
+			continue
+		}
+		rv.r.m.relayRecv.Add(rv.n)
+		for i := range rv.n {
+			if reason := rv.handle(i); reason != 0 {
+				rv.r.m.relayDropped[reason].Inc()
+			} else {
+				rv.r.m.injected.Inc()
+			}
+		}
+	}
+}
+
+// handle checks datagram i and injects its packet; 0 means injected.
+func (rv *receiver) handle(i int) RecvDropReason {
+	m := &rv.msgs[i]
+	if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
+		return RecvTruncated
+	}
+	sa := &rv.names[i]
+	src := netip.AddrFrom4(sa.Addr)
+	window, ok := rv.replay[src]
+	if !ok || sa.Family != unix.AF_INET {
+		return RecvNotPeer
+	}
+	d := rv.bufs[i*recvBufLen : i*recvBufLen+int(m.Len)]
+	env, err := rv.opener.Open(d, src)
+	if err != nil {
+		if e, ok := err.(wire.EnvelopeError); ok && e > 0 && e < wire.EnvelopeErrorCount {
+			return RecvDropReason(e)
+		}
+		return RecvDropReason(wire.ErrEnvelopeTag)
+	}
+	if _, err := wire.ParseFragNeeded(env.Packet); err != nil {
+		if e, ok := err.(wire.Error); ok && e > 0 && e < wire.ErrorCount {
+			return recvInnerBase + RecvDropReason(e)
+		}
+		return recvInnerBase + RecvDropReason(wire.ErrTruncated)
+	}
+	// Only a verified datagram may move the window, or a forger could push
+	// it forward and make genuine copies look old.
+	if !window.Check(env.Seq) {
+		return RecvReplayed
+	}
+	if err := rv.tun.write(env.Packet); err != nil {
+		logf(rv.r.log, &rv.lastLog, "inject into TUN failed", "dev", rv.tun.name, "err", err)
+		return RecvInjectFailed
+	}
+	return 0
+}
+
+// close closes the socket, which ends run. It is safe to call twice.
+func (rv *receiver) close() error {
+	if err := rv.file.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+		return fmt.Errorf("pmtud: close relay socket: %w", err)
+	}
+	return nil
+}
