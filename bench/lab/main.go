@@ -6,8 +6,9 @@
 // Node A serves a download from the anycast address; the router's
 // "fragmentation needed" for it lands on node B. The lab downloads once
 // without go-pmtud (it stalls: A never learns the path MTU), then starts
-// go-pmtud on B with A as its peer and downloads again (it completes), and
-// prints A's route to the client and the relay's counters each time.
+// go-pmtud on both nodes, each listing both as peers, as the DaemonSet does,
+// and downloads again (it completes), and prints A's route to the client
+// and the relays' counters each time.
 //
 // Run it as root: sudo go run ./bench/lab
 package main
@@ -16,6 +17,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -29,20 +31,27 @@ import (
 	"github.com/go-pmtud/go-pmtud"
 	"github.com/go-pmtud/go-pmtud/bench/netlab"
 	"github.com/go-pmtud/go-pmtud/nl"
+	"github.com/go-pmtud/go-pmtud/wire"
 )
 
 func main() {
 	size := flag.Int("size", 4<<20, "bytes to download")
 	mtu := flag.Int("mtu", 1400, "MTU of the router's link to the client")
 	stall := flag.Duration("stall", 3*time.Second, "a download that makes no progress this long has stalled")
+	relay := flag.String("relay", "udp", "relay mode of the daemons: udp or icmp")
 	flag.Parse()
-	if err := run(*size, *mtu, *stall); err != nil {
+	mode, err := pmtud.ParseMode(*relay)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "lab:", err)
+		os.Exit(2)
+	}
+	if err := run(*size, *mtu, *stall, mode); err != nil {
 		fmt.Fprintln(os.Stderr, "lab:", err)
 		os.Exit(1)
 	}
 }
 
-func run(size, mtu int, stall time.Duration) error {
+func run(size, mtu int, stall time.Duration, mode pmtud.Mode) error {
 	lab, err := netlab.New("pmtud-lab")
 	if err != nil {
 		return err
@@ -57,7 +66,7 @@ func run(size, mtu int, stall time.Duration) error {
 	if err != nil {
 		return err
 	}
-	a, b := c.Nodes[0], c.Nodes[1]
+	a := c.Nodes[0]
 	client := netlab.ClientAddr.String()
 	fmt.Printf("lab: client %s ── MTU %d ── router ── MTU %d ── node A %s, node B %s; anycast %s\n\n",
 		client, mtu, netlab.ClusterMTU, netlab.NodeAddr(0), netlab.NodeAddr(1), netlab.Anycast)
@@ -87,43 +96,63 @@ func run(size, mtu int, stall time.Duration) error {
 	download()
 	fmt.Printf("  A after:  ip route get %s: %s\n\n", client, route())
 
-	fmt.Println("2. with go-pmtud on B (peer: A)")
-	if err := netlab.InstallNFLOGRule(b, 33); err != nil {
-		return err
-	}
-	fmt.Printf("  B: iptables %s\n", strings.Join(netlab.NFLOGRule(33), " "))
-	var relay *pmtud.Relay
-	if err := b.Do(func() (err error) {
-		relay, err = pmtud.New(pmtud.Config{
-			NodeName:   "node-b",
-			Source:     netlab.NodeAddr(1),
-			LocalAddrs: []netip.Addr{netlab.NodeAddr(1), netlab.Anycast},
-			Peers:      []netip.Addr{netlab.NodeAddr(0)},
-			TTL:        10,
-			NFLOG:      nl.Config{Group: 33},
-		}, slog.New(slog.NewTextHandler(os.Stderr, nil)))
-		return err
-	}); err != nil {
-		return err
+	fmt.Printf("2. with go-pmtud (--relay %v) on A and B, each with --peers %v,%v\n", mode, netlab.NodeAddr(0), netlab.NodeAddr(1))
+	fmt.Printf("   iptables %s\n", strings.Join(netlab.NFLOGRule(33), " "))
+	var keys []wire.Key
+	if mode == pmtud.ModeUDP {
+		// What --relay-key-file would hold: one key, the same on every node.
+		secret := make([]byte, 32)
+		rand.Read(secret)
+		keys = []wire.Key{{ID: 1, Secret: secret}}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- relay.Run(ctx) }()
+	var relays []*pmtud.Relay
+	done := make(chan error, len(c.Nodes))
+	for i, node := range c.Nodes {
+		if err := netlab.InstallNFLOGRule(node, 33); err != nil {
+			cancel()
+			return err
+		}
+		var relay *pmtud.Relay
+		if err := node.Do(func() (err error) {
+			relay, err = pmtud.New(pmtud.Config{
+				NodeName:   string(rune('a' + i)),
+				Mode:       mode,
+				Source:     netlab.NodeAddr(i),
+				LocalAddrs: []netip.Addr{netlab.NodeAddr(i), netlab.Anycast},
+				Peers:      []netip.Addr{netlab.NodeAddr(0), netlab.NodeAddr(1)},
+				TTL:        10,
+				Keys:       keys,
+				NFLOG:      nl.Config{Group: 33},
+			}, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+			return err
+		}); err != nil {
+			cancel()
+			return err
+		}
+		relays = append(relays, relay)
+		go func() { done <- relay.Run(ctx) }()
+	}
 	fmt.Printf("  A before: ip route get %s: %s\n", client, route())
 	download()
 	fmt.Printf("  A after:  ip route get %s: %s\n", client, route())
+	time.Sleep(100 * time.Millisecond) // let the counters settle
 	cancel()
-	if err := <-done; err != nil {
-		return err
+	for range relays {
+		if err := <-done; err != nil {
+			return err
+		}
 	}
 
-	fmt.Println("\n  go-pmtud counters on B:")
-	var buf bytes.Buffer
-	relay.WritePrometheus(&buf)
-	for sc := bufio.NewScanner(&buf); sc.Scan(); {
-		line := sc.Text()
-		if strings.HasPrefix(line, "go_pmtud_") && !strings.HasSuffix(line, " 0") && !strings.Contains(line, "_bucket") {
-			fmt.Println("   ", line)
+	for i, relay := range relays {
+		fmt.Printf("\n  go-pmtud counters on %c (non-zero):\n", 'A'+i)
+		var buf bytes.Buffer
+		relay.WritePrometheus(&buf)
+		for sc := bufio.NewScanner(&buf); sc.Scan(); {
+			line := sc.Text()
+			if strings.HasPrefix(line, "go_pmtud_") && !strings.HasSuffix(line, " 0") && !strings.Contains(line, "_bucket") {
+				fmt.Println("   ", line)
+			}
 		}
 	}
 	return nil
