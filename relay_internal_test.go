@@ -16,7 +16,7 @@ var testKey = wire.Key{ID: 3, Secret: []byte("allocation-test-secret-32-bytes!")
 
 // newTestRelay starts no loops: it opens a relay on node i of a 4-node
 // cluster with the other nodes as peers, for tests that drive its parts.
-func newTestRelay(t *testing.T, mode Mode, i int) (*Relay, *netlab.Cluster) {
+func newTestRelay(t *testing.T, mode Mode, i int, keys ...wire.Key) (*Relay, *netlab.Cluster) {
 	t.Helper()
 	lab := netlab.NewT(t)
 	c, err := netlab.BuildCluster(lab, 4, 1400)
@@ -36,9 +36,7 @@ func newTestRelay(t *testing.T, mode Mode, i int) (*Relay, *netlab.Cluster) {
 		TTL:            10,
 		NFLOG:          nl.Config{Group: 33},
 	}
-	if mode == ModeUDP {
-		cfg.Keys = []wire.Key{testKey}
-	}
+	cfg.Keys = keys
 	var r *Relay
 	if err := c.Nodes[i].Do(func() (err error) {
 		r, err = New(cfg, nil)
@@ -56,7 +54,7 @@ func newTestRelay(t *testing.T, mode Mode, i int) (*Relay, *netlab.Cluster) {
 func TestRelayAllocs(t *testing.T) {
 	for _, mode := range []Mode{ModeICMP, ModeUDP} {
 		t.Run(mode.String(), func(t *testing.T) {
-			r, _ := newTestRelay(t, mode, 1)
+			r, _ := newTestRelay(t, mode, 1, testKeys(mode)...)
 			quoted := wire.AppendIPv4(nil, netlab.Anycast, netlab.ClientAddr, unix.IPPROTO_TCP, 63, make([]byte, 8))
 			good := wire.AppendIPv4(nil, netlab.RouterLoopback, netlab.Anycast, unix.IPPROTO_ICMP, 64, wire.AppendFragNeeded(nil, 1400, quoted))
 			fromPeer := wire.AppendIPv4(nil, netlab.NodeAddr(2), netlab.Anycast, unix.IPPROTO_ICMP, 64, wire.AppendFragNeeded(nil, 1400, quoted))
@@ -92,7 +90,7 @@ func TestRelayAllocs(t *testing.T) {
 // check, envelope verification, parse, replay window, TUN write — allocates
 // nothing per datagram.
 func TestReceiveAllocs(t *testing.T) {
-	r, _ := newTestRelay(t, ModeUDP, 0)
+	r, _ := newTestRelay(t, ModeUDP, 0, testKey)
 	rv := r.recv
 	sender := netlab.NodeAddr(1)
 	sealer, err := wire.NewSealer(&testKey, wire.NewSequence(time.Now()), sender)
@@ -116,5 +114,41 @@ func TestReceiveAllocs(t *testing.T) {
 	receive()
 	if allocs := testing.AllocsPerRun(100, receive); allocs != 0 {
 		t.Fatalf("the receive path allocates %.1f times per datagram, want 0", allocs)
+	}
+}
+
+func testKeys(mode Mode) []wire.Key {
+	if mode == ModeUDP {
+		return []wire.Key{testKey}
+	}
+	return nil
+}
+
+// TestUnauthenticatedFutureSequence: without keys nothing proves who sent
+// a datagram, so a sequence number from the future, which would push the
+// sender's replay window past its genuine numbers, is refused.
+func TestUnauthenticatedFutureSequence(t *testing.T) {
+	r, _ := newTestRelay(t, ModeUDP, 0)
+	rv := r.recv
+	sender := netlab.NodeAddr(1)
+	quoted := wire.AppendIPv4(nil, netlab.Anycast, netlab.ClientAddr, unix.IPPROTO_TCP, 63, make([]byte, 8))
+	pkt := wire.AppendIPv4(nil, netlab.RouterLoopback, netlab.Anycast, unix.IPPROTO_ICMP, 64, wire.AppendFragNeeded(nil, 1400, quoted))
+	deliver := func(start time.Time) RecvDropReason {
+		s, err := wire.NewSealer(nil, wire.NewSequence(start), sender)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rv.names[0] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: sender.As4()}
+		rv.msgs[0].Len = uint32(wire.EnvelopeLen + len(pkt))
+		copy(rv.bufs[wire.EnvelopeLen:], pkt)
+		s.Seal((*[wire.EnvelopeLen]byte)(rv.bufs[:wire.EnvelopeLen]), pkt)
+		rv.now = time.Now()
+		return rv.handle(0)
+	}
+	if got := deliver(time.Now().Add(24 * time.Hour)); got != RecvFutureSequence {
+		t.Fatalf("sequence from tomorrow: %v, want %v", got, RecvFutureSequence)
+	}
+	if got := deliver(time.Now()); got != 0 {
+		t.Fatalf("genuine datagram after the forged one: %v, want injected", got)
 	}
 }

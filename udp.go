@@ -55,6 +55,11 @@ const (
 	RecvTruncated
 	// RecvInjectFailed: the write into the TUN device failed.
 	RecvInjectFailed
+	// RecvFutureSequence: an unauthenticated datagram whose sequence number
+	// claims a sender start time in the future. Accepting it would move the
+	// sender's replay window past every genuine number until it restarts:
+	// without a tag, anyone who can spoof a peer's address could silence it.
+	RecvFutureSequence
 	recvDropReasonCount
 )
 
@@ -76,6 +81,8 @@ func (r RecvDropReason) String() string {
 		return "truncated"
 	case r == RecvInjectFailed:
 		return "inject_failed"
+	case r == RecvFutureSequence:
+		return "future_sequence"
 	}
 	return "unknown"
 }
@@ -121,7 +128,12 @@ type receiver struct {
 	recvFn func(fd uintptr) bool
 
 	lastLog time.Time
+	now     time.Time // of the batch in hand
 }
+
+// maxClockSkew is how far, in seconds, a peer's clock may run ahead of
+// ours before its unauthenticated sequence numbers are refused.
+const maxClockSkew = 300
 
 // newReceiver binds a UDP socket to src:port and prepares the batch buffers.
 func newReceiver(r *Relay, src netip.Addr, port uint16, tun *tunDevice, opener *wire.Opener) (*receiver, error) {
@@ -203,6 +215,7 @@ func (rv *receiver) run() error {
 			continue
 		}
 		rv.r.m.relayRecv.Add(rv.n)
+		rv.now = time.Now()
 		for i := range rv.n {
 			if reason := rv.handle(i); reason != 0 {
 				rv.r.m.relayDropped[reason].Inc()
@@ -240,7 +253,12 @@ func (rv *receiver) handle(i int) RecvDropReason {
 		return recvInnerBase + RecvDropReason(wire.ErrTruncated)
 	}
 	// Only a verified datagram may move the window, or a forger could push
-	// it forward and make genuine copies look old.
+	// it forward and make genuine copies look old. Unauthenticated ones
+	// are not verified: keep their numbers within a sender start time of
+	// now (plus clock skew).
+	if env.KeyID == 0 && env.Seq>>32 > uint64(rv.now.Unix())+maxClockSkew {
+		return RecvFutureSequence
+	}
 	if !window.Check(env.Seq) {
 		return RecvReplayed
 	}

@@ -1,11 +1,16 @@
 // Package wire parses, validates and builds the packets go-pmtud relays:
 // ICMPv4 Destination Unreachable / Fragmentation Needed (type 3, code 4),
-// starting at the IPv4 header, as NFLOG and the UDP relay hand them over.
+// starting at the IPv4 header, as NFLOG and the UDP relay hand them over;
+// and it seals and opens the udp relay's envelope (Sealer, Opener) and keeps
+// its replay window (ReplayWindow).
 //
-// It works on bytes only: no syscalls, no sockets, no state. ParseFragNeeded
-// allocates nothing on any path, accepted or rejected: results are values
-// whose slices are views into the input, and rejections are Error values,
-// which double as the drop-reason labels of the daemon's metrics.
+// It works on bytes only: no syscalls, no sockets. ParseFragNeeded is a pure
+// function; the envelope types hold only their own small state (an HMAC, a
+// sequence counter, a bitmap), owned by one goroutine each except Sequence.
+// Nothing allocates on any path, accepted or rejected: results are values
+// whose slices are views into the input, and rejections are Error or
+// EnvelopeError values, which double as the drop-reason labels of the
+// daemon's metrics.
 //
 // # What is validated, and why
 //

@@ -219,11 +219,10 @@ func NewSealer(key *Key, seq *Sequence, sender netip.Addr) (*Sealer, error) {
 // Seal writes into hdr the envelope header for packet, with the next sequence
 // number. Afterwards hdr || packet is the datagram for every peer.
 //
-// It allocates nothing and copies nothing but the 32-byte header. Sealed, it
-// costs one HMAC-SHA256 over 32 + len(packet) bytes: two SHA-256 compressions
-// more than hashing the packet alone, about a microsecond for 576 bytes
-// without SHA extensions (BenchmarkSeal). Unauthenticated, it costs a few
-// nanoseconds.
+// It allocates nothing and copies nothing but the 32-byte header. Keyed, it
+// costs one HMAC-SHA256 over 32 + len(packet) bytes, a fifth more than SHA-256
+// of the packet alone: 0.6 µs for 576 bytes on an AMD EPYC with SHA
+// extensions (BenchmarkSeal). Unauthenticated, it costs about 10 ns.
 func (s *Sealer) Seal(hdr *[EnvelopeLen]byte, packet []byte) {
 	s.seal(hdr, s.seq.Next(), packet)
 }
@@ -306,9 +305,9 @@ func NewOpener(keys ...Key) (*Opener, error) {
 // not used for unauthenticated envelopes.
 //
 // It allocates nothing and copies nothing but the 16 header bytes the tag
-// covers. A sealed envelope costs one HMAC-SHA256 over 32 + len(packet)
-// bytes, the same as Seal (BenchmarkOpen); every rejection but a bad tag
-// costs a few comparisons.
+// covers. A keyed envelope costs one HMAC-SHA256 over 32 + len(packet) bytes,
+// as Seal does, whether the tag verifies or not (BenchmarkOpen,
+// BenchmarkOpenBadTag); every other rejection costs a few comparisons.
 func (o *Opener) Open(datagram []byte, from netip.Addr) (Envelope, error) {
 	if len(datagram) < EnvelopeLen {
 		return Envelope{}, ErrEnvelopeShort

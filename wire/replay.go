@@ -22,7 +22,7 @@ const ReplayWindowSize = (replayBlocks - 1) * replayBlockBits
 // ReplayWindow rejects sequence numbers seen before: a sliding bitmap of the
 // newest number accepted and the ReplayWindowSize numbers below it (RFC 6479,
 // as WireGuard implements it). The zero value is an empty window, ready to
-// use; it takes 1 KiB.
+// use; it takes 1032 bytes.
 //
 // A receiver keeps one window per sender address, whatever the key id: a
 // sender's numbers come from one Sequence for the life of its process, across
