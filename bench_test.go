@@ -171,14 +171,19 @@ func BenchmarkRelayBatch(b *testing.B) {
 			}
 			defer r.Close()
 			batch := &nl.Batch{}
+			var pkts [][]byte
 			for _, icmp := range benchPayloads(64) {
 				pkt := wire.AppendIPv4(nil, netlab.RouterLoopback, netlab.Anycast, unix.IPPROTO_ICMP, 64, icmp)
+				pkts = append(pkts, pkt)
 				batch.Packets = append(batch.Packets, nl.Packet{Payload: pkt})
 			}
 			w := r.workers[0]
 			b.ReportAllocs()
 			b.ResetTimer()
-			for range b.N {
+			for i := range b.N {
+				// New to the dedup table, as a storm's packets are (64
+				// checksums of 556 bytes: about 0.1% of an op).
+				renumber(pkts, uint32(i))
 				w.handle(batch)
 			}
 			reportPackets(b, len(batch.Packets)*p)
@@ -216,17 +221,20 @@ func BenchmarkReceiveInject(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	pkt := wire.AppendIPv4(nil, netlab.RouterLoopback, netlab.Anycast, unix.IPPROTO_ICMP, 64, benchPayloads(1)[0])
+	pkts := [][]byte{wire.AppendIPv4(nil, netlab.RouterLoopback, netlab.Anycast, unix.IPPROTO_ICMP, 64, benchPayloads(1)[0])}
+	pkt := pkts[0]
 	rv.names[0] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: sender.As4()}
 	rv.msgs[0].Len = uint32(wire.EnvelopeLen + len(pkt))
-	copy(rv.bufs[wire.EnvelopeLen:], pkt)
 	hdr := (*[wire.EnvelopeLen]byte)(rv.bufs[:wire.EnvelopeLen])
 	b.ReportAllocs()
 	b.SetBytes(int64(len(pkt)))
 	b.ResetTimer()
-	for range b.N {
+	for i := range b.N {
 		b.StopTimer()
-		sealer.Seal(hdr, pkt) // the sender's cost, not measured here
+		// The sender's work, not measured: a new packet, sealed.
+		renumber(pkts, uint32(i))
+		copy(rv.bufs[wire.EnvelopeLen:], pkt)
+		sealer.Seal(hdr, pkt)
 		b.StartTimer()
 		if reason := rv.handle(0); reason != 0 {
 			b.Fatalf("datagram dropped: %v", reason)

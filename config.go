@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -54,9 +55,18 @@ func ParseMode(s string) (Mode, error) {
 	return 0, fmt.Errorf("unknown relay mode %q (want udp or icmp)", s)
 }
 
+// maxWorkers keeps the sequence numbers in flight, at most a batch
+// (about 450 packets) per worker, within the 8128 of wire.ReplayWindowSize.
+const maxWorkers = 16
+
 // maxCPUs is CPU_SETSIZE (include/bits/cpu-set.h in glibc), the CPUs a
 // unix.CPUSet can name.
 const maxCPUs = 1024
+
+// DefaultDedupWindow is how long an ICMP is remembered by default: far
+// longer than a copy takes to come back around, far shorter than a TCP
+// retransmission timeout repeats a quote byte for byte (the IP ID differs).
+const DefaultDedupWindow = time.Second
 
 // DefaultTUNAddr is the TUN device's address when one is needed: link-local,
 // so it is never routed beyond the node, and a /32, so it adds no route.
@@ -89,6 +99,10 @@ type Config struct {
 	Workers int
 	// CPUs, when set, pins worker i's thread to CPUs[i % len(CPUs)].
 	CPUs []int
+	// DedupWindow: an ICMP relayed or injected is not relayed again within
+	// it (loop safety for the udp relay, and storm relief). 0 means
+	// DefaultDedupWindow; negative turns deduplication off.
+	DedupWindow time.Duration
 
 	// The udp relay's settings; ignored in ModeICMP.
 
@@ -155,8 +169,13 @@ func (c *Config) Validate() error {
 	if len(c.RemotePeers()) == 0 {
 		return fmt.Errorf("no peers left after removing the node's own addresses from %v", c.Peers)
 	}
-	if c.Workers < 0 || c.Workers > 64 {
-		return fmt.Errorf("workers %d is outside 1..64", c.Workers)
+	// Workers take sequence numbers concurrently; what one worker holds
+	// in flight must stay within the peers' replay window.
+	if c.Workers < 0 || c.Workers > maxWorkers {
+		return fmt.Errorf("workers %d is outside 1..%d", c.Workers, maxWorkers)
+	}
+	if c.DedupWindow > time.Minute {
+		return fmt.Errorf("dedup window %v is longer than a minute", c.DedupWindow)
 	}
 	for _, cpu := range c.CPUs {
 		if cpu < 0 || cpu >= maxCPUs {

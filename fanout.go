@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -150,22 +151,28 @@ func (f *fanout) send(heads, payloads [][]byte) error {
 		clear(f.errs)
 		f.off, f.end, f.retries = 0, g*p, 0
 		if err := f.rc.Write(f.sendFn); err != nil {
-			// The socket was closed under us: nothing of the group went out.
-			for j := range f.sendErr {
-				f.sendErr[j] += uint64(g)
+			// The socket was closed under us: what was not sent failed.
+			for k := f.off; k < f.end; k++ {
+				f.errs[k%p]++
 			}
+			f.account(g)
 			return fmt.Errorf("pmtud: sendmmsg: %w", err)
 		}
-		for j := range f.sent {
-			f.sent[j] += uint64(g) - f.errs[j]
-			f.sendErr[j] += f.errs[j]
-		}
+		f.account(g)
 		payloads = payloads[g:]
 		if heads != nil {
 			heads = heads[g:]
 		}
 	}
 	return nil
+}
+
+// account adds the outcome of a group of g payloads to the totals.
+func (f *fanout) account(g int) {
+	for j := range f.sent {
+		f.sent[j] += uint64(g) - f.errs[j]
+		f.sendErr[j] += f.errs[j]
+	}
 }
 
 // sendmmsg is the RawConn write callback: it sends msgs[off:end], resuming
@@ -186,7 +193,9 @@ func (f *fanout) sendmmsg(fd uintptr) bool {
 		case errno == unix.EAGAIN:
 			return false
 		case errno == unix.ENOBUFS && f.retries < sendRetries:
+			// A device queue is full: give it a moment to drain.
 			f.retries++
+			time.Sleep(time.Duration(f.retries) * 50 * time.Microsecond)
 			continue
 		}
 		// The first message of the call failed: count it against its peer

@@ -2,6 +2,7 @@ package pmtud
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/go-pmtud/go-pmtud/wire"
 )
@@ -25,7 +26,7 @@ func newPolicy(c *Config, peers []netip.Addr) policy {
 		p.guard[a] = DropFromPeer
 	}
 	// Own addresses win over peers: the same address in both lists is ours.
-	for _, a := range append(c.LocalAddrs, c.Source) {
+	for _, a := range slices.Concat(c.LocalAddrs, []netip.Addr{c.Source}) {
 		p.guard[a.Unmap()] = DropFromSelf
 	}
 	return p

@@ -17,6 +17,9 @@ const (
 	// DropFromTUN: the packet arrived on the udp relay's TUN device, so
 	// go-pmtud injected it: a copy, whatever its source address says.
 	DropFromTUN
+	// DropDuplicate: this node relayed or injected the same ICMP within the
+	// dedup window; a copy forwarded back to it, or the router repeating.
+	DropDuplicate
 	// dropReasonCount bounds the enum for iteration.
 	dropReasonCount
 )
@@ -36,6 +39,8 @@ func (r DropReason) String() string {
 		return "from_self"
 	case DropFromTUN:
 		return "from_tun"
+	case DropDuplicate:
+		return "duplicate"
 	}
 	if r > 0 && r < DropReason(wire.ErrorCount) {
 		return wire.Error(r).String()

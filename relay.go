@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -45,6 +46,8 @@ type Relay struct {
 	work    chan *nl.Batch // batches ready to be handled
 
 	lastLog   time.Time // of the reader's warnings
+	dedup     *dedup
+	closing   atomic.Bool // Close was called: a closed reader is no failure
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -77,6 +80,12 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) {
 	if cfg.RelayPort == 0 {
 		cfg.RelayPort = DefaultRelayPort
 	}
+	switch {
+	case cfg.DedupWindow == 0:
+		cfg.DedupWindow = DefaultDedupWindow
+	case cfg.DedupWindow < 0:
+		cfg.DedupWindow = 0 // off
+	}
 	if cfg.TUNName == "" {
 		cfg.TUNName = "pmtud0"
 	}
@@ -93,6 +102,7 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) {
 		log:    log,
 		peers:  peers,
 		policy: newPolicy(&cfg, peers),
+		dedup:  newDedup(cfg.DedupWindow),
 		m:      newRelayMetrics(cfg.NodeName, cfg.Mode, peers),
 		// Two batches per worker keep every worker busy while the reader
 		// fills the next one; one more is in the reader's hands.
@@ -227,7 +237,7 @@ func (r *Relay) read(ctx context.Context) error {
 		switch {
 		case err == nil:
 		case errors.Is(err, net.ErrClosed):
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || r.closing.Load() {
 				return nil
 			}
 			return fmt.Errorf("pmtud: NFLOG reader closed: %w", err)
@@ -237,10 +247,14 @@ func (r *Relay) read(ctx context.Context) error {
 			r.m.overruns.Inc()
 		case errors.Is(err, nl.ErrMalformed):
 			r.m.malformed.Inc()
-			logf(r.log, &r.lastLog, "malformed NFLOG datagram", "err", err)
+			if throttled(&r.lastLog) {
+				r.log.Warn("malformed NFLOG datagram (repeats are counted in go_pmtud_nflog_malformed_total)", "err", err)
+			}
 		default:
 			r.m.errors.Inc()
-			logf(r.log, &r.lastLog, "NFLOG read failed", "err", err)
+			if throttled(&r.lastLog) {
+				r.log.Warn("NFLOG read failed (repeats are counted in go_pmtud_error_total)", "err", err)
+			}
 			time.Sleep(10 * time.Millisecond) // do not spin on a persistent error
 		}
 	}
@@ -271,6 +285,7 @@ func (w *worker) run() error {
 func (w *worker) handle(b *nl.Batch) {
 	r := w.r
 	start := time.Now()
+	now := r.dedup.now(start)
 	r.m.recv.Add(len(b.Packets))
 	if b.Lost > 0 {
 		r.m.lost.AddInt64(int64(b.Lost))
@@ -293,6 +308,10 @@ func (w *worker) handle(b *nl.Batch) {
 		}
 		if reason := r.policy.check(&f); reason != 0 {
 			r.m.dropped[reason].Inc()
+			continue
+		}
+		if r.dedup.seen(r.dedup.key(f.Src, f.Dst, f.ICMP), now) {
+			r.m.dropped[DropDuplicate].Inc()
 			continue
 		}
 		if w.sealer == nil {
@@ -321,9 +340,9 @@ func (w *worker) handle(b *nl.Batch) {
 // send fans payloads out and moves the per-peer tallies into the metrics.
 func (w *worker) send(heads, payloads [][]byte) {
 	r, fan := w.r, w.fan
-	if err := fan.send(heads, payloads); err != nil {
-		r.m.errors.Inc()
-		logf(r.log, &w.lastLog, "send failed", "err", err)
+	if err := fan.send(heads, payloads); err != nil && throttled(&w.lastLog) {
+		// Counted per peer below.
+		r.log.Warn("send failed", "err", err)
 	}
 	var total uint64
 	for j := range r.peers {
@@ -340,25 +359,30 @@ func (w *worker) send(heads, payloads [][]byte) {
 	clear(fan.sent)
 	clear(fan.sendErr)
 	if fan.lastErrno != 0 {
-		logf(r.log, &w.lastLog, "send to peer failed", "peer", r.peers[fan.lastPeer], "err", fan.lastErrno)
+		if throttled(&w.lastLog) {
+			r.log.Warn("send to peer failed (repeats are counted in go_pmtud_sent_error_peer_total)", "peer", r.peers[fan.lastPeer], "err", fan.lastErrno)
+		}
 		fan.lastErrno = 0
 	}
 }
 
-// logf logs a hot-path warning at most once per logEvery per caller; last
-// is the caller's own timestamp, so no lock is shared.
-func logf(log *slog.Logger, last *time.Time, msg string, args ...any) {
+// throttled reports whether a recurring hot-path warning may be logged now:
+// at most once per logEvery per caller, whose own timestamp last is, so no
+// lock is shared. Callers check it before building the log arguments, which
+// would allocate.
+func throttled(last *time.Time) bool {
 	now := time.Now()
 	if now.Sub(*last) < logEvery {
-		return
+		return false
 	}
 	*last = now
-	log.Warn(msg+" (repeats are counted, logged every "+logEvery.String()+")", args...)
+	return true
 }
 
 // Close stops reading and closes the sockets. Run calls it on return; it is
 // safe to call more than once and from another goroutine.
 func (r *Relay) Close() error {
+	r.closing.Store(true)
 	r.closeOnce.Do(func() {
 		r.closeErr = errors.Join(r.reader.Close(), r.closeWorkers())
 	})

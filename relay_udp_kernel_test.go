@@ -106,18 +106,18 @@ func TestPodBehindDNATLearnsPathMTU(t *testing.T) {
 // reason.
 func TestRejectsForgedRelayDatagrams(t *testing.T) {
 	lab := netlab.NewT(t)
-	c, err := netlab.BuildCluster(lab, 3, 1400)
+	c, err := netlab.BuildCluster(lab, 4, 1400)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The relay on A lists B as its only peer; node 2 is no peer.
+	// The relay on A lists B and C (node 3) as peers; node 2 is no peer.
 	a := c.Nodes[0]
 	keys := testKeys(pmtud.ModeUDP)
 	relay := startRelay(t, a, pmtud.Config{
 		Mode:       pmtud.ModeUDP,
 		Source:     netlab.NodeAddr(0),
 		LocalAddrs: []netip.Addr{netlab.NodeAddr(0), netlab.Anycast},
-		Peers:      []netip.Addr{netlab.NodeAddr(1)},
+		Peers:      []netip.Addr{netlab.NodeAddr(1), netlab.NodeAddr(3)},
 		Keys:       keys,
 	})
 
@@ -141,7 +141,9 @@ func TestRejectsForgedRelayDatagrams(t *testing.T) {
 	setChecksum(notFragNeeded[20:])
 	inner := seal(&keys[0], netlab.NodeAddr(1), notFragNeeded)
 	unauthenticated := seal(nil, netlab.NodeAddr(1), fragNeeded(netlab.RouterLoopback, 1400, 42004))
-	truncated := good[:wire.EnvelopeLen-1]
+	short := good[:wire.EnvelopeLen-1]
+	// Sealed by B, sent from C: the tag binds the sender's address.
+	fromOtherPeer := seal(&keys[0], netlab.NodeAddr(1), fragNeeded(netlab.RouterLoopback, 1400, 42006))
 
 	send := func(from *netlab.NS, d []byte) {
 		t.Helper()
@@ -164,10 +166,11 @@ func TestRejectsForgedRelayDatagrams(t *testing.T) {
 	send(b, unknownKey)
 	send(b, inner)
 	send(b, unauthenticated)
-	send(b, truncated)
+	send(b, short)
 	send(stranger, seal(&keys[0], netlab.NodeAddr(2), fragNeeded(netlab.RouterLoopback, 1400, 42005)))
+	send(c.Nodes[3], fromOtherPeer)
 
-	const total = 8
+	const total = 9
 	waitFor(t, "the relay to read every datagram", func() bool {
 		st := relay.Stats()
 		return st.RelayReceived == total && st.Injected+sum(st.RelayDropped) == total
@@ -177,7 +180,7 @@ func TestRejectsForgedRelayDatagrams(t *testing.T) {
 		t.Errorf("Injected = %d, want only the genuine datagram", st.Injected)
 	}
 	want := map[string]uint64{
-		"replayed": 1, "bad_tag": 1, "unknown_key": 1, "inner_not_frag_needed": 1,
+		"replayed": 1, "bad_tag": 2, "unknown_key": 1, "inner_not_frag_needed": 1,
 		"unauthenticated": 1, "short": 1, "not_peer": 1,
 	}
 	got := map[string]uint64{}
@@ -200,4 +203,68 @@ func sum[K comparable](m map[K]uint64) uint64 {
 		n += v
 	}
 	return n
+}
+
+// TestForwardedCopiesAreNotRelayedAgain: a frag-needed addressed to node
+// B's own address (egress SNATed to the node, say) reaches B; B's udp copies
+// are injected on A and C, whose kernels forward them back to B — on its
+// cluster interface, with the router's source address, not on a TUN. Only
+// the dedup window recognises them. With it, B sends exactly one copy per
+// peer and nothing moves after; the control run without it shows the loop
+// the scenario creates.
+func TestForwardedCopiesAreNotRelayedAgain(t *testing.T) {
+	for _, dedup := range []bool{false, true} {
+		name := "dedup off (control)"
+		if dedup {
+			name = "dedup on"
+		}
+		t.Run(name, func(t *testing.T) {
+			lab := netlab.NewT(t)
+			c, err := netlab.BuildCluster(lab, 3, 1400)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var peers []netip.Addr
+			for i := range c.Nodes {
+				peers = append(peers, netlab.NodeAddr(i))
+			}
+			var relays []*pmtud.Relay
+			for i, node := range c.Nodes {
+				if err := netlab.InstallNFLOGRule(node, group); err != nil {
+					t.Fatal(err)
+				}
+				cfg := pmtud.Config{
+					Mode:       pmtud.ModeUDP,
+					Source:     netlab.NodeAddr(i),
+					LocalAddrs: []netip.Addr{netlab.NodeAddr(i), netlab.Anycast},
+					Peers:      peers,
+					Keys:       testKeys(pmtud.ModeUDP),
+				}
+				if !dedup {
+					cfg.DedupWindow = -1
+				}
+				relays = append(relays, startRelay(t, node, cfg))
+			}
+			b := netlab.NodeAddr(1)
+			quoted := wire.AppendIPv4(nil, b, netlab.ClientAddr, 6, 63, []byte{0x9c, 0x40, 0x1f, 0x90, 0, 0, 0, 1})
+			pkt := wire.AppendIPv4(nil, netlab.RouterLoopback, b, 1, 64, wire.AppendFragNeeded(nil, 1400, quoted))
+			newInjector(t, c.Router).send(t, b, pkt)
+
+			sent := func() (n uint64) {
+				for _, r := range relays {
+					n += r.Stats().Sent
+				}
+				return n
+			}
+			if !dedup {
+				waitFor(t, "the loop to show", func() bool { return sent() > 100 })
+				return
+			}
+			waitFor(t, "B's two copies", func() bool { return relays[1].Stats().Sent == 2 })
+			time.Sleep(300 * time.Millisecond)
+			if n := sent(); n != 2 {
+				t.Fatalf("%d copies sent in all, want B's 2: A %+v, B %+v, C %+v", n, relays[0].Stats(), relays[1].Stats(), relays[2].Stats())
+			}
+		})
+	}
 }

@@ -15,7 +15,10 @@ import (
 // the kernel then handles each one as if it had arrived from the router.
 // The relay creates it, owns it, and it disappears when the relay closes.
 type tunDevice struct {
-	fd    int
+	// file wraps the descriptor so that a close racing a write cannot
+	// hand the write a reused descriptor number.
+	file  *os.File
+	fd    int // for the set-up ioctls only
 	name  string
 	index int
 }
@@ -39,6 +42,7 @@ func openTUN(name string, addr netip.Addr) (*tunDevice, error) {
 		unix.Close(fd)
 		return nil, err
 	}
+	t.file = os.NewFile(uintptr(fd), name)
 	return t, nil
 }
 
@@ -126,13 +130,13 @@ func (t *tunDevice) setup(addr netip.Addr) error {
 
 // write injects one IPv4 packet. It allocates nothing.
 func (t *tunDevice) write(pkt []byte) error {
-	_, err := unix.Write(t.fd, pkt)
+	_, err := t.file.Write(pkt)
 	return err
 }
 
-// close deletes the device (it is not persistent).
+// close deletes the device (it is not persistent). It is safe to call twice.
 func (t *tunDevice) close() error {
-	if err := unix.Close(t.fd); err != nil {
+	if err := t.file.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
 		return fmt.Errorf("pmtud: close TUN %s: %w", t.name, err)
 	}
 	return nil

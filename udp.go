@@ -46,26 +46,28 @@ type RecvDropReason uint8
 const (
 	// recvInnerBase + e is the reason for inner packet error e.
 	recvInnerBase = RecvDropReason(wire.EnvelopeErrorCount) - 1
+	// recvOwnBase is the first reason of this package's own.
+	recvOwnBase = recvInnerBase + RecvDropReason(wire.ErrorCount)
+)
 
+const (
 	// RecvNotPeer: the datagram's source is not a current peer.
-	RecvNotPeer = recvInnerBase + RecvDropReason(wire.ErrorCount) + iota
+	RecvNotPeer = recvOwnBase + iota
 	// RecvReplayed: the sequence number was seen before or is too old.
 	RecvReplayed
+	// RecvDuplicate: this node relayed or injected the same ICMP within the
+	// dedup window (it got it from the router too, or by another path).
+	RecvDuplicate
 	// RecvTruncated: the datagram did not fit the receive buffer.
 	RecvTruncated
 	// RecvInjectFailed: the write into the TUN device failed.
 	RecvInjectFailed
-	// RecvFutureSequence: an unauthenticated datagram whose sequence number
-	// claims a sender start time in the future. Accepting it would move the
-	// sender's replay window past every genuine number until it restarts:
-	// without a tag, anyone who can spoof a peer's address could silence it.
-	RecvFutureSequence
 	recvDropReasonCount
 )
 
 // String returns the reason's label: an envelope reason ("bad_tag"), an
 // inner packet reason prefixed "inner_" ("inner_bad_checksum"), or
-// "not_peer", "replayed", "truncated", "inject_failed".
+// "not_peer", "replayed", "duplicate", "truncated", "inject_failed".
 func (r RecvDropReason) String() string {
 	switch {
 	case r == 0:
@@ -79,10 +81,10 @@ func (r RecvDropReason) String() string {
 		return "replayed"
 	case r == RecvTruncated:
 		return "truncated"
+	case r == RecvDuplicate:
+		return "duplicate"
 	case r == RecvInjectFailed:
 		return "inject_failed"
-	case r == RecvFutureSequence:
-		return "future_sequence"
 	}
 	return "unknown"
 }
@@ -99,9 +101,10 @@ func RecvDropReasons() []RecvDropReason {
 const (
 	// recvBatch is how many datagrams one recvmmsg may return.
 	recvBatch = 64
-	// recvBufLen holds the largest datagram a peer sends: the envelope and
-	// an ICMP error (576 bytes from Linux; other routers quote more).
-	recvBufLen = 4096
+	// recvBufLen holds the largest UDP datagram there is, so that no
+	// packet a peer may send is cut (Linux quotes 576 bytes; others more).
+	// Only the pages a datagram touches become resident.
+	recvBufLen = 1 << 16
 )
 
 // receiver reads relay datagrams from peers in batches, verifies them and
@@ -128,12 +131,8 @@ type receiver struct {
 	recvFn func(fd uintptr) bool
 
 	lastLog time.Time
-	now     time.Time // of the batch in hand
+	now     uint64 // dedup time of the batch in hand
 }
-
-// maxClockSkew is how far, in seconds, a peer's clock may run ahead of
-// ours before its unauthenticated sequence numbers are refused.
-const maxClockSkew = 300
 
 // newReceiver binds a UDP socket to src:port and prepares the batch buffers.
 func newReceiver(r *Relay, src netip.Addr, port uint16, tun *tunDevice, opener *wire.Opener) (*receiver, error) {
@@ -211,11 +210,13 @@ func (rv *receiver) run() error {
 		}
 		if rv.errno != 0 {
 			rv.r.m.errors.Inc()
-			logf(rv.r.log, &rv.lastLog, "relay receive failed", "err", rv.errno)
+			if throttled(&rv.lastLog) {
+				rv.r.log.Warn("relay receive failed (repeats are counted in go_pmtud_error_total)", "err", rv.errno)
+			}
 			continue
 		}
 		rv.r.m.relayRecv.Add(rv.n)
-		rv.now = time.Now()
+		rv.now = rv.r.dedup.now(time.Now())
 		for i := range rv.n {
 			if reason := rv.handle(i); reason != 0 {
 				rv.r.m.relayDropped[reason].Inc()
@@ -246,24 +247,27 @@ func (rv *receiver) handle(i int) RecvDropReason {
 		}
 		return RecvDropReason(wire.ErrEnvelopeTag)
 	}
-	if _, err := wire.ParseFragNeeded(env.Packet); err != nil {
+	f, err := wire.ParseFragNeeded(env.Packet)
+	if err != nil {
 		if e, ok := err.(wire.Error); ok && e > 0 && e < wire.ErrorCount {
 			return recvInnerBase + RecvDropReason(e)
 		}
 		return recvInnerBase + RecvDropReason(wire.ErrTruncated)
 	}
 	// Only a verified datagram may move the window, or a forger could push
-	// it forward and make genuine copies look old. Unauthenticated ones
-	// are not verified: keep their numbers within a sender start time of
-	// now (plus clock skew).
-	if env.KeyID == 0 && env.Seq>>32 > uint64(rv.now.Unix())+maxClockSkew {
-		return RecvFutureSequence
-	}
-	if !window.Check(env.Seq) {
+	// it forward and make genuine copies look old. Unauthenticated ones are
+	// not verified, so they skip it: a replayed copy is harmless, a window
+	// pushed past a peer's numbers would silence that peer.
+	if env.KeyID != 0 && !window.Check(env.Seq) {
 		return RecvReplayed
 	}
+	if rv.r.dedup.seen(rv.r.dedup.key(f.Src, f.Dst, f.ICMP), rv.now) {
+		return RecvDuplicate
+	}
 	if err := rv.tun.write(env.Packet); err != nil {
-		logf(rv.r.log, &rv.lastLog, "inject into TUN failed", "dev", rv.tun.name, "err", err)
+		if throttled(&rv.lastLog) {
+			rv.r.log.Warn("inject into TUN failed (repeats are counted in go_pmtud_relay_dropped_total)", "dev", rv.tun.name, "err", err)
+		}
 		return RecvInjectFailed
 	}
 	return 0

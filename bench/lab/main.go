@@ -114,6 +114,12 @@ func run(size, mtu int, stall time.Duration, mode pmtud.Mode) error {
 			return err
 		}
 		var relay *pmtud.Relay
+		stopAll := func() {
+			cancel()
+			for range relays {
+				<-done
+			}
+		}
 		if err := node.Do(func() (err error) {
 			relay, err = pmtud.New(pmtud.Config{
 				NodeName:   string(rune('a' + i)),
@@ -127,7 +133,7 @@ func run(size, mtu int, stall time.Duration, mode pmtud.Mode) error {
 			}, slog.New(slog.NewTextHandler(os.Stderr, nil)))
 			return err
 		}); err != nil {
-			cancel()
+			stopAll()
 			return err
 		}
 		relays = append(relays, relay)

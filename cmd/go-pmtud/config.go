@@ -42,6 +42,7 @@ type options struct {
 	relayKeyFile   string
 	tunName        string
 	tunAddress     string
+	dedupWindow    time.Duration
 }
 
 // settings is the resolved configuration of one run.
@@ -61,7 +62,9 @@ func envName(name string) string {
 func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("go-pmtud", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	// Errors are reported by the caller in one line; the usage is printed
+	// only when asked for.
+	fs.SetOutput(io.Discard)
 	fs.StringVar(&o.peers, "peers", "", "comma-separated IPv4 addresses of the peer nodes that get a copy of every ICMP (own addresses are removed)")
 	fs.StringVar(&o.iface, "iface", "", "cluster interface: copies leave from its IPv4 address (default: the interface of the default route)")
 	fs.StringVar(&o.nodeName, "nodename", "", "node name for the metrics' node label (default $NODE_NAME, then the hostname)")
@@ -79,9 +82,15 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.UintVar(&o.qthreshold, "nflog-qthreshold", 64, "packets the kernel batches into one NFLOG datagram (1..65535)")
 	fs.DurationVar(&o.timeout, "nflog-timeout", 10*time.Millisecond, "longest the kernel holds a batch before sending it (10ms steps)")
 	fs.UintVar(&o.bufsize, "nflog-bufsize", 131072, "NFLOG kernel batch buffer in bytes (nlbufsiz; the kernel ignores values above 131072)")
-	fs.IntVar(&o.workers, "workers", 1, "send sockets, each with its own goroutine locked to an OS thread (1..64)")
+	fs.IntVar(&o.workers, "workers", 1, "send sockets, each with its own goroutine locked to an OS thread (1..16)")
+	fs.DurationVar(&o.dedupWindow, "dedup-window", pmtud.DefaultDedupWindow, "an ICMP relayed or injected is not relayed again within this window (loop safety of the udp relay; 0 disables)")
 	fs.StringVar(&o.cpus, "cpus", "", "CPU list such as 2,3 or 2-3: pins the worker threads, round-robin (default: not pinned)")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fmt.Fprintln(stderr, "Usage: go-pmtud --peers IP,IP,... [flags]; every flag also as PMTUD_<NAME>")
+			fs.PrintDefaults()
+		}
 		return o, err
 	}
 	if fs.NArg() > 0 {
@@ -154,10 +163,16 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 	if c.TUNAddr, err = netip.ParseAddr(o.tunAddress); err != nil || !c.TUNAddr.Is4() {
 		return s, fmt.Errorf("--tun-address: %q is not an IPv4 address", o.tunAddress)
 	}
-	if o.relayKeyFile != "" {
-		if c.Mode != pmtud.ModeUDP {
-			return s, errors.New("--relay-key-file is for --relay udp")
-		}
+	c.DedupWindow = o.dedupWindow
+	switch {
+	case o.dedupWindow < 0:
+		return s, fmt.Errorf("--dedup-window %v is negative", o.dedupWindow)
+	case o.dedupWindow == 0:
+		c.DedupWindow = -1 // off
+	}
+	// The icmp relay has no use for keys; a key file left in a shared
+	// configuration is not an error.
+	if o.relayKeyFile != "" && c.Mode == pmtud.ModeUDP {
 		if c.Keys, err = readKeys(o.relayKeyFile); err != nil {
 			return s, fmt.Errorf("--relay-key-file: %w", err)
 		}

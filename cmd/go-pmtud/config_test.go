@@ -97,11 +97,21 @@ func TestResolve(t *testing.T) {
 		{name: "cpu not allowed", args: []string{"--peers", "198.18.0.11", "--cpus", "7"}, env: env(), wantErr: "CPU 7 is not in this process's CPU set"},
 		{name: "bad cpu list", args: []string{"--peers", "198.18.0.11", "--cpus", "3-1"}, env: env(), wantErr: `--cpus: "3-1"`},
 		{name: "workers 0", args: []string{"--peers", "198.18.0.11", "--workers", "0"}, env: env(), wantErr: "--workers 0"},
-		{name: "workers 65", args: []string{"--peers", "198.18.0.11", "--workers", "65"}, env: env(), wantErr: "workers 65 is outside"},
 		{name: "bad relay port", args: []string{"--peers", "198.18.0.11", "--relay-port", "0"}, env: env(), wantErr: "--relay-port 0"},
 		{name: "bad tun address", args: []string{"--peers", "198.18.0.11", "--tun-address", "2001:db8::1"}, env: env(), wantErr: "--tun-address"},
 		{name: "missing key file", args: []string{"--peers", "198.18.0.11", "--relay-key-file", "/nonexistent/keys"}, env: env(), wantErr: "--relay-key-file"},
-		{name: "key file with icmp", args: []string{"--peers", "198.18.0.11", "--relay", "icmp", "--relay-key-file", "/nonexistent/keys"}, env: env(), wantErr: "is for --relay udp"},
+		{
+			name: "key file ignored by the icmp relay",
+			args: []string{"--peers", "198.18.0.11", "--relay", "icmp", "--relay-key-file", "/nonexistent/keys", "--dedup-window", "0"},
+			env:  env(),
+			check: func(t *testing.T, s settings) {
+				if len(s.relay.Keys) != 0 || s.relay.DedupWindow >= 0 {
+					t.Errorf("keys %v, dedup window %v; want none and off", s.relay.Keys, s.relay.DedupWindow)
+				}
+			},
+		},
+		{name: "negative dedup window", args: []string{"--peers", "198.18.0.11", "--dedup-window", "-1s"}, env: env(), wantErr: "--dedup-window"},
+		{name: "workers 17", args: []string{"--peers", "198.18.0.11", "--workers", "17"}, env: env(), wantErr: "workers 17 is outside 1..16"},
 		{name: "no peers", args: nil, env: env(), wantErr: "no peers"},
 		{name: "only own address", args: []string{"--peers", "198.18.0.10"}, env: env(), wantErr: "no peers left"},
 		{name: "bad peer", args: []string{"--peers", "198.18.0.300"}, env: env(), wantErr: `--peers: "198.18.0.300" is not an IP address`},
@@ -150,8 +160,8 @@ func TestBadConfigurationExitsWithUsageStatus(t *testing.T) {
 		if code := run(args, env(), &stderr); code != exitUsage {
 			t.Errorf("run(%q) = %d, want %d; stderr: %s", args, code, exitUsage, stderr.String())
 		}
-		if lines := strings.Count(strings.TrimSpace(stderr.String()), "\n"); !strings.Contains(stderr.String(), "go-pmtud") {
-			t.Errorf("run(%q): stderr %q (%d lines) does not name the program", args, stderr.String(), lines+1)
+		if out := strings.TrimSpace(stderr.String()); strings.Count(out, "\n") != 0 || !strings.HasPrefix(out, "go-pmtud: ") {
+			t.Errorf("run(%q): stderr %q, want one line starting with \"go-pmtud: \"", args, out)
 		}
 	}
 }

@@ -1,0 +1,80 @@
+package pmtud
+
+import (
+	"encoding/binary"
+	"hash/maphash"
+	"net/netip"
+	"sync/atomic"
+	"time"
+)
+
+// dedup remembers the ICMPs this node relayed or injected during the last
+// window, so that none is relayed twice. It is what makes the udp relay
+// loop-free: a packet injected through TUN whose destination is not local
+// (a node's own address, a pod on another node) is forwarded by the kernel
+// and arrives at another node on its cluster interface, with the router's
+// source address and not on a TUN device. Only its bytes say it is a copy.
+//
+// The table is a fixed array of atomic slots, shared by every worker and
+// the receiver: a lookup hashes the ICMP once, loads and maybe stores one
+// word, takes no lock and allocates nothing. A slot holds the top 40 bits
+// of the hash and a 24-bit millisecond timestamp (it wraps every 4.6 hours;
+// an entry that old and aliasing a new one costs one missed copy). Two
+// ICMPs that share a slot evict each other: the table forgets, it never
+// drops a first sight, except for a 2^-40 chance of a tag collision.
+type dedup struct {
+	seed   maphash.Seed
+	slots  []atomic.Uint64
+	mask   uint64
+	window uint64 // milliseconds; 0 disables
+	epoch  time.Time
+}
+
+const (
+	dedupSlots   = 1 << 14 // 128 KiB: a second of a 16k ICMP/s storm
+	dedupTimeBit = 24
+	dedupTimeMax = 1<<dedupTimeBit - 1
+)
+
+func newDedup(window time.Duration) *dedup {
+	return &dedup{
+		seed:   maphash.MakeSeed(),
+		slots:  make([]atomic.Uint64, dedupSlots),
+		mask:   dedupSlots - 1,
+		window: uint64(window.Milliseconds()),
+		epoch:  time.Now(),
+	}
+}
+
+// key hashes what identifies an ICMP wherever it travels: the router's
+// address, the destination and the ICMP message. The outer TTL and checksum
+// change when a copy is forwarded; these do not.
+func (d *dedup) key(src, dst netip.Addr, icmp []byte) uint64 {
+	s, t := src.As4(), dst.As4()
+	addrs := uint64(binary.BigEndian.Uint32(s[:]))<<32 | uint64(binary.BigEndian.Uint32(t[:]))
+	h := maphash.Bytes(d.seed, icmp) ^ addrs*0x9e3779b97f4a7c15
+	// A final avalanche, so that slot index and tag use independent bits.
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	return h
+}
+
+// now returns the timestamp seen takes, in milliseconds.
+func (d *dedup) now(t time.Time) uint64 { return uint64(t.Sub(d.epoch).Milliseconds()) }
+
+// seen reports whether key was recorded within the window before now, and
+// records it at now.
+func (d *dedup) seen(key, now uint64) bool {
+	if d.window == 0 {
+		return false
+	}
+	slot := &d.slots[key&d.mask]
+	tag := key &^ dedupTimeMax
+	old := slot.Load()
+	if old&^dedupTimeMax == tag && (now-old)&dedupTimeMax < d.window {
+		return true
+	}
+	slot.Store(tag | now&dedupTimeMax)
+	return false
+}
