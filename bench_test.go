@@ -92,9 +92,7 @@ func BenchmarkFanoutSendmmsg(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for range b.N {
-				if err := fan.send(nil, payloads); err != nil {
-					b.Fatal(err)
-				}
+				fan.send(nil, payloads)
 			}
 			reportPackets(b, len(payloads)*p)
 			if fan.lastErrno != 0 {

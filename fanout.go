@@ -2,10 +2,8 @@ package pmtud
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"syscall"
 	"time"
 	"unsafe"
@@ -21,9 +19,11 @@ const (
 	// option with a bitmask of ICMP types a raw socket does not receive.
 	icmpFilter = 1
 	// sendRetries bounds the retries of a message the kernel refused with
-	// ENOBUFS (qdisc or neighbour queue full) before it is counted as an
-	// error. EAGAIN is not retried here: it waits for the socket to drain.
+	// ENOBUFS (qdisc or neighbour queue full) or EAGAIN (no buffer space
+	// within sendTimeout) before it is counted as an error.
 	sendRetries = 3
+	// sendTimeout is SO_SNDTIMEO of the blocking send sockets.
+	sendTimeout = 100 * time.Millisecond
 )
 
 // fanout sends each payload of a batch to every peer, with sendmmsg over
@@ -32,10 +32,16 @@ const (
 // iovecs change. A message has one iovec (the payload) or two (a header,
 // then the payload: the payload is never copied).
 //
-// A fanout is owned by one goroutine.
+// The socket is blocking and stays out of the Go netpoller: a worker owns
+// its OS thread, so a sendmmsg that waits for buffer space parks only that
+// thread. Registered with the netpoller, every packet the kernel frees
+// would wake the poller (measured: 8 µs per packet instead of 3.3 on the
+// development VM).
+//
+// A fanout is owned by one goroutine; close it only when that goroutine
+// no longer sends.
 type fanout struct {
-	file *os.File
-	rc   syscall.RawConn
+	fd int
 
 	peers []netip.Addr
 	parts int                     // iovecs per message: 1, or 2 with a header
@@ -43,11 +49,10 @@ type fanout struct {
 	iovs  []unix.Iovec            // parts per payload of a group
 	msgs  []unix.Mmsghdr          // group * len(peers)
 
-	// State of the send in progress, read by sendFn.
+	// State of the send in progress.
 	off, end int
 	retries  int
 	errs     []uint64 // per peer, this group
-	sendFn   func(fd uintptr) bool
 
 	// The last send error and its peer, kept as values (not a formatted
 	// error) so a dead peer costs no allocation.
@@ -62,7 +67,7 @@ type fanout struct {
 // newICMPFanout opens a raw IPPROTO_ICMP socket bound to src, with TTL ttl,
 // that receives nothing, and prepares messages to peers.
 func newICMPFanout(src netip.Addr, ttl int, peers []netip.Addr) (*fanout, error) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
 	if err != nil {
 		return nil, fmt.Errorf("pmtud: raw ICMP socket: %w", err)
 	}
@@ -88,21 +93,21 @@ func newICMPFanout(src netip.Addr, ttl int, peers []netip.Addr) (*fanout, error)
 	return newFanout(fd, "icmp", peers, 0, 1)
 }
 
-// newFanout takes ownership of the non-blocking socket fd and prepares
-// messages to peers; port is the destination port (0 for raw sockets),
-// parts the iovecs per message (2: header and payload).
+// newFanout takes ownership of the blocking socket fd and prepares messages
+// to peers; port is the destination port (0 for raw sockets), parts the
+// iovecs per message (2: header and payload).
 func newFanout(fd int, name string, peers []netip.Addr, port uint16, parts int) (*fanout, error) {
-	file := os.NewFile(uintptr(fd), "pmtud-"+name)
-	rc, err := file.SyscallConn()
-	if err != nil {
-		file.Close()
-		return nil, fmt.Errorf("pmtud: %s socket: %w", name, err)
+	// A send that waits longer than this for buffer space gives up and is
+	// retried, then counted: a wedged device must not wedge the worker.
+	tv := unix.NsecToTimeval(sendTimeout.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("pmtud: %s socket: set SO_SNDTIMEO: %w", name, err)
 	}
 	p := len(peers)
 	group := max(1, maxMmsg/p) // payloads per group: one sendmmsg's worth
 	f := &fanout{
-		file:    file,
-		rc:      rc,
+		fd:      fd,
 		peers:   peers,
 		parts:   parts,
 		addrs:   make([]unix.RawSockaddrInet4, p),
@@ -126,7 +131,6 @@ func newFanout(fd int, name string, peers []netip.Addr, port uint16, parts int) 
 			h.SetIovlen(parts)
 		}
 	}
-	f.sendFn = f.sendmmsg
 	return f, nil
 }
 
@@ -134,8 +138,8 @@ func newFanout(fd int, name string, peers []netip.Addr, port uint16, parts int) 
 // parts (heads[i] goes with payloads[i]; heads is nil otherwise), to every
 // peer. It blocks while the socket buffer is full and allocates nothing.
 // Failures are counted per peer in f.sendErr (the last one in f.lastErrno),
-// successes in f.sent. It returns an error only when the socket is closed.
-func (f *fanout) send(heads, payloads [][]byte) error {
+// successes in f.sent.
+func (f *fanout) send(heads, payloads [][]byte) {
 	p := len(f.peers)
 	for len(payloads) > 0 {
 		g := min(len(payloads), len(f.iovs)/f.parts)
@@ -150,21 +154,13 @@ func (f *fanout) send(heads, payloads [][]byte) error {
 		}
 		clear(f.errs)
 		f.off, f.end, f.retries = 0, g*p, 0
-		if err := f.rc.Write(f.sendFn); err != nil {
-			// The socket was closed under us: what was not sent failed.
-			for k := f.off; k < f.end; k++ {
-				f.errs[k%p]++
-			}
-			f.account(g)
-			return fmt.Errorf("pmtud: sendmmsg: %w", err)
-		}
+		f.sendmmsg()
 		f.account(g)
 		payloads = payloads[g:]
 		if heads != nil {
 			heads = heads[g:]
 		}
 	}
-	return nil
 }
 
 // account adds the outcome of a group of g payloads to the totals.
@@ -175,13 +171,11 @@ func (f *fanout) account(g int) {
 	}
 }
 
-// sendmmsg is the RawConn write callback: it sends msgs[off:end], resuming
-// after partial sends, and returns false to wait for the socket to become
-// writable again.
-func (f *fanout) sendmmsg(fd uintptr) bool {
+// sendmmsg sends msgs[off:end], resuming after partial sends.
+func (f *fanout) sendmmsg() {
 	p := len(f.peers)
 	for f.off < f.end {
-		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd,
+		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(f.fd),
 			uintptr(unsafe.Pointer(&f.msgs[f.off])), uintptr(min(f.end-f.off, maxMmsg)), 0, 0, 0)
 		switch {
 		case errno == 0:
@@ -190,8 +184,10 @@ func (f *fanout) sendmmsg(fd uintptr) bool {
 			continue
 		case errno == unix.EINTR:
 			continue
-		case errno == unix.EAGAIN:
-			return false
+		case errno == unix.EAGAIN && f.retries < sendRetries:
+			// SO_SNDTIMEO expired: the socket buffer did not drain.
+			f.retries++
+			continue
 		case errno == unix.ENOBUFS && f.retries < sendRetries:
 			// A device queue is full: give it a moment to drain.
 			f.retries++
@@ -206,12 +202,11 @@ func (f *fanout) sendmmsg(fd uintptr) bool {
 		f.off++
 		f.retries = 0
 	}
-	return true
 }
 
-// close closes the socket.
+// close closes the socket. Call it once, when nothing sends any more.
 func (f *fanout) close() error {
-	if err := f.file.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+	if err := unix.Close(f.fd); err != nil {
 		return fmt.Errorf("pmtud: close socket: %w", err)
 	}
 	return nil

@@ -48,6 +48,7 @@ type Relay struct {
 	lastLog   time.Time // of the reader's warnings
 	dedup     *dedup
 	closing   atomic.Bool // Close was called: a closed reader is no failure
+	running   atomic.Bool // Run is active: it tears down, Close only stops it
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -190,9 +191,14 @@ func (r *Relay) Peers() []netip.Addr { return r.peers }
 // for good. On cancellation it finishes the batches in hand, closes its
 // sockets and returns nil.
 func (r *Relay) Run(ctx context.Context) error {
+	r.running.Store(true)
 	stop := context.AfterFunc(ctx, func() { r.reader.Close() })
 	defer stop()
-	defer r.Close()
+	defer r.teardown() // after every worker and the receiver have stopped
+	defer r.running.Store(false)
+	if r.closing.Load() {
+		return nil
+	}
 
 	errc := make(chan error, len(r.workers)+1)
 	var wg sync.WaitGroup
@@ -340,10 +346,7 @@ func (w *worker) handle(b *nl.Batch) {
 // send fans payloads out and moves the per-peer tallies into the metrics.
 func (w *worker) send(heads, payloads [][]byte) {
 	r, fan := w.r, w.fan
-	if err := fan.send(heads, payloads); err != nil && throttled(&w.lastLog) {
-		// Counted per peer below.
-		r.log.Warn("send failed", "err", err)
-	}
+	fan.send(heads, payloads)
 	var total uint64
 	for j := range r.peers {
 		if n := fan.sent[j]; n > 0 {
@@ -379,10 +382,20 @@ func throttled(last *time.Time) bool {
 	return true
 }
 
-// Close stops reading and closes the sockets. Run calls it on return; it is
-// safe to call more than once and from another goroutine.
+// Close stops the relay. While Run is active it only stops reading: Run
+// then finishes the batches in hand, closes the sockets and returns nil.
+// Otherwise it closes everything. It is safe to call more than once and
+// from any goroutine.
 func (r *Relay) Close() error {
 	r.closing.Store(true)
+	if r.running.Load() {
+		return r.reader.Close()
+	}
+	return r.teardown()
+}
+
+// teardown closes the reader and every socket, once.
+func (r *Relay) teardown() error {
 	r.closeOnce.Do(func() {
 		r.closeErr = errors.Join(r.reader.Close(), r.closeWorkers())
 	})

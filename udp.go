@@ -17,7 +17,7 @@ import (
 // newUDPFanout opens a UDP socket bound to src (any port) whose messages
 // carry an envelope header and the router's packet to port on every peer.
 func newUDPFanout(src netip.Addr, ttl int, peers []netip.Addr, port uint16) (*fanout, error) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
 		return nil, fmt.Errorf("pmtud: UDP socket: %w", err)
 	}

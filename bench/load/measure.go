@@ -1,0 +1,299 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// lossLimit is the loss a held rate stays under: 0.1%.
+const lossLimit = 0.001
+
+// lagLimit is the most input a held rate leaves queued when the injection
+// ends, in time. Without it a short run would pass while the daemon falls
+// behind: its NFLOG socket buffer holds seconds of input, drained after the
+// injector stops.
+const lagLimit = 100 * time.Millisecond
+
+// load is the outcome of one throughput run.
+type load struct {
+	target  float64       // input rate asked for
+	peers   int           // P
+	inj     injection     // what the injector sent
+	atEnd   uint64        // copies counted by the sink when the injection ended
+	arrived uint64        // copies counted by the sink in all, after draining
+	daemon  counters      // the daemon's counters, this run only
+	cpu     cpuSample     // CPU time used during the run
+	window  time.Duration // the run: injection, draining and the probe
+	backlog uint64        // packets the kernel dropped from full per-CPU backlogs, machine-wide
+}
+
+// outRate returns the copies per second arriving at the sink while the
+// injection ran.
+func (l load) outRate() float64 { return float64(l.atEnd) / l.inj.elapsed.Seconds() }
+
+// lag returns how much input, in time at the injected rate, was still
+// queued (or lost) when the injection ended.
+func (l load) lag() time.Duration {
+	behind := float64(l.inj.sent)*float64(l.peers) - float64(l.atEnd)
+	if behind <= 0 || l.inj.sent == 0 {
+		return 0
+	}
+	return time.Duration(behind / (l.inj.rate() * float64(l.peers)) * float64(time.Second))
+}
+
+// loss returns the fraction of expected copies (injected × P) that never
+// arrived.
+func (l load) loss() float64 {
+	want := float64(l.inj.sent) * float64(l.peers)
+	if want == 0 {
+		return 0
+	}
+	return 1 - float64(l.arrived)/want
+}
+
+// cpuPerMillion returns the daemon's CPU seconds per million copies.
+func (l load) cpuPerMillion() float64 {
+	if l.arrived == 0 {
+		return math.NaN()
+	}
+	return l.cpu.daemon.Seconds() / float64(l.arrived) * 1e6
+}
+
+// injectorLimited reports whether the injector fell short of the target
+// by more than 3%.
+func (l load) injectorLimited() bool { return l.inj.rate() < 0.97*l.target }
+
+// measureLoad injects rate ICMP/s for d, waits until the daemon has
+// drained, and returns what went in and came out.
+func measureLoad(t *topology, inj *injector, d *daemon, rate float64, dur time.Duration) (load, error) {
+	l := load{target: rate, peers: len(t.peers)}
+	before, err := takeSnapshot(t, d)
+	if err != nil {
+		return l, err
+	}
+	if l.inj, err = inj.run(rate, dur, nil); err != nil {
+		return l, err
+	}
+	atEnd, err := arrivals(t.sink)
+	if err != nil {
+		return l, err
+	}
+	if _, err := settle(t.sink, 10*time.Second); err != nil {
+		return l, err
+	}
+	// The probe counts as injected: it brings the run's NFLOG gaps to light.
+	if err := inj.probe(); err != nil {
+		return l, err
+	}
+	l.inj.sent++
+	if _, err := settle(t.sink, time.Second); err != nil {
+		return l, err
+	}
+	after, err := takeSnapshot(t, d)
+	if err != nil {
+		return l, err
+	}
+	l.atEnd = atEnd - before.arrived
+	l.arrived = after.arrived - before.arrived
+	l.daemon = after.daemon.sub(before.daemon)
+	l.cpu = after.cpu.sub(before.cpu)
+	l.window = after.at.Sub(before.at)
+	l.backlog = after.backlog - before.backlog
+	return l, nil
+}
+
+// snapshot is the state of every counter a run reads.
+type snapshot struct {
+	at      time.Time
+	arrived uint64
+	daemon  counters
+	cpu     cpuSample
+	backlog uint64
+}
+
+// takeSnapshot reads the sink's counter, the daemon's metrics, the CPU
+// clocks and the kernel's backlog drops.
+func takeSnapshot(t *topology, d *daemon) (snapshot, error) {
+	s := snapshot{at: time.Now()}
+	var err error
+	if s.arrived, err = arrivals(t.sink); err != nil {
+		return s, err
+	}
+	if s.daemon, err = d.metrics(); err != nil {
+		return s, err
+	}
+	if s.cpu, err = sampleCPU(d.pid()); err != nil {
+		return s, err
+	}
+	s.backlog, err = backlogDrops()
+	return s, err
+}
+
+// backlogDrops returns the packets the kernel dropped because a CPU's input
+// backlog was full (netdev_max_backlog), summed over CPUs: the second
+// column of /proc/net/softnet_stat. The file is not per namespace.
+func backlogDrops() (uint64, error) {
+	f, err := os.Open("/proc/net/softnet_stat")
+	if err != nil {
+		return 0, fmt.Errorf("read softnet_stat: %w", err)
+	}
+	defer f.Close()
+	var sum uint64
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 2 {
+			continue
+		}
+		n, err := strconv.ParseUint(fields[1], 16, 32)
+		if err != nil {
+			return 0, fmt.Errorf("parse softnet_stat %q: %w", sc.Text(), err)
+		}
+		sum += n
+	}
+	return sum, sc.Err()
+}
+
+// latency is the outcome of the latency phase.
+type latency struct {
+	rate     float64
+	sent     uint64 // ICMPs injected
+	expected uint64 // sent × P
+	got      int    // copies matched to a send
+	p50, p99 time.Duration
+	max      time.Duration
+}
+
+// measureLatency injects rate ICMP/s for d while a socket in the sink
+// timestamps the copies of relay rl, and returns the distribution of injection to
+// arrival. Both times come from this process's monotonic clock.
+func measureLatency(t *topology, inj *injector, rl relay, rate float64, d time.Duration) (lat latency, err error) {
+	lat.rate = rate
+	if err := setSinkDrop(t.sink, false); err != nil {
+		return lat, err
+	}
+	defer func() { err = errors.Join(err, setSinkDrop(t.sink, true)) }()
+	rcv, err := startReceiver(t.sink, rl)
+	if err != nil {
+		return lat, err
+	}
+	seq0 := inj.seq
+	var sentAt []time.Time // index: seq - seq0
+	res, err := inj.run(rate, d, func(_ uint32, n int, at time.Time) {
+		for range n {
+			sentAt = append(sentAt, at)
+		}
+	})
+	if err != nil {
+		rcv.close()
+		return lat, err
+	}
+	time.Sleep(200 * time.Millisecond) // longer than any NFLOG batch timeout in use
+	if _, err := settle(t.sink, 2*time.Second); err != nil {
+		rcv.close()
+		return lat, err
+	}
+	got, err := rcv.close()
+	if err != nil {
+		return lat, err
+	}
+	lat.sent = res.sent
+	lat.expected = res.sent * uint64(len(t.peers))
+	var ds []time.Duration
+	for _, a := range got {
+		if i := a.seq - seq0; a.seq >= seq0 && int(i) < len(sentAt) {
+			ds = append(ds, a.at.Sub(sentAt[i]))
+		}
+	}
+	lat.got = len(ds)
+	if len(ds) == 0 {
+		return lat, fmt.Errorf("latency: none of %d copies arrived at the sink", lat.expected)
+	}
+	slices.Sort(ds)
+	lat.p50, lat.p99, lat.max = quantile(ds, 0.50), quantile(ds, 0.99), ds[len(ds)-1]
+	return lat, nil
+}
+
+// quantile returns the q-quantile of sorted ds (nearest rank).
+func quantile(ds []time.Duration, q float64) time.Duration {
+	i := int(math.Ceil(q*float64(len(ds)))) - 1
+	return ds[max(0, min(i, len(ds)-1))]
+}
+
+// sweep is the outcome of a rate search.
+type sweep struct {
+	steps   []load
+	best    int  // index into steps of the highest rate held, -1 if none
+	limited bool // the injector could not go faster than best
+}
+
+// held reports whether a run kept up with the rate asked: loss under
+// lossLimit, lag under lagLimit.
+func held(l load) bool { return l.kept() && !l.injectorLimited() }
+
+// kept reports whether the daemon kept up with what was injected.
+func (l load) kept() bool { return l.loss() < lossLimit && l.lag() < lagLimit }
+
+// Bounds of a sweep: its whole length and the precision it stops at.
+const (
+	sweepBudget    = 80 * time.Second // runs start within it; each takes its step and up to 11 s of draining
+	sweepPrecision = 0.02             // stop when the bracket is narrower than 2% of its top
+)
+
+// sweepRates searches the highest input rate the daemon holds with less
+// than lossLimit loss: it doubles from a quarter of the ceiling's input
+// rate until a run fails, then bisects, each run o.sweepStep long, within
+// sweepBudget.
+func sweepRates(t *topology, inj *injector, d *daemon, o options, ceilingRate float64) (sweep, error) {
+	s := sweep{best: -1}
+	deadline := time.Now().Add(sweepBudget)
+	try := func(rate float64) (bool, error) {
+		progress("sweep: %.0f ICMP/s for %v", rate, o.sweepStep)
+		l, err := measureLoad(t, inj, d, rate, o.sweepStep)
+		if err != nil {
+			return false, err
+		}
+		s.steps = append(s.steps, l)
+		ok := held(l)
+		if ok {
+			s.best = len(s.steps) - 1
+		}
+		if l.injectorLimited() && l.kept() {
+			s.best, s.limited = len(s.steps)-1, true
+		}
+		return ok, nil
+	}
+	lo, hi := 0.0, math.Inf(1)
+	rate := max(1000, math.Round(ceilingRate/float64(o.peers)/4/1000)*1000)
+	for rate <= maxRate && time.Now().Before(deadline) {
+		ok, err := try(rate)
+		if err != nil || s.limited {
+			return s, err
+		}
+		if !ok {
+			hi = rate
+			break
+		}
+		lo, rate = rate, rate*2
+	}
+	for !math.IsInf(hi, 1) && hi-lo > sweepPrecision*hi && time.Now().Before(deadline) {
+		mid := math.Round((lo + hi) / 2)
+		ok, err := try(mid)
+		if err != nil || s.limited {
+			return s, err
+		}
+		if ok {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return s, nil
+}

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// report is everything a run measured.
+type report struct {
+	opts    options
+	busy    float64 // the machine's CPU use just before the run, 0..1
+	ceiling ceiling
+	load    load
+	sweep   sweep
+	latency latency
+	// latencyErr is why the latency phase failed, if it did.
+	latencyErr error
+	maxRSS     uint64
+}
+
+// print writes the report, one figure per line, in a fixed format that can
+// be pasted into the README.
+func (r *report) print(w io.Writer) {
+	o := r.opts
+	line := func(label, format string, args ...any) {
+		fmt.Fprintf(w, "%-19s "+format+"\n", append([]any{label + ":"}, args...)...)
+	}
+	line("machine", "%s", machine())
+	line("machine busy", "%.0f %% of all CPUs before the run (other processes skew every figure)", 100*r.busy)
+	line("scene", "P=%d peers, %d-byte packets (ICMP quoting %d bytes), --relay %s, daemon flags: %s",
+		o.peers, offQuoted+o.quote, o.quote, o.relay, daemonFlags(o.daemonArgs))
+	c := r.ceiling
+	line("ceiling", "%.0f packets/s (plain sendmmsg, 1 %s socket, 1024/call, %.2f s)", c.rate, o.relay.socketKind(), c.elapsed.Seconds())
+	line("ceiling CPU", "%.2f s per million packets (the sending thread, kernel included); other processes %.2f s",
+		c.cpuPerMillion(), c.others.Seconds())
+	if o.sweep {
+		r.printSweep(line)
+	} else {
+		r.printLoad(line, r.load)
+	}
+	line("daemon max RSS", "%.1f MiB", float64(r.maxRSS)/(1<<20))
+	if r.latencyErr != nil {
+		line("latency", "failed: %v", r.latencyErr)
+	}
+	if l := r.latency; l.got > 0 {
+		line("latency", "p50 %.2f ms, p99 %.2f ms, max %.2f ms, injection to arrival (%.0f ICMP/s for %v, %d of %d copies)",
+			ms(l.p50.Seconds()), ms(l.p99.Seconds()), ms(l.max.Seconds()), l.rate, o.latDuration, l.got, l.expected)
+	}
+}
+
+// printLoad writes the figures of one throughput run.
+func (r *report) printLoad(line func(string, string, ...any), l load) {
+	m := l.daemon
+	line("input", "%.0f ICMP/s injected (target %.0f, %d in %.2f s, %d refused)",
+		l.inj.rate(), l.target, l.inj.sent, l.inj.elapsed.Seconds(), l.inj.failed)
+	line("daemon received", "%.0f ICMP, %.0f not (nflog lost %.0f, overruns %.0f); dropped %.0f, sent %.0f, errors %.0f",
+		m.recv, float64(l.inj.sent)-m.recv, m.lost, m.overruns, m.dropped, m.sent, m.errors)
+	line("replicated", "%.0f packets/s arrived during the injection (%d of %d expected; %d after draining)",
+		l.outRate(), l.atEnd, l.inj.sent*uint64(l.peers), l.arrived)
+	line("loss", "%.3f %% (lag at the end %.0f ms)", 100*l.loss(), ms(l.lag().Seconds()))
+	line("ratio to ceiling", "%.1f %%", 100*l.outRate()/r.ceiling.rate)
+	line("daemon CPU", "%.2f s per million replicated packets (%.2f s over %.2f s of injection and draining)",
+		l.cpuPerMillion(), l.cpu.daemon.Seconds(), l.window.Seconds())
+	line("other CPU", "injector %.2f s, other processes %.2f s (should be near 0)",
+		l.cpu.self.Seconds(), l.cpu.others().Seconds())
+	if l.backlog > 0 {
+		line("backlog drops", "%d (netdev_max_backlog overflows, machine-wide)", l.backlog)
+	}
+}
+
+// printSweep writes the sweep's steps and its result.
+func (r *report) printSweep(line func(string, string, ...any)) {
+	s := r.sweep
+	for _, l := range s.steps {
+		verdict := "held"
+		switch {
+		case held(l):
+		case l.injectorLimited() && l.kept():
+			verdict = "injector limited"
+		case l.loss() >= lossLimit:
+			verdict = "lost"
+		default:
+			verdict = "fell behind"
+		}
+		line("sweep step", "target %7.0f ICMP/s: injected %7.0f/s, arrived %8.0f/s, loss %.3f %%, lag %4.0f ms, nflog lost %.0f, other CPU %.2f s, %s",
+			l.target, l.inj.rate(), l.outRate(), 100*l.loss(), ms(l.lag().Seconds()), l.daemon.lost, l.cpu.others().Seconds(), verdict)
+	}
+	if s.best < 0 {
+		line("sweep", "no rate held (loss < %.1f %%, lag < %v)", 100*lossLimit, lagLimit)
+		return
+	}
+	b := s.steps[s.best]
+	prefix := ""
+	if s.limited {
+		prefix = "at least (injector limited) "
+	}
+	line("sweep", "%s%.0f ICMP/s held (loss < %.1f %%, lag < %v) -> %.0f packets/s replicated (%.1f %% of ceiling), %v runs",
+		prefix, b.inj.rate(), 100*lossLimit, lagLimit, b.outRate(), 100*b.outRate()/r.ceiling.rate, r.opts.sweepStep)
+	line("daemon CPU", "%.2f s per million replicated packets (at the held rate)", b.cpuPerMillion())
+}
+
+// ms converts seconds to milliseconds.
+func ms(s float64) float64 { return s * 1000 }
+
+// daemonFlags describes the flags beyond the harness's own.
+func daemonFlags(extra []string) string {
+	if len(extra) == 0 {
+		return "defaults"
+	}
+	return strings.Join(extra, " ")
+}
+
+// machine describes where the figures come from: CPU, core count, kernel
+// and Go version.
+func machine() string {
+	var u unix.Utsname
+	kernel := "unknown kernel"
+	if unix.Uname(&u) == nil {
+		kernel = "linux " + unix.ByteSliceToString(u.Release[:])
+	}
+	return fmt.Sprintf("%s, %d CPUs, %s, %s", cpuModel(), runtime.NumCPU(), kernel, runtime.Version())
+}
+
+// cpuModel returns the first "model name" of /proc/cpuinfo.
+func cpuModel() string {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return "unknown CPU"
+	}
+	defer f.Close()
+	for sc := bufio.NewScanner(f); sc.Scan(); {
+		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
+}
