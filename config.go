@@ -28,6 +28,37 @@ const (
 	ModeUDP
 )
 
+// Split says how work is divided among several workers.
+type Split uint8
+
+const (
+	// SplitBatch hands each NFLOG datagram to the next free worker, which
+	// parses it and sends it to every peer.
+	SplitBatch Split = iota
+	// SplitPeer has the reader parse each datagram and every worker send it
+	// to its share of the peers.
+	SplitPeer
+)
+
+// String returns the split's flag value.
+func (s Split) String() string {
+	if s == SplitPeer {
+		return "peer"
+	}
+	return "batch"
+}
+
+// ParseSplit parses a --split value.
+func ParseSplit(s string) (Split, error) {
+	switch s {
+	case "batch":
+		return SplitBatch, nil
+	case "peer":
+		return SplitPeer, nil
+	}
+	return 0, fmt.Errorf("unknown split %q (want batch or peer)", s)
+}
+
 // DefaultRelayPort is the udp relay's default port: below the Kubernetes
 // NodePort range (30000-32767) and the kernel's default ephemeral range
 // (32768-60999), so neither a Service nor an outgoing connection takes it.
@@ -99,6 +130,8 @@ type Config struct {
 	Workers int
 	// CPUs, when set, pins worker i's thread to CPUs[i % len(CPUs)].
 	CPUs []int
+	// Split divides the work among the workers.
+	Split Split
 	// DedupWindow: an ICMP relayed or injected is not relayed again within
 	// it (loop safety for the udp relay, and storm relief). 0 means
 	// DefaultDedupWindow; negative turns deduplication off.

@@ -26,10 +26,12 @@ const logEvery = 10 * time.Second
 // Relay replicates the frag-needed ICMPs of one NFLOG group to every peer.
 // Create it with New, run it with Run.
 //
-// One goroutine reads NFLOG datagrams into batches from a small pool and
-// hands each whole batch to the next free worker; each worker owns a send
-// socket and an OS thread (pinned with Config.CPUs), parses, filters and
-// fans out its batch, and returns the batch to the pool.
+// One goroutine reads NFLOG datagrams into jobs from a small pool. Each
+// worker owns a send socket and an OS thread (pinned with Config.CPUs).
+// With SplitBatch a job goes to the next free worker, which prepares it
+// (parse, policy, dedup, seal) and sends it to every peer. With SplitPeer
+// the reader prepares the job and every worker sends it to its share of
+// the peers; the last one done returns it to the pool.
 type Relay struct {
 	cfg    Config
 	log    *slog.Logger
@@ -38,12 +40,13 @@ type Relay struct {
 	m      *relayMetrics
 
 	reader  *nl.Reader
-	seq     *wire.Sequence // udp relay: one numbering for all workers
+	seq     *wire.Sequence // udp relay: one numbering for all sealers
+	pre     *preparer      // SplitPeer: the reader's
 	workers []*worker
-	tun     *tunDevice     // udp relay only
-	recv    *receiver      // udp relay only
-	free    chan *nl.Batch // batches ready to be read into
-	work    chan *nl.Batch // batches ready to be handled
+	tun     *tunDevice // udp relay only
+	recv    *receiver  // udp relay only
+	free    chan *job  // jobs ready to be read into
+	work    chan *job  // SplitBatch: jobs ready to be handled
 
 	lastLog   time.Time // of the reader's warnings
 	dedup     *dedup
@@ -53,19 +56,45 @@ type Relay struct {
 	closeErr  error
 }
 
-// worker handles whole batches with its own send socket.
-type worker struct {
-	r        *Relay
-	cpu      int // -1: not pinned
-	fan      *fanout
-	payloads [][]byte // views into the batch in hand, reused
-	lastLog  time.Time
+// job is one NFLOG datagram on its way through the relay: the batch it was
+// read into and what a preparer made of it. Jobs come from the Relay's
+// pool and go back to it; nothing in them is allocated per packet.
+type job struct {
+	batch    *nl.Batch
+	start    time.Time
+	payloads [][]byte                 // views into batch: ICMP messages or whole packets
+	heads    [][]byte                 // udp relay: views into hdrs, one per payload
+	hdrs     [][wire.EnvelopeLen]byte // udp relay: sealed envelope headers
+	pending  atomic.Int32             // SplitPeer: workers still sending it
+}
 
-	// udp relay only: the envelope header of each payload, sealed once
-	// and sent to every peer.
-	sealer *wire.Sealer
-	hdrs   [][wire.EnvelopeLen]byte
-	heads  [][]byte // views into hdrs, reused
+func newJob() *job {
+	return &job{
+		batch:    nl.NewBatch(),
+		payloads: make([][]byte, 0, 256),
+		heads:    make([][]byte, 0, 256),
+		hdrs:     make([][wire.EnvelopeLen]byte, 256),
+	}
+}
+
+// preparer turns a job's batch into payloads: TUN check, parse, policy,
+// dedup and, for the udp relay, sealing. One goroutine owns each (the
+// sealer's HMAC state is not shared).
+type preparer struct {
+	r      *Relay
+	sealer *wire.Sealer // udp relay only
+}
+
+// worker sends jobs with its own socket, to all peers (SplitBatch) or to
+// peers[base:base+len(fan.peers)] (SplitPeer).
+type worker struct {
+	r       *Relay
+	cpu     int       // -1: not pinned
+	pre     *preparer // SplitBatch only
+	in      chan *job // SplitPeer only
+	fan     *fanout
+	base    int // index of fan.peers[0] in r.peers
+	lastLog time.Time
 }
 
 // New validates cfg and opens the NFLOG subscription and the send socket,
@@ -105,13 +134,13 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) {
 		policy: newPolicy(&cfg, peers),
 		dedup:  newDedup(cfg.DedupWindow),
 		m:      newRelayMetrics(cfg.NodeName, cfg.Mode, peers),
-		// Two batches per worker keep every worker busy while the reader
-		// fills the next one; one more is in the reader's hands.
-		free: make(chan *nl.Batch, 2*n+1),
-		work: make(chan *nl.Batch, 2*n+1),
+		// Two jobs per worker keep every worker busy while the reader fills
+		// the next one; one more is in the reader's hands.
+		free: make(chan *job, 2*n+1),
+		work: make(chan *job, 2*n+1),
 	}
 	for range cap(r.free) {
-		r.free <- nl.NewBatch()
+		r.free <- newJob()
 	}
 	if cfg.Mode == ModeUDP {
 		r.seq = wire.NewSequence(time.Now())
@@ -120,8 +149,15 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) {
 			return nil, err
 		}
 	}
+	if cfg.Split == SplitPeer {
+		n = min(n, len(peers)) // a worker without peers would idle
+		var err error
+		if r.pre, err = r.newPreparer(); err != nil {
+			return nil, err
+		}
+	}
 	for i := range n {
-		w, err := r.newWorker(i)
+		w, err := r.newWorker(i, n)
 		if err != nil {
 			r.closeWorkers()
 			return nil, err
@@ -136,28 +172,49 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) {
 	return r, nil
 }
 
-// newWorker opens worker i's send socket.
-func (r *Relay) newWorker(i int) (*worker, error) {
+// newPreparer returns a preparer with its own sealer for the udp relay.
+func (r *Relay) newPreparer() (*preparer, error) {
 	c := &r.cfg
-	w := &worker{r: r, cpu: -1, payloads: make([][]byte, 0, 256)}
-	if len(c.CPUs) > 0 {
-		w.cpu = c.CPUs[i%len(c.CPUs)]
-	}
-	var err error
-	if c.Mode == ModeICMP {
-		w.fan, err = newICMPFanout(c.Source, c.TTL, r.peers)
-		return w, err
+	p := &preparer{r: r}
+	if c.Mode != ModeUDP {
+		return p, nil
 	}
 	var key *wire.Key
 	if len(c.Keys) > 0 {
 		key = &c.Keys[0]
 	}
-	if w.sealer, err = wire.NewSealer(key, r.seq, c.Source); err != nil {
+	var err error
+	if p.sealer, err = wire.NewSealer(key, r.seq, c.Source); err != nil {
 		return nil, fmt.Errorf("pmtud: relay key: %w", err)
 	}
-	w.hdrs = make([][wire.EnvelopeLen]byte, 256)
-	w.heads = make([][]byte, 0, 256)
-	w.fan, err = newUDPFanout(c.Source, c.TTL, r.peers, c.RelayPort)
+	return p, nil
+}
+
+// newWorker opens worker i of n's send socket.
+func (r *Relay) newWorker(i, n int) (*worker, error) {
+	c := &r.cfg
+	w := &worker{r: r, cpu: -1}
+	if len(c.CPUs) > 0 {
+		w.cpu = c.CPUs[i%len(c.CPUs)]
+	}
+	peers := r.peers
+	if c.Split == SplitPeer {
+		// Worker i sends to peers[lo:hi]: shares differ by one at most.
+		lo, hi := i*len(peers)/n, (i+1)*len(peers)/n
+		w.base, peers = lo, peers[lo:hi]
+		w.in = make(chan *job, cap(r.free))
+	} else {
+		var err error
+		if w.pre, err = r.newPreparer(); err != nil {
+			return nil, err
+		}
+	}
+	var err error
+	if c.Mode == ModeICMP {
+		w.fan, err = newICMPFanout(c.Source, c.TTL, peers)
+	} else {
+		w.fan, err = newUDPFanout(c.Source, c.TTL, peers, c.RelayPort)
+	}
 	return w, err
 }
 
@@ -217,7 +274,14 @@ func (r *Relay) Run(ctx context.Context) error {
 		}()
 	}
 	err := r.read(ctx)
-	close(r.work) // the workers drain what is queued, then stop
+	// The workers drain what is queued, then stop.
+	if r.cfg.Split == SplitPeer {
+		for _, w := range r.workers {
+			close(w.in)
+		}
+	} else {
+		close(r.work)
+	}
 	if r.recv != nil {
 		r.recv.close() // ends its run
 	}
@@ -233,12 +297,12 @@ func (r *Relay) Run(ctx context.Context) error {
 // workers until the reader is closed.
 func (r *Relay) read(ctx context.Context) error {
 	for {
-		b := <-r.free
-		err := r.reader.Read(b)
-		if len(b.Packets) > 0 || b.Lost > 0 {
-			r.work <- b
+		j := <-r.free
+		err := r.reader.Read(j.batch)
+		if b := j.batch; len(b.Packets) > 0 || b.Lost > 0 {
+			r.dispatch(j)
 		} else {
-			r.free <- b
+			r.free <- j
 		}
 		switch {
 		case err == nil:
@@ -266,6 +330,29 @@ func (r *Relay) read(ctx context.Context) error {
 	}
 }
 
+// dispatch hands a job that holds packets to the workers.
+func (r *Relay) dispatch(j *job) {
+	if r.cfg.Split != SplitPeer {
+		r.work <- j
+		return
+	}
+	r.pre.prepare(j)
+	if len(j.payloads) == 0 {
+		r.done(j)
+		return
+	}
+	j.pending.Store(int32(len(r.workers)))
+	for _, w := range r.workers {
+		w.in <- j
+	}
+}
+
+// done records a finished job and returns it to the pool.
+func (r *Relay) done(j *job) {
+	r.m.duration.UpdateDuration(j.start)
+	r.free <- j
+}
+
 // run is a worker's loop, on an OS thread of its own, pinned to w.cpu if
 // set. The thread is never unlocked: it exits with the goroutine, so a
 // pinned thread never returns to the Go scheduler.
@@ -280,30 +367,51 @@ func (w *worker) run() error {
 			w.r.log.Error("cannot pin worker thread", "cpu", w.cpu, "err", err)
 		}
 	}
-	for b := range w.r.work {
-		w.handle(b)
-		w.r.free <- b
+	if w.in != nil {
+		for j := range w.in {
+			w.send(j)
+			if j.pending.Add(-1) == 0 {
+				w.r.done(j)
+			}
+		}
+		return nil
+	}
+	for j := range w.r.work {
+		w.handle(j)
+		w.r.done(j)
 	}
 	return nil
 }
 
-// handle replicates the valid packets of one batch. It allocates nothing.
-func (w *worker) handle(b *nl.Batch) {
-	r := w.r
-	start := time.Now()
-	now := r.dedup.now(start)
+// handle prepares a job and sends it to every peer (SplitBatch). It
+// allocates nothing.
+func (w *worker) handle(j *job) {
+	w.pre.prepare(j)
+	if len(j.payloads) > 0 {
+		w.send(j)
+	}
+}
+
+// prepare fills j.payloads (and j.heads) with what to send for each packet
+// of j.batch that passes the checks, and counts the rest. It allocates
+// nothing once the job has seen its largest batch.
+func (p *preparer) prepare(j *job) {
+	r := p.r
+	b := j.batch
+	j.start = time.Now()
+	now := r.dedup.now(j.start)
 	r.m.recv.Add(len(b.Packets))
 	if b.Lost > 0 {
 		r.m.lost.AddInt64(int64(b.Lost))
 	}
-	payloads, heads := w.payloads[:0], w.heads[:0]
+	payloads, heads := j.payloads[:0], j.heads[:0]
 	for i := range b.Packets {
-		p := &b.Packets[i]
-		if p.InIfindex != 0 && p.InIfindex == r.policy.tunIndex {
+		pkt := &b.Packets[i]
+		if pkt.InIfindex != 0 && pkt.InIfindex == r.policy.tunIndex {
 			r.m.dropped[DropFromTUN].Inc()
 			continue
 		}
-		f, err := wire.ParseFragNeeded(p.Payload)
+		f, err := wire.ParseFragNeeded(pkt.Payload)
 		if err != nil {
 			if we, ok := err.(wire.Error); ok && we > 0 && we < wire.ErrorCount {
 				r.m.dropped[dropReasonOf(we)].Inc()
@@ -320,41 +428,38 @@ func (w *worker) handle(b *nl.Batch) {
 			r.m.dropped[DropDuplicate].Inc()
 			continue
 		}
-		if w.sealer == nil {
+		if p.sealer == nil {
 			payloads = append(payloads, f.ICMP)
 			continue
 		}
 		k := len(payloads)
-		if k == len(w.hdrs) {
-			w.hdrs = append(w.hdrs, [wire.EnvelopeLen]byte{}) // a bigger batch than ever: grows once
-			w.hdrs = w.hdrs[:cap(w.hdrs)]
+		if k == len(j.hdrs) {
+			j.hdrs = append(j.hdrs, [wire.EnvelopeLen]byte{}) // a bigger batch than ever: grows once
+			j.hdrs = j.hdrs[:cap(j.hdrs)]
 		}
-		w.sealer.Seal(&w.hdrs[k], f.Packet)
-		heads = append(heads, w.hdrs[k][:])
+		p.sealer.Seal(&j.hdrs[k], f.Packet)
+		heads = append(heads, j.hdrs[k][:])
 		payloads = append(payloads, f.Packet)
 	}
-	w.payloads, w.heads = payloads[:0], heads[:0]
-	if len(payloads) > 0 {
-		if w.sealer == nil {
-			heads = nil
-		}
-		w.send(heads, payloads)
+	j.payloads, j.heads = payloads, heads
+	if p.sealer == nil {
+		j.heads = nil
 	}
-	r.m.duration.UpdateDuration(start)
 }
 
-// send fans payloads out and moves the per-peer tallies into the metrics.
-func (w *worker) send(heads, payloads [][]byte) {
+// send fans the job's payloads out to the worker's peers and moves the
+// per-peer tallies into the metrics.
+func (w *worker) send(j *job) {
 	r, fan := w.r, w.fan
-	fan.send(heads, payloads)
+	fan.send(j.heads, j.payloads)
 	var total uint64
-	for j := range r.peers {
-		if n := fan.sent[j]; n > 0 {
-			r.m.peerSent[j].AddInt64(int64(n))
+	for k := range fan.peers {
+		if n := fan.sent[k]; n > 0 {
+			r.m.peerSent[w.base+k].AddInt64(int64(n))
 			total += n
 		}
-		if n := fan.sendErr[j]; n > 0 {
-			r.m.peerErrors[j].AddInt64(int64(n))
+		if n := fan.sendErr[k]; n > 0 {
+			r.m.peerErrors[w.base+k].AddInt64(int64(n))
 			r.m.errors.AddInt64(int64(n))
 		}
 	}
@@ -363,7 +468,7 @@ func (w *worker) send(heads, payloads [][]byte) {
 	clear(fan.sendErr)
 	if fan.lastErrno != 0 {
 		if throttled(&w.lastLog) {
-			r.log.Warn("send to peer failed (repeats are counted in go_pmtud_sent_error_peer_total)", "peer", r.peers[fan.lastPeer], "err", fan.lastErrno)
+			r.log.Warn("send to peer failed (repeats are counted in go_pmtud_sent_error_peer_total)", "peer", fan.peers[fan.lastPeer], "err", fan.lastErrno)
 		}
 		fan.lastErrno = 0
 	}

@@ -18,6 +18,10 @@ var testKey = wire.Key{ID: 3, Secret: []byte("allocation-test-secret-32-bytes!")
 // newTestRelay starts no loops: it opens a relay on node i of a 4-node
 // cluster with the other nodes as peers, for tests that drive its parts.
 func newTestRelay(t *testing.T, mode Mode, i int, keys ...wire.Key) (*Relay, *netlab.Cluster) {
+	return newTestRelaySplit(t, mode, SplitBatch, 1, i, keys...)
+}
+
+func newTestRelaySplit(t *testing.T, mode Mode, split Split, workers, i int, keys ...wire.Key) (*Relay, *netlab.Cluster) {
 	t.Helper()
 	lab := netlab.NewT(t)
 	c, err := netlab.BuildCluster(lab, 4, 1400)
@@ -36,6 +40,8 @@ func newTestRelay(t *testing.T, mode Mode, i int, keys ...wire.Key) (*Relay, *ne
 		IgnoreNetworks: []netip.Prefix{netip.MustParsePrefix("198.19.254.0/24")},
 		TTL:            10,
 		NFLOG:          nl.Config{Group: 33},
+		Split:          split,
+		Workers:        workers,
 	}
 	cfg.Keys = keys
 	var r *Relay
@@ -53,14 +59,17 @@ func newTestRelay(t *testing.T, mode Mode, i int, keys ...wire.Key) (*Relay, *ne
 // (udp), fan-out with real sendmmsg calls, metrics — allocates nothing in
 // steady state.
 func TestRelayAllocs(t *testing.T) {
-	for _, mode := range []Mode{ModeICMP, ModeUDP} {
-		t.Run(mode.String(), func(t *testing.T) {
-			r, _ := newTestRelay(t, mode, 1, testKeys(mode)...)
+	for _, tc := range []struct {
+		mode  Mode
+		split Split
+	}{{ModeICMP, SplitBatch}, {ModeUDP, SplitBatch}, {ModeUDP, SplitPeer}} {
+		t.Run(tc.mode.String()+"/"+tc.split.String(), func(t *testing.T) {
+			r, _ := newTestRelaySplit(t, tc.mode, tc.split, 2, 1, testKeys(tc.mode)...)
 			quoted := wire.AppendIPv4(nil, netlab.Anycast, netlab.ClientAddr, unix.IPPROTO_TCP, 63, make([]byte, 8))
 			fromPeer := wire.AppendIPv4(nil, netlab.NodeAddr(2), netlab.Anycast, unix.IPPROTO_ICMP, 64, wire.AppendFragNeeded(nil, 1400, quoted))
 			ignored := wire.AppendIPv4(nil, netip.MustParseAddr("198.19.254.1"), netlab.Anycast, unix.IPPROTO_ICMP, 64, wire.AppendFragNeeded(nil, 1400, quoted))
 			good := distinctFragNeeded(64)
-			b := &nl.Batch{}
+			j := newJob()
 			for i := range 64 {
 				p := good[i]
 				switch i % 8 {
@@ -71,21 +80,20 @@ func TestRelayAllocs(t *testing.T) {
 				case 7:
 					p = good[i][:30]
 				}
-				b.Packets = append(b.Packets, nl.Packet{Payload: p})
+				j.batch.Packets = append(j.batch.Packets, nl.Packet{Payload: p})
 			}
-			w := r.workers[0]
-			w.handle(b) // warm up: histogram buckets, neighbour entries
+			process(r, j) // warm up: histogram buckets, neighbour entries
 			n := uint32(0)
 			allocs := testing.AllocsPerRun(100, func() {
 				n++
 				renumber(good, n)
-				w.handle(b)
+				process(r, j)
 			})
 			if allocs != 0 {
-				t.Fatalf("handle allocates %.1f times per batch of %d packets, want 0", allocs, len(b.Packets))
+				t.Fatalf("a batch of %d packets allocates %.1f times, want 0", len(j.batch.Packets), allocs)
 			}
 			// The repeated batch without renumbering: all duplicates.
-			w.handle(b)
+			process(r, j)
 			st := r.Stats()
 			// 102 distinct batches (warm-up, AllocsPerRun's own warm-up, 100
 			// runs) of 40 valid packets to 3 peers; then 40 duplicates.
@@ -96,6 +104,19 @@ func TestRelayAllocs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// process runs a job through the relay as its workers would, on this
+// goroutine.
+func process(r *Relay, j *job) {
+	if r.cfg.Split == SplitPeer {
+		r.pre.prepare(j)
+		for _, w := range r.workers {
+			w.send(j)
+		}
+		return
+	}
+	r.workers[0].handle(j)
 }
 
 // TestReceiveAllocs proves that the udp relay's receive path — source

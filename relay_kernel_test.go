@@ -157,12 +157,17 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestReplicatesVerbatimICMP(t *testing.T) {
-	for _, workers := range []int{1, 3} {
-		t.Run(fmt.Sprintf("%d workers", workers), func(t *testing.T) { testReplicatesVerbatimICMP(t, workers) })
+	for _, tc := range []struct {
+		workers int
+		split   pmtud.Split
+	}{{1, pmtud.SplitBatch}, {3, pmtud.SplitBatch}, {2, pmtud.SplitPeer}} {
+		t.Run(fmt.Sprintf("%d workers split by %v", tc.workers, tc.split), func(t *testing.T) {
+			testReplicatesVerbatimICMP(t, tc.workers, tc.split)
+		})
 	}
 }
 
-func testReplicatesVerbatimICMP(t *testing.T, workers int) {
+func testReplicatesVerbatimICMP(t *testing.T, workers int, split pmtud.Split) {
 	lab := netlab.NewT(t)
 	c, err := netlab.BuildCluster(lab, 4, 1400)
 	if err != nil {
@@ -181,6 +186,7 @@ func testReplicatesVerbatimICMP(t *testing.T, workers int) {
 		IgnoreNetworks: []netip.Prefix{netip.MustParsePrefix("198.19.254.0/24")},
 		TTL:            ttl,
 		Workers:        workers,
+		Split:          split,
 		CPUs:           []int{0},
 	})
 	if got := relay.Peers(); len(got) != 3 {

@@ -43,6 +43,7 @@ type options struct {
 	tunName        string
 	tunAddress     string
 	dedupWindow    time.Duration
+	split          string
 }
 
 // settings is the resolved configuration of one run.
@@ -83,6 +84,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.DurationVar(&o.timeout, "nflog-timeout", 10*time.Millisecond, "longest the kernel holds a batch before sending it (10ms steps)")
 	fs.UintVar(&o.bufsize, "nflog-bufsize", 131072, "NFLOG kernel batch buffer in bytes (nlbufsiz; the kernel ignores values above 131072)")
 	fs.IntVar(&o.workers, "workers", 1, "send sockets, each with its own goroutine locked to an OS thread (1..16)")
+	fs.StringVar(&o.split, "split", "batch", "how several workers divide the work: batch (each takes whole NFLOG datagrams) or peer (each sends every ICMP to its share of the peers)")
 	fs.DurationVar(&o.dedupWindow, "dedup-window", pmtud.DefaultDedupWindow, "an ICMP relayed or injected is not relayed again within this window (loop safety of the udp relay; 0 disables)")
 	fs.StringVar(&o.cpus, "cpus", "", "CPU list such as 2,3 or 2-3: pins the worker threads, round-robin (default: not pinned)")
 	if err := fs.Parse(args); err != nil {
@@ -162,6 +164,9 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 	c.TUNName = o.tunName
 	if c.TUNAddr, err = netip.ParseAddr(o.tunAddress); err != nil || !c.TUNAddr.Is4() {
 		return s, fmt.Errorf("--tun-address: %q is not an IPv4 address", o.tunAddress)
+	}
+	if c.Split, err = pmtud.ParseSplit(o.split); err != nil {
+		return s, fmt.Errorf("--split: %w", err)
 	}
 	c.DedupWindow = o.dedupWindow
 	switch {
