@@ -185,10 +185,24 @@ func (d *daemon) terminate() error {
 }
 
 // counters are the daemon's metrics that the report uses, each summed over
-// its labels.
+// its labels, and the udp relay's receive drops by reason.
 type counters struct {
 	recv, sent, errors, dropped, lost, overruns float64
+	// fromTUN are logged packets dropped because they arrived on the TUN
+	// device: the udp relay's own injected packets, logged back by the
+	// NFLOG rule.
+	fromTUN float64
+	// The udp relay's receive side: datagrams received, packets injected,
+	// datagrams dropped, and the drops by reason.
+	relayRecv, injected, relayDropped float64
+	relayDrops                        map[string]float64
 }
+
+// Metric names the harness reads.
+const (
+	metricDropped      = "go_pmtud_dropped_packets_total"
+	metricRelayDropped = "go_pmtud_relay_dropped_total"
+)
 
 // metrics fetches and sums the daemon's counters.
 func (d *daemon) metrics() (counters, error) {
@@ -200,48 +214,79 @@ func (d *daemon) metrics() (counters, error) {
 	if resp.StatusCode != http.StatusOK {
 		return counters{}, fmt.Errorf("fetch go-pmtud metrics: %s", resp.Status)
 	}
-	sums, err := sumMetrics(resp.Body)
+	sums, reasons, err := sumMetrics(resp.Body)
 	if err != nil {
 		return counters{}, fmt.Errorf("read go-pmtud metrics: %w", err)
 	}
 	return counters{
-		recv:     sums["go_pmtud_recv_packets_total"],
-		sent:     sums["go_pmtud_sent_packets_total"],
-		errors:   sums["go_pmtud_error_total"],
-		dropped:  sums["go_pmtud_dropped_packets_total"],
-		lost:     sums["go_pmtud_nflog_lost_packets_total"],
-		overruns: sums["go_pmtud_nflog_overruns_total"],
+		recv:         sums["go_pmtud_recv_packets_total"],
+		sent:         sums["go_pmtud_sent_packets_total"],
+		errors:       sums["go_pmtud_error_total"],
+		dropped:      sums[metricDropped],
+		lost:         sums["go_pmtud_nflog_lost_packets_total"],
+		overruns:     sums["go_pmtud_nflog_overruns_total"],
+		fromTUN:      reasons[metricDropped]["from_tun"],
+		relayRecv:    sums["go_pmtud_relay_received_total"],
+		injected:     sums["go_pmtud_relay_injected_total"],
+		relayDropped: sums[metricRelayDropped],
+		relayDrops:   reasons[metricRelayDropped],
 	}, nil
 }
 
 // sub returns c - o, counter by counter.
 func (c counters) sub(o counters) counters {
+	drops := make(map[string]float64, len(c.relayDrops))
+	for r, v := range c.relayDrops {
+		drops[r] = v - o.relayDrops[r]
+	}
 	return counters{
 		recv: c.recv - o.recv, sent: c.sent - o.sent, errors: c.errors - o.errors,
 		dropped: c.dropped - o.dropped, lost: c.lost - o.lost, overruns: c.overruns - o.overruns,
+		fromTUN: c.fromTUN - o.fromTUN, relayRecv: c.relayRecv - o.relayRecv,
+		injected: c.injected - o.injected, relayDropped: c.relayDropped - o.relayDropped,
+		relayDrops: drops,
 	}
 }
 
 // sumMetrics reads the Prometheus text format and sums every sample by
-// metric name, across label sets.
-func sumMetrics(r io.Reader) (map[string]float64, error) {
-	sums := map[string]float64{}
+// metric name, across label sets; reasons holds the samples that have a
+// reason label, summed by metric name and reason.
+func sumMetrics(r io.Reader) (sums map[string]float64, reasons map[string]map[string]float64, err error) {
+	sums = map[string]float64{}
+	reasons = map[string]map[string]float64{}
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		line := sc.Text()
 		if line == "" || line[0] == '#' {
 			continue
 		}
-		name, _, _ := strings.Cut(line, "{")
+		name, labels, _ := strings.Cut(line, "{")
 		name, _, _ = strings.Cut(name, " ")
 		f := strings.Fields(line)
 		v, err := strconv.ParseFloat(f[len(f)-1], 64)
 		if err != nil {
-			return nil, fmt.Errorf("parse sample %q: %w", line, err)
+			return nil, nil, fmt.Errorf("parse sample %q: %w", line, err)
 		}
 		sums[name] += v
+		if reason, ok := reasonLabel(labels); ok {
+			if reasons[name] == nil {
+				reasons[name] = map[string]float64{}
+			}
+			reasons[name][reason] += v
+		}
 	}
-	return sums, sc.Err()
+	return sums, reasons, sc.Err()
+}
+
+// reasonLabel returns the value of the reason label in labels, the text
+// after a sample's "{".
+func reasonLabel(labels string) (string, bool) {
+	i := strings.Index(labels, `reason="`)
+	if i < 0 {
+		return "", false
+	}
+	v, _, ok := strings.Cut(labels[i+len(`reason="`):], `"`)
+	return v, ok
 }
 
 // pid returns the daemon's process ID.

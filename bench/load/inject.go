@@ -45,9 +45,9 @@ type template struct {
 }
 
 // newTemplate builds a frag-needed (next-hop MTU 1400) from icmpSource to
-// nodeUplink quoting quote bytes of a 9000-byte DF TCP segment, and checks
-// that a stamped copy parses.
-func newTemplate(quote int) (template, error) {
+// dst quoting quote bytes of a 9000-byte DF TCP segment, and checks that a
+// stamped copy parses.
+func newTemplate(quote int, dst netip.Addr) (template, error) {
 	tcp := make([]byte, quote-20)
 	binary.BigEndian.PutUint16(tcp[2:], 443) // destination port
 	if len(tcp) >= 14 {
@@ -58,7 +58,7 @@ func newTemplate(quote int) (template, error) {
 	binary.BigEndian.PutUint16(orig[2:], 9000) // the length of the packet the router dropped
 	orig = orig[:quote]
 	icmp := wire.AppendFragNeeded(nil, 1400, orig)
-	t := template{pkt: wire.AppendIPv4(nil, icmpSource, nodeUplink, 1, 64, icmp)}
+	t := template{pkt: wire.AppendIPv4(nil, icmpSource, dst, 1, 64, icmp)}
 	t.csum = binary.BigEndian.Uint16(t.pkt[offICMPCsum:])
 
 	b := append([]byte(nil), t.pkt...)
@@ -158,12 +158,32 @@ type injection struct {
 // rate returns the achieved packets per second.
 func (j injection) rate() float64 { return float64(j.sent) / j.elapsed.Seconds() }
 
-// run sends at rate packets per second for d, paced by a token bucket that
-// holds at most maxMmsg packets: it sleeps until enough tokens for a batch
-// (about 5000 calls per second at most) have accumulated, then sends all it
-// has in one sendmmsg. When onSend is not nil it is called before each call
-// with the first sequence number, the message count and the time.
+// run sends at rate packets per second for d, paced by pace. When onSend
+// is not nil it is called before each call with the first sequence number,
+// the message count and the time.
 func (in *injector) run(rate float64, d time.Duration, onSend func(first uint32, n int, at time.Time)) (injection, error) {
+	return pace(rate, d, func(n int, now time.Time) (sent, failed int, err error) {
+		for i := range n {
+			in.tmpl.stamp(in.bufs[i], in.seq+uint32(i))
+		}
+		if onSend != nil {
+			onSend(in.seq, n, now)
+		}
+		in.seq += uint32(n)
+		sent, failed, err = sendAll(in.fd, in.msgs[:n])
+		if err != nil {
+			err = fmt.Errorf("injector: %w", err)
+		}
+		return sent, failed, err
+	})
+}
+
+// pace calls batch to send rate packets per second for d, paced by a token
+// bucket that holds at most maxMmsg packets: it sleeps until enough tokens
+// for a batch (about 5000 calls per second at most) have accumulated, then
+// asks batch to send all it has, at time now, in one sendmmsg. It stops at
+// batch's first error.
+func pace(rate float64, d time.Duration, batch func(n int, now time.Time) (sent, failed int, err error)) (injection, error) {
 	minBatch := max(1, rate/5000)
 	var res injection
 	start := time.Now()
@@ -182,18 +202,11 @@ func (in *injector) run(rate float64, d time.Duration, onSend func(first uint32,
 		}
 		n := int(tokens)
 		tokens -= float64(n)
-		for i := range n {
-			in.tmpl.stamp(in.bufs[i], in.seq+uint32(i))
-		}
-		if onSend != nil {
-			onSend(in.seq, n, now)
-		}
-		in.seq += uint32(n)
-		sent, failed, err := sendAll(in.fd, in.msgs[:n])
+		sent, failed, err := batch(n, now)
 		res.sent += uint64(sent)
 		res.failed += uint64(failed)
 		if err != nil {
-			return res, fmt.Errorf("injector: %w", err)
+			return res, err
 		}
 	}
 	res.elapsed = time.Since(start)
@@ -305,7 +318,7 @@ func measureCeiling(t *topology, rl relay, payload []byte, d time.Duration) (cei
 		return c, err
 	}
 	c.others = cpu1.sub(cpu0).others()
-	after, err := settle(t.sink, 2*time.Second)
+	after, err := settle(t.sinkCount, 2*time.Second)
 	if err != nil {
 		return c, err
 	}

@@ -33,11 +33,39 @@
 // for the highest one go-pmtud holds, in short runs, instead of the
 // throughput phase.
 //
+// With -receive the harness measures the udp relay's receive side instead:
+//
+//	sink: peer 198.18.1.100 ──(198.18.1.0/24)──► node: go-pmtud --relay udp ──► TUN pmtud0 ──► 198.18.100.1 on lo
+//	UDP socket, sendmmsg        relay port 2734      recvmmsg, verify, inject     nft counters
+//
+// The sink namespace plays the daemon's only peer (--peers 198.18.1.100).
+// It sends relay datagrams at -rate per second to the node's relay address
+// (its --iface address, 198.18.1.2:2734) with sendmmsg over a UDP socket
+// bound to the peer address. Each is an envelope sealed with a random key
+// that the harness writes to its temporary directory (the daemon's
+// --relay-key-file), followed by a frag-needed for 198.18.100.1, an address
+// on the node's lo, that quotes a distinct TCP source port and sequence
+// number (the daemon drops repeats within its dedup window). The datagrams
+// are sealed ahead of each run, with increasing sequence numbers, and sent
+// in order, so the daemon's replay window accepts each once. nft counters
+// in the node count the packets arriving through the TUN device
+// (prerouting, the output of a run) and those delivered locally (input).
+// The NFLOG rule logs the injected packets back to the daemon, which drops
+// them as from_tun, as on a real node; the sink counts anything the daemon
+// sends the peer. A run reports datagrams/s sent, injected/s by the nft
+// counter and by the daemon's go_pmtud_relay_injected_total, loss, the
+// daemon's drops by reason, its CPU seconds per million injected packets
+// and its peak RSS; -sweep searches the highest rate held as above. There
+// is no ceiling or latency phase. The sender shares the machine with the
+// daemon: the node's UDP receive runs in its softirqs, on its CPU.
+//
 // Run it as root from the module directory:
 //
 //	sudo go run ./bench/load -peers 16 -rate 50000 -duration 5s
 //	sudo go run ./bench/load -peers 1 -rate 300000
 //	sudo go run ./bench/load -peers 16 -sweep
+//	sudo go run ./bench/load -receive -rate 50000 -duration 5s
+//	sudo go run ./bench/load -receive -sweep
 //
 // Traffic never leaves the namespaces: all addresses lie in 198.18.0.0/15,
 // and the namespaces, the daemon and the temporary directory are removed on
@@ -48,6 +76,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"os/signal"
 	"strings"
@@ -67,6 +96,7 @@ type options struct {
 	latDuration time.Duration
 	quote       int
 	relay       relay
+	receive     bool
 	daemonArgs  []string
 	daemonBin   string
 }
@@ -109,7 +139,7 @@ func parseOptions(args []string) (options, error) {
 	var daemonArgs, rl string
 	fs := flag.NewFlagSet("load", flag.ContinueOnError)
 	fs.IntVar(&o.peers, "peers", 16, fmt.Sprintf("number of peers P, 1..%d", maxPeers))
-	fs.Float64Var(&o.rate, "rate", 50000, "input ICMPs per second to inject")
+	fs.Float64Var(&o.rate, "rate", 50000, "input ICMPs per second to inject (with -receive: relay datagrams per second)")
 	fs.DurationVar(&o.duration, "duration", 5*time.Second, "length of the throughput and ceiling phases")
 	fs.BoolVar(&o.sweep, "sweep", false, "search the highest input rate held (loss < 0.1%, lag < 100ms) instead of the throughput phase")
 	fs.DurationVar(&o.sweepStep, "sweep-step", 2*time.Second, "length of one sweep run")
@@ -117,6 +147,7 @@ func parseOptions(args []string) (options, error) {
 	fs.DurationVar(&o.latDuration, "latency-duration", 2*time.Second, "length of the latency phase")
 	fs.IntVar(&o.quote, "quote", 548, "bytes of the original packet each ICMP quotes (548: a Linux router's 576-byte ICMP; 28: RFC 792's minimum)")
 	fs.StringVar(&rl, "relay", "icmp", "go-pmtud's --relay: icmp or udp; sets the ceiling's socket and how the sink reads copies")
+	fs.BoolVar(&o.receive, "receive", false, "measure the udp relay's receive side instead: a peer sends sealed relay datagrams to the node's go-pmtud at -rate datagrams/s (-peers, -relay and the latency phase do not apply)")
 	fs.StringVar(&daemonArgs, "daemon-args", "", "extra go-pmtud flags, space-separated (e.g. \"--workers 2\")")
 	fs.StringVar(&o.daemonBin, "daemon-bin", "", "go-pmtud binary to run (default: build ./cmd/go-pmtud)")
 	if err := fs.Parse(args); err != nil {
@@ -126,6 +157,11 @@ func parseOptions(args []string) (options, error) {
 	var err error
 	if o.relay, err = parseRelay(rl); err != nil {
 		return o, err
+	}
+	if o.receive {
+		if err := receiveOptions(fs, &o); err != nil {
+			return o, err
+		}
 	}
 	switch {
 	case fs.NArg() > 0:
@@ -148,6 +184,23 @@ func parseOptions(args []string) (options, error) {
 		}
 	}
 	return o, nil
+}
+
+// receiveOptions rejects the flags that do not apply to -receive, set
+// explicitly, and sets the receive mode's fixed scene: one peer, the udp
+// relay, no latency phase.
+func receiveOptions(fs *flag.FlagSet, o *options) error {
+	var err error
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "peers", "relay", "latency-rate", "latency-duration":
+			if err == nil {
+				err = fmt.Errorf("-%s does not apply to -receive", f.Name)
+			}
+		}
+	})
+	o.peers, o.relay, o.latRate = 1, relayUDP, 0
+	return err
 }
 
 // cleanups is a stack of teardown functions run once, in reverse order,
@@ -209,7 +262,30 @@ func run(o options, cl *cleanups) error {
 	if err != nil {
 		return err
 	}
-	tmpl, err := newTemplate(o.quote)
+	r := report{opts: o}
+	if r.busy, err = cpuBusy(time.Second); err != nil {
+		return err
+	}
+	if r.busy > 0.1 {
+		progress("warning: the machine is %.0f%% busy before the run: the figures will be low", 100*r.busy)
+	}
+	if o.receive {
+		err = runReceive(&r, t, bin, dir, cl)
+	} else {
+		err = runForward(&r, t, bin, dir, cl)
+	}
+	if err != nil {
+		return err
+	}
+	r.print(os.Stdout)
+	return r.latencyErr
+}
+
+// runForward measures replication: the ceiling, then the throughput run or
+// the sweep, then the latency phase, into r.
+func runForward(r *report, t *topology, bin, dir string, cl *cleanups) error {
+	o := r.opts
+	tmpl, err := newTemplate(o.quote, nodeUplink)
 	if err != nil {
 		return err
 	}
@@ -219,13 +295,6 @@ func run(o options, cl *cleanups) error {
 	}
 	defer inj.close()
 
-	r := report{opts: o}
-	if r.busy, err = cpuBusy(time.Second); err != nil {
-		return err
-	}
-	if r.busy > 0.1 {
-		progress("warning: the machine is %.0f%% busy before the run: the figures will be low", 100*r.busy)
-	}
 	progress("ceiling: sendmmsg to %d peers flat out for %v", o.peers, o.duration)
 	if r.ceiling, err = measureCeiling(t, o.relay, o.relay.payload(tmpl.pkt), o.duration); err != nil {
 		return err
@@ -238,13 +307,15 @@ func run(o options, cl *cleanups) error {
 	}
 	cl.add(func() { d.stop() })
 
+	p := forwardPath(t, inj)
 	if o.sweep {
-		if r.sweep, err = sweepRates(t, inj, d, o, r.ceiling.rate); err != nil {
+		start := max(1000, math.Round(r.ceiling.rate/float64(o.peers)/4/1000)*1000)
+		if r.sweep, err = sweepRates(p, d, o, start); err != nil {
 			return err
 		}
 	} else {
 		progress("throughput: %.0f ICMP/s for %v", o.rate, o.duration)
-		if r.load, err = measureLoad(t, inj, d, o.rate, o.duration); err != nil {
+		if r.load, err = measureLoad(p, d, o.rate, o.duration); err != nil {
 			return err
 		}
 	}
@@ -253,12 +324,61 @@ func run(o options, cl *cleanups) error {
 		progress("latency: %.0f ICMP/s for %v", o.latRate, o.latDuration)
 		r.latency, r.latencyErr = measureLatency(t, inj, o.relay, o.latRate, o.latDuration)
 	}
+	return stopDaemon(r, d)
+}
+
+// receiveSweepStart is the first rate of a -receive sweep, in datagrams
+// per second.
+const receiveSweepStart = 25000
+
+// runReceive measures the udp relay's receive side: the throughput run or
+// the sweep, into r.
+func runReceive(r *report, t *topology, bin, dir string, cl *cleanups) error {
+	o := r.opts
+	key, keyFile, err := writeRelayKey(dir)
+	if err != nil {
+		return err
+	}
+	if err := setupReceive(t, dir); err != nil {
+		return err
+	}
+	tmpl, err := newTemplate(o.quote, injectedDst)
+	if err != nil {
+		return err
+	}
+	snd, err := newPeerSender(t.sink, tmpl, key, poolSlots(o))
+	if err != nil {
+		return err
+	}
+	defer snd.close()
+	r.sender = snd
+
+	progress("starting go-pmtud in %s: udp relay, peer %v", t.node.Name(), senderAddr)
+	d, err := startDaemon(bin, t, append(receiveDaemonFlags(keyFile), o.daemonArgs...), dir)
+	if err != nil {
+		return err
+	}
+	cl.add(func() { d.stop() })
+
+	p := receivePath(t, snd)
+	if o.sweep {
+		if r.sweep, err = sweepRates(p, d, o, receiveSweepStart); err != nil {
+			return err
+		}
+	} else {
+		progress("receive: %.0f datagrams/s for %v", o.rate, o.duration)
+		if r.load, err = measureLoad(p, d, o.rate, o.duration); err != nil {
+			return err
+		}
+	}
+	return stopDaemon(r, d)
+}
+
+// stopDaemon records the daemon's peak RSS in r and stops it.
+func stopDaemon(r *report, d *daemon) error {
+	var err error
 	if r.maxRSS, err = d.maxRSS(); err != nil {
 		return err
 	}
-	if err := d.stop(); err != nil {
-		return err
-	}
-	r.print(os.Stdout)
-	return r.latencyErr
+	return d.stop()
 }

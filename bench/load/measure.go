@@ -21,21 +21,56 @@ const lossLimit = 0.001
 // injector stops.
 const lagLimit = 100 * time.Millisecond
 
-// load is the outcome of one throughput run.
-type load struct {
-	target  float64       // input rate asked for
-	peers   int           // P
-	inj     injection     // what the injector sent
-	atEnd   uint64        // copies counted by the sink when the injection ended
-	arrived uint64        // copies counted by the sink in all, after draining
-	daemon  counters      // the daemon's counters, this run only
-	cpu     cpuSample     // CPU time used during the run
-	window  time.Duration // the run: injection, draining and the probe
-	backlog uint64        // packets the kernel dropped from full per-CPU backlogs, machine-wide
+// path is what a throughput run drives and where it counts the outcome:
+// ICMPs injected at the node and copies counted at the sink (forwardPath),
+// or relay datagrams sent to the node and packets counted coming out of
+// its TUN device (receivePath).
+type path struct {
+	// unit is the input's unit in progress lines, such as "ICMP/s".
+	unit string
+	// prepare readies a run's input before the run is timed; may be nil.
+	prepare func(rate float64, d time.Duration) error
+	// send sends the input at rate for d.
+	send func(rate float64, d time.Duration) (injection, error)
+	// probe sends one input packet after a run.
+	probe func() error
+	// count reads the output so far.
+	count counter
+	// fanout is how many outputs one input packet should give.
+	fanout int
+	// kernel reads the receive mode's kernel counters; nil elsewhere.
+	kernel func() (kernelCounters, error)
 }
 
-// outRate returns the copies per second arriving at the sink while the
-// injection ran.
+// forwardPath is the replication path: inj injects ICMPs at the node, the
+// sink counts the copies to the P peers.
+func forwardPath(t *topology, inj *injector) path {
+	return path{
+		unit:   "ICMP/s",
+		send:   func(rate float64, d time.Duration) (injection, error) { return inj.run(rate, d, nil) },
+		probe:  inj.probe,
+		count:  t.sinkCount,
+		fanout: len(t.peers),
+	}
+}
+
+// load is the outcome of one throughput run.
+type load struct {
+	target  float64        // input rate asked for
+	peers   int            // outputs expected per input: P, or 1 for the receive side
+	inj     injection      // what the injector (or the peer's sender) sent
+	atEnd   uint64         // outputs counted when the injection ended
+	arrived uint64         // outputs counted in all, after draining
+	daemon  counters       // the daemon's counters, this run only
+	dEnd    counters       // the daemon's counters when the injection ended, this run only
+	kernel  kernelCounters // the receive mode's kernel counters, this run only
+	cpu     cpuSample      // CPU time used during the run
+	window  time.Duration  // the run: injection, draining and the probe
+	backlog uint64         // packets the kernel dropped from full per-CPU backlogs, machine-wide
+}
+
+// outRate returns the outputs per second counted while the injection ran:
+// copies arriving at the sink, or packets injected through the TUN device.
 func (l load) outRate() float64 { return float64(l.atEnd) / l.inj.elapsed.Seconds() }
 
 // lag returns how much input, in time at the injected rate, was still
@@ -48,7 +83,7 @@ func (l load) lag() time.Duration {
 	return time.Duration(behind / (l.inj.rate() * float64(l.peers)) * float64(time.Second))
 }
 
-// loss returns the fraction of expected copies (injected × P) that never
+// loss returns the fraction of expected outputs (injected × P) that never
 // arrived.
 func (l load) loss() float64 {
 	want := float64(l.inj.sent) * float64(l.peers)
@@ -58,7 +93,7 @@ func (l load) loss() float64 {
 	return 1 - float64(l.arrived)/want
 }
 
-// cpuPerMillion returns the daemon's CPU seconds per million copies.
+// cpuPerMillion returns the daemon's CPU seconds per million outputs.
 func (l load) cpuPerMillion() float64 {
 	if l.arrived == 0 {
 		return math.NaN()
@@ -70,39 +105,50 @@ func (l load) cpuPerMillion() float64 {
 // by more than 3%.
 func (l load) injectorLimited() bool { return l.inj.rate() < 0.97*l.target }
 
-// measureLoad injects rate ICMP/s for d, waits until the daemon has
+// measureLoad sends p's input at rate for dur, waits until the daemon has
 // drained, and returns what went in and came out.
-func measureLoad(t *topology, inj *injector, d *daemon, rate float64, dur time.Duration) (load, error) {
-	l := load{target: rate, peers: len(t.peers)}
-	before, err := takeSnapshot(t, d)
+func measureLoad(p path, d *daemon, rate float64, dur time.Duration) (load, error) {
+	l := load{target: rate, peers: p.fanout}
+	if p.prepare != nil {
+		if err := p.prepare(rate, dur); err != nil {
+			return l, err
+		}
+	}
+	before, err := takeSnapshot(p, d)
 	if err != nil {
 		return l, err
 	}
-	if l.inj, err = inj.run(rate, dur, nil); err != nil {
+	if l.inj, err = p.send(rate, dur); err != nil {
 		return l, err
 	}
-	atEnd, err := arrivals(t.sink)
+	atEnd, err := p.count()
 	if err != nil {
 		return l, err
 	}
-	if _, err := settle(t.sink, 10*time.Second); err != nil {
+	dEnd, err := d.metrics()
+	if err != nil {
+		return l, err
+	}
+	if _, err := settle(p.count, 10*time.Second); err != nil {
 		return l, err
 	}
 	// The probe counts as injected: it brings the run's NFLOG gaps to light.
-	if err := inj.probe(); err != nil {
+	if err := p.probe(); err != nil {
 		return l, err
 	}
 	l.inj.sent++
-	if _, err := settle(t.sink, time.Second); err != nil {
+	if _, err := settle(p.count, time.Second); err != nil {
 		return l, err
 	}
-	after, err := takeSnapshot(t, d)
+	after, err := takeSnapshot(p, d)
 	if err != nil {
 		return l, err
 	}
 	l.atEnd = atEnd - before.arrived
 	l.arrived = after.arrived - before.arrived
 	l.daemon = after.daemon.sub(before.daemon)
+	l.dEnd = dEnd.sub(before.daemon)
+	l.kernel = after.kernel.sub(before.kernel)
 	l.cpu = after.cpu.sub(before.cpu)
 	l.window = after.at.Sub(before.at)
 	l.backlog = after.backlog - before.backlog
@@ -114,17 +160,23 @@ type snapshot struct {
 	at      time.Time
 	arrived uint64
 	daemon  counters
+	kernel  kernelCounters
 	cpu     cpuSample
 	backlog uint64
 }
 
-// takeSnapshot reads the sink's counter, the daemon's metrics, the CPU
-// clocks and the kernel's backlog drops.
-func takeSnapshot(t *topology, d *daemon) (snapshot, error) {
+// takeSnapshot reads p's output counter (and kernel counters, if any), the
+// daemon's metrics, the CPU clocks and the kernel's backlog drops.
+func takeSnapshot(p path, d *daemon) (snapshot, error) {
 	s := snapshot{at: time.Now()}
 	var err error
-	if s.arrived, err = arrivals(t.sink); err != nil {
+	if s.arrived, err = p.count(); err != nil {
 		return s, err
+	}
+	if p.kernel != nil {
+		if s.kernel, err = p.kernel(); err != nil {
+			return s, err
+		}
 	}
 	if s.daemon, err = d.metrics(); err != nil {
 		return s, err
@@ -196,7 +248,7 @@ func measureLatency(t *topology, inj *injector, rl relay, rate float64, d time.D
 		return lat, err
 	}
 	time.Sleep(200 * time.Millisecond) // longer than any NFLOG batch timeout in use
-	if _, err := settle(t.sink, 2*time.Second); err != nil {
+	if _, err := settle(t.sinkCount, 2*time.Second); err != nil {
 		rcv.close()
 		return lat, err
 	}
@@ -247,16 +299,15 @@ const (
 	sweepPrecision = 0.02             // stop when the bracket is narrower than 2% of its top
 )
 
-// sweepRates searches the highest input rate the daemon holds with less
-// than lossLimit loss: it doubles from a quarter of the ceiling's input
-// rate until a run fails, then bisects, each run o.sweepStep long, within
-// sweepBudget.
-func sweepRates(t *topology, inj *injector, d *daemon, o options, ceilingRate float64) (sweep, error) {
+// sweepRates searches the highest input rate the daemon holds on p with
+// less than lossLimit loss: it doubles from start until a run fails, then
+// bisects, each run o.sweepStep long, within sweepBudget.
+func sweepRates(p path, d *daemon, o options, start float64) (sweep, error) {
 	s := sweep{best: -1}
 	deadline := time.Now().Add(sweepBudget)
 	try := func(rate float64) (bool, error) {
-		progress("sweep: %.0f ICMP/s for %v", rate, o.sweepStep)
-		l, err := measureLoad(t, inj, d, rate, o.sweepStep)
+		progress("sweep: %.0f %s for %v", rate, p.unit, o.sweepStep)
+		l, err := measureLoad(p, d, rate, o.sweepStep)
 		if err != nil {
 			return false, err
 		}
@@ -271,7 +322,7 @@ func sweepRates(t *topology, inj *injector, d *daemon, o options, ceilingRate fl
 		return ok, nil
 	}
 	lo, hi := 0.0, math.Inf(1)
-	rate := max(1000, math.Round(ceilingRate/float64(o.peers)/4/1000)*1000)
+	rate := start
 	for rate <= maxRate && time.Now().Before(deadline) {
 		ok, err := try(rate)
 		if err != nil || s.limited {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strconv"
 	"unsafe"
 
@@ -149,9 +150,15 @@ func quotedSeq(icmp []byte) (uint32, bool) {
 func sockaddrs(t *topology, port uint16) []unix.RawSockaddrInet4 {
 	addrs := make([]unix.RawSockaddrInet4, len(t.peers))
 	for j, a := range t.peers {
-		addrs[j] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
-		// sin_port is in network byte order.
-		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&addrs[j].Port))[:], port)
+		addrs[j] = sockaddrInet4(a, port)
 	}
 	return addrs
+}
+
+// sockaddrInet4 returns the sockaddr of IPv4 address a and port.
+func sockaddrInet4(a netip.Addr, port uint16) unix.RawSockaddrInet4 {
+	sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
+	// sin_port is in network byte order.
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], port)
+	return sa
 }

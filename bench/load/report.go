@@ -4,11 +4,15 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/go-pmtud/go-pmtud/wire"
 )
 
 // report is everything a run measured.
@@ -22,6 +26,9 @@ type report struct {
 	// latencyErr is why the latency phase failed, if it did.
 	latencyErr error
 	maxRSS     uint64
+	// sender is the receive mode's peer sender, for its datagram size and
+	// how many datagrams it sealed in the send loop.
+	sender *peerSender
 }
 
 // print writes the report, one figure per line, in a fixed format that can
@@ -33,6 +40,10 @@ func (r *report) print(w io.Writer) {
 	}
 	line("machine", "%s", machine())
 	line("machine busy", "%.0f %% of all CPUs before the run (other processes skew every figure)", 100*r.busy)
+	if o.receive {
+		r.printReceive(line)
+		return
+	}
 	line("scene", "P=%d peers, %d-byte packets (ICMP quoting %d bytes), --relay %s, daemon flags: %s",
 		o.peers, offQuoted+o.quote, o.quote, o.relay, daemonFlags(o.daemonArgs))
 	c := r.ceiling
@@ -74,20 +85,24 @@ func (r *report) printLoad(line func(string, string, ...any), l load) {
 	}
 }
 
+// verdict says how a sweep step ended; source names what sent the input.
+func verdict(l load, source string) string {
+	switch {
+	case held(l):
+		return "held"
+	case l.injectorLimited() && l.kept():
+		return source + " limited"
+	case l.loss() >= lossLimit:
+		return "lost"
+	}
+	return "fell behind"
+}
+
 // printSweep writes the sweep's steps and its result.
 func (r *report) printSweep(line func(string, string, ...any)) {
 	s := r.sweep
 	for _, l := range s.steps {
-		verdict := "held"
-		switch {
-		case held(l):
-		case l.injectorLimited() && l.kept():
-			verdict = "injector limited"
-		case l.loss() >= lossLimit:
-			verdict = "lost"
-		default:
-			verdict = "fell behind"
-		}
+		verdict := verdict(l, "injector")
 		line("sweep step", "target %7.0f ICMP/s: injected %7.0f/s, arrived %8.0f/s, loss %.3f %%, lag %4.0f ms, nflog lost %.0f, other CPU %.2f s, %s",
 			l.target, l.inj.rate(), l.outRate(), 100*l.loss(), ms(l.lag().Seconds()), l.daemon.lost, l.cpu.others().Seconds(), verdict)
 	}
@@ -103,6 +118,80 @@ func (r *report) printSweep(line func(string, string, ...any)) {
 	line("sweep", "%s%.0f ICMP/s held (loss < %.1f %%, lag < %v) -> %.0f packets/s replicated (%.1f %% of ceiling), %v runs",
 		prefix, b.inj.rate(), 100*lossLimit, lagLimit, b.outRate(), 100*b.outRate()/r.ceiling.rate, r.opts.sweepStep)
 	line("daemon CPU", "%.2f s per million replicated packets (at the held rate)", b.cpuPerMillion())
+}
+
+// printReceive writes the report of the receive mode.
+func (r *report) printReceive(line func(string, string, ...any)) {
+	o, snd := r.opts, r.sender
+	line("scene", "receive side: 1 peer (%v) sends %d-byte datagrams (%d-byte envelope, key id %d, + %d-byte frag-needed quoting %d bytes) to %v:%d, 1 UDP socket, sendmmsg; daemon flags: %s",
+		senderAddr, snd.slotLen, wire.EnvelopeLen, relayKeyID, snd.slotLen-wire.EnvelopeLen, o.quote, nodeAddr, relayPort, daemonFlags(o.daemonArgs))
+	line("sealing", "%d datagrams sealed ahead of the runs, %d in the send loop (on the sender's CPU)", snd.ahead, snd.inline)
+	if o.sweep {
+		r.printReceiveSweep(line)
+	} else {
+		r.printReceiveLoad(line, r.load)
+	}
+	line("daemon max RSS", "%.1f MiB", float64(r.maxRSS)/(1<<20))
+}
+
+// printReceiveLoad writes the figures of one receive run.
+func (r *report) printReceiveLoad(line func(string, string, ...any), l load) {
+	m, k := l.daemon, l.kernel
+	sec := l.inj.elapsed.Seconds()
+	line("sent", "%.0f datagrams/s (target %.0f, %d in %.2f s, %d refused)",
+		l.inj.rate(), l.target, l.inj.sent, sec, l.inj.failed)
+	line("daemon received", "%.0f datagrams, %.0f not (node UDP receive-buffer drops %d); injected %.0f, dropped %.0f (%s), errors %.0f",
+		m.relayRecv, float64(l.inj.sent)-m.relayRecv, k.rcvbufErrors, m.injected, m.relayDropped, reasons(m.relayDrops), m.errors)
+	line("injected", "%.0f packets/s through %s during the sending (nft: %d of %d sent; %d after draining; %d delivered locally)",
+		l.outRate(), tunName, l.atEnd, l.inj.sent, l.arrived, k.delivered)
+	line("injected (daemon)", "%.0f packets/s during the sending (go_pmtud_relay_injected_total: %.0f; %.0f after draining)",
+		l.dEnd.injected/sec, l.dEnd.injected, m.injected)
+	line("loss", "%.3f %% (lag at the end %.0f ms)", 100*l.loss(), ms(l.lag().Seconds()))
+	line("daemon CPU", "%.2f s per million injected packets (%.2f s over %.2f s of sending and draining)",
+		l.cpuPerMillion(), l.cpu.daemon.Seconds(), l.window.Seconds())
+	line("logged back", "%.0f injected packets came back through NFLOG, %.0f dropped as from_tun; %d packets from the node reached the peer",
+		m.recv, m.fromTUN, k.sentBack)
+	line("other CPU", "sender %.2f s (the node's UDP receive runs in its softirqs), other processes %.2f s (should be near 0)",
+		l.cpu.self.Seconds(), l.cpu.others().Seconds())
+	if l.backlog > 0 {
+		line("backlog drops", "%d (netdev_max_backlog overflows, machine-wide)", l.backlog)
+	}
+}
+
+// printReceiveSweep writes the receive sweep's steps and its result.
+func (r *report) printReceiveSweep(line func(string, string, ...any)) {
+	s := r.sweep
+	for _, l := range s.steps {
+		line("sweep step", "target %7.0f datagrams/s: sent %7.0f/s, injected %7.0f/s, loss %.3f %%, lag %4.0f ms, rcvbuf drops %d, dropped %.0f, sender CPU %.2f s, other CPU %.2f s, %s",
+			l.target, l.inj.rate(), l.outRate(), 100*l.loss(), ms(l.lag().Seconds()), l.kernel.rcvbufErrors,
+			l.daemon.relayDropped, l.cpu.self.Seconds(), l.cpu.others().Seconds(), verdict(l, "sender"))
+	}
+	if s.best < 0 {
+		line("sweep", "no rate held (loss < %.1f %%, lag < %v)", 100*lossLimit, lagLimit)
+		return
+	}
+	b := s.steps[s.best]
+	prefix := ""
+	if s.limited {
+		prefix = "at least (sender limited) "
+	}
+	line("sweep", "%s%.0f datagrams/s held (loss < %.1f %%, lag < %v) -> %.0f packets/s injected, %v runs",
+		prefix, b.inj.rate(), 100*lossLimit, lagLimit, b.outRate(), r.opts.sweepStep)
+	line("daemon CPU", "%.2f s per million injected packets (at the held rate)", b.cpuPerMillion())
+}
+
+// reasons lists the non-zero counts of drops, by reason, or "none".
+func reasons(drops map[string]float64) string {
+	var out []string
+	for _, r := range slices.Sorted(maps.Keys(drops)) {
+		if drops[r] != 0 {
+			out = append(out, fmt.Sprintf("%s %.0f", r, drops[r]))
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ", ")
 }
 
 // ms converts seconds to milliseconds.

@@ -61,36 +61,58 @@ func arrivals(ns *netlab.NS) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	n, err := nftCounters(out)
+	if err != nil {
+		return 0, err
+	}
+	v, ok := n["arrived"]
+	if !ok {
+		return 0, fmt.Errorf("nft counter not found in %q", out)
+	}
+	return v, nil
+}
+
+// nftCounters parses the output of "nft -j list counter(s) ...": the
+// packet count of each named counter.
+func nftCounters(out string) (map[string]uint64, error) {
 	var doc struct {
 		Nftables []struct {
 			Counter *struct {
+				Name    string `json:"name"`
 				Packets uint64 `json:"packets"`
 			} `json:"counter"`
 		} `json:"nftables"`
 	}
 	if err := json.Unmarshal([]byte(out), &doc); err != nil {
-		return 0, fmt.Errorf("parse nft counter %q: %w", out, err)
+		return nil, fmt.Errorf("parse nft counters %q: %w", out, err)
 	}
+	n := map[string]uint64{}
 	for _, o := range doc.Nftables {
 		if o.Counter != nil {
-			return o.Counter.Packets, nil
+			n[o.Counter.Name] = o.Counter.Packets
 		}
 	}
-	return 0, fmt.Errorf("nft counter not found in %q", out)
+	return n, nil
 }
 
-// settle waits until the sink's counter has stopped moving for two polls
-// in a row, 300 ms (the daemon has drained its queues; that assumes an NFLOG
-// batch timeout below that), at most limit, and returns its last value.
-func settle(ns *netlab.NS, limit time.Duration) (uint64, error) {
+// counter reads a packet count that only grows: a run's output.
+type counter func() (uint64, error)
+
+// sinkCount is the counter of copies arriving at the sink.
+func (t *topology) sinkCount() (uint64, error) { return arrivals(t.sink) }
+
+// settle waits until count has stopped moving for two polls in a row,
+// 300 ms (the daemon has drained its queues; that assumes an NFLOG batch
+// timeout below that), at most limit, and returns its last value.
+func settle(count counter, limit time.Duration) (uint64, error) {
 	deadline := time.Now().Add(limit)
-	last, err := arrivals(ns)
+	last, err := count()
 	if err != nil {
 		return 0, err
 	}
 	for still := 0; still < 2 && time.Now().Before(deadline); {
 		time.Sleep(150 * time.Millisecond)
-		n, err := arrivals(ns)
+		n, err := count()
 		if err != nil {
 			return 0, err
 		}
