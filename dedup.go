@@ -19,9 +19,10 @@ import (
 // the receiver: a lookup hashes the ICMP once, loads and maybe stores one
 // word, takes no lock and allocates nothing. A slot holds the top 40 bits
 // of the hash and a 24-bit millisecond timestamp (it wraps every 4.6 hours;
-// an entry that old and aliasing a new one costs one missed copy). Two
-// ICMPs that share a slot evict each other: the table forgets, it never
-// drops a first sight, except for a 2^-40 chance of a tag collision.
+// an entry that old and aliasing a new one costs one missed copy). Slots
+// pair into buckets of two; a third ICMP in a full bucket evicts the older
+// entry: the table may forget, it never drops a first sight, except for a
+// 2^-40 chance of a tag collision.
 type dedup struct {
 	seed   maphash.Seed
 	slots  []atomic.Uint64
@@ -64,17 +65,27 @@ func (d *dedup) key(src, dst netip.Addr, icmp []byte) uint64 {
 func (d *dedup) now(t time.Time) uint64 { return uint64(t.Sub(d.epoch).Milliseconds()) }
 
 // seen reports whether key was recorded within the window before now, and
-// records it at now.
+// records it at now. A key may sit in either slot of its two-slot bucket; a
+// new one replaces the older entry, so only a third key in the same bucket
+// within a window can make the table forget one.
 func (d *dedup) seen(key, now uint64) bool {
 	if d.window == 0 {
 		return false
 	}
-	slot := &d.slots[key&d.mask]
+	i := key & d.mask &^ 1
+	a, b := &d.slots[i], &d.slots[i+1]
 	tag := key &^ dedupTimeMax
-	old := slot.Load()
-	if old&^dedupTimeMax == tag && (now-old)&dedupTimeMax < d.window {
+	va, vb := a.Load(), b.Load()
+	if va&^dedupTimeMax == tag && age(va, now) < d.window || vb&^dedupTimeMax == tag && age(vb, now) < d.window {
 		return true
 	}
-	slot.Store(tag | now&dedupTimeMax)
+	if age(va, now) >= age(vb, now) {
+		a.Store(tag | now&dedupTimeMax)
+	} else {
+		b.Store(tag | now&dedupTimeMax)
+	}
 	return false
 }
+
+// age returns how many milliseconds before now slot value v was stored.
+func age(v, now uint64) uint64 { return (now - v) & dedupTimeMax }
