@@ -23,8 +23,8 @@ type tunDevice struct {
 	index int
 }
 
-// sysctlRoot is where the per-device settings live; a variable so that the
-// error messages can name the paths.
+// sysctlRoot is where the per-device settings live; the error messages
+// name the paths under it.
 const sysctlRoot = "/proc/sys/net"
 
 // openTUN creates TUN device name (no packet information header), makes the

@@ -58,7 +58,9 @@ const (
 	// RecvDuplicate: this node relayed or injected the same ICMP within the
 	// dedup window (it got it from the router too, or by another path).
 	RecvDuplicate
-	// RecvTruncated: the datagram did not fit the receive buffer.
+	// RecvTruncated: the datagram did not fit the receive buffer. The
+	// buffer holds the largest UDP payload, so this is a guard on the
+	// kernel's MSG_TRUNC, not an expected outcome.
 	RecvTruncated
 	// RecvInjectFailed: the write into the TUN device failed.
 	RecvInjectFailed
