@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"os"
 	"runtime"
 	"slices"
@@ -44,8 +45,8 @@ func (r *report) print(w io.Writer) {
 		r.printReceive(line)
 		return
 	}
-	line("scene", "P=%d peers, %d-byte packets (ICMP quoting %d bytes), --relay %s, daemon flags: %s",
-		o.peers, offQuoted+o.quote, o.quote, o.relay, daemonFlags(o.daemonArgs))
+	line("scene", "P=%d peers, %d-byte packets (ICMP quoting %d bytes), --relay %s, daemon flags: %s%s",
+		o.peers, offQuoted+o.quote, o.quote, o.relay, daemonFlags(o.daemonArgs), dropNote(o.dropLogged))
 	c := r.ceiling
 	line("ceiling", "%.0f packets/s (plain sendmmsg, 1 %s socket, 1024/call, %.2f s)", c.rate, o.relay.socketKind(), c.elapsed.Seconds())
 	line("ceiling CPU", "%.2f s per million packets (the sending thread, kernel included); other processes %.2f s",
@@ -78,6 +79,7 @@ func (r *report) printLoad(line func(string, string, ...any), l load) {
 	line("ratio to ceiling", "%.1f %%", 100*l.outRate()/r.ceiling.rate)
 	line("daemon CPU", "%.2f s per million replicated packets (%.2f s over %.2f s of injection and draining)",
 		l.cpuPerMillion(), l.cpu.daemon.Seconds(), l.window.Seconds())
+	r.printPerCore(line, l)
 	line("other CPU", "injector %.2f s, other processes %.2f s (should be near 0)",
 		l.cpu.self.Seconds(), l.cpu.others().Seconds())
 	if l.backlog > 0 {
@@ -118,6 +120,28 @@ func (r *report) printSweep(line func(string, string, ...any)) {
 	line("sweep", "%s%.0f ICMP/s held (loss < %.1f %%, lag < %v) -> %.0f packets/s replicated (%.1f %% of ceiling), %v runs",
 		prefix, b.inj.rate(), 100*lossLimit, lagLimit, b.outRate(), 100*b.outRate()/r.ceiling.rate, r.opts.sweepStep)
 	line("daemon CPU", "%.2f s per million replicated packets (at the held rate)", b.cpuPerMillion())
+	r.printPerCore(line, b)
+}
+
+// printPerCore writes what one core would replicate at the CPU cost of
+// run l, beside the ceiling's: a projection that says how far an
+// injector-limited run is from the daemon's own limit.
+func (r *report) printPerCore(line func(string, string, ...any), l load) {
+	c := l.cpuPerMillion()
+	if c <= 0 || math.IsInf(c, 0) || math.IsNaN(c) {
+		return
+	}
+	perCore := 1e6 / c // packets per CPU-second
+	line("per core", "%.0f packets/s (%.0f ICMP/s) at this CPU cost, %.0f %% of the ceiling's %.0f per CPU-second: a projection, not a measurement",
+		perCore, perCore/float64(l.peers), 100*r.ceiling.cpuPerMillion()/c, 1e6/r.ceiling.cpuPerMillion())
+}
+
+// dropNote names -drop-logged in the scene line.
+func dropNote(on bool) string {
+	if on {
+		return "; the node drops the injected ICMPs after logging them (-drop-logged)"
+	}
+	return ""
 }
 
 // printReceive writes the report of the receive mode.
