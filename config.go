@@ -86,9 +86,10 @@ func ParseMode(s string) (Mode, error) {
 	return 0, fmt.Errorf("unknown relay mode %q (want udp or icmp)", s)
 }
 
-// maxWorkers keeps the sequence numbers in flight, at most a batch
-// (about 450 packets) per worker, within the 8128 of wire.ReplayWindowSize.
-const maxWorkers = 16
+// MaxWorkers is the largest Config.Workers. It keeps the sequence numbers
+// in flight, at most a batch (about 450 packets) per worker, within the
+// 8128 of wire.ReplayWindowSize.
+const MaxWorkers = 16
 
 // maxCPUs is CPU_SETSIZE (include/bits/cpu-set.h in glibc), the CPUs a
 // unix.CPUSet can name.
@@ -204,8 +205,8 @@ func (c *Config) Validate() error {
 	}
 	// Workers take sequence numbers concurrently; what one worker holds
 	// in flight must stay within the peers' replay window.
-	if c.Workers < 0 || c.Workers > maxWorkers {
-		return fmt.Errorf("workers %d is outside 1..%d", c.Workers, maxWorkers)
+	if c.Workers < 0 || c.Workers > MaxWorkers {
+		return fmt.Errorf("workers %d is outside 1..%d", c.Workers, MaxWorkers)
 	}
 	if c.DedupWindow > time.Minute {
 		return fmt.Errorf("dedup window %v is longer than a minute", c.DedupWindow)

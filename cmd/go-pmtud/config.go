@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"golang.org/x/sys/unix"
 
@@ -92,8 +93,11 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 			fs.SetOutput(stderr)
 			fmt.Fprintln(stderr, "Usage: go-pmtud --peers IP,IP,... [flags]; every flag also as PMTUD_<NAME>")
 			fs.PrintDefaults()
+			return o, err
 		}
-		return o, err
+		// The flag package repeats an unknown flag as typed; the error
+		// must stay one line.
+		return o, errors.New(printable(err.Error()))
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -190,8 +194,8 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 			return s, fmt.Errorf("--cpus: CPU %d is not in this process's CPU set", cpu)
 		}
 	}
-	if o.workers < 1 {
-		return s, fmt.Errorf("--workers %d is outside 1..64", o.workers)
+	if o.workers < 1 || o.workers > pmtud.MaxWorkers {
+		return s, fmt.Errorf("--workers %d is outside 1..%d", o.workers, pmtud.MaxWorkers)
 	}
 	c.NFLOG = nl.Config{
 		Group:      uint16(o.group),
@@ -218,7 +222,7 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 	}
 	addrs, err := h.interfaceAddrs(iface)
 	if err != nil {
-		return s, fmt.Errorf("--iface %s: %w", iface, err)
+		return s, fmt.Errorf("--iface %q: %w", iface, err)
 	}
 	for _, a := range addrs {
 		if a.Is4() && !a.IsLinkLocalUnicast() {
@@ -227,7 +231,7 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 		}
 	}
 	if !c.Source.IsValid() {
-		return s, fmt.Errorf("--iface %s has no IPv4 address", iface)
+		return s, fmt.Errorf("--iface %q has no IPv4 address", iface)
 	}
 	if c.LocalAddrs, err = h.allAddrs(); err != nil {
 		return s, fmt.Errorf("list local addresses: %w", err)
@@ -236,7 +240,7 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 	switch {
 	case o.metricsAddress != "":
 		if _, _, err := net.SplitHostPort(o.metricsAddress); err != nil {
-			return s, fmt.Errorf("--metrics-address: %w", err)
+			return s, fmt.Errorf("--metrics-address %q is not host:port", o.metricsAddress)
 		}
 		s.metricsAddr = o.metricsAddress
 	case o.metricsPort != 0:
@@ -253,7 +257,7 @@ func parseAddrs(s string) ([]netip.Addr, error) {
 			return nil, fmt.Errorf("%q is not an IP address", f)
 		}
 		if !a.Unmap().Is4() {
-			return nil, fmt.Errorf("%s is not an IPv4 address (IPv6 is not supported yet)", f)
+			return nil, fmt.Errorf("%q is not an IPv4 address (IPv6 is not supported yet)", f)
 		}
 		out = append(out, a.Unmap())
 	}
@@ -272,13 +276,19 @@ func parsePrefixes(s string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// readKeys reads relay keys: one "ID:HEX-SECRET" per line, blank lines and
-// lines starting with # skipped; the first key seals.
+// readKeys reads the relay key file at path (see parseKeys).
 func readKeys(path string) ([]wire.Key, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
+	return parseKeys(b)
+}
+
+// parseKeys parses relay keys: one "ID:HEX-SECRET" per line, blank lines
+// and lines starting with # skipped; the first key seals. Errors name the
+// line, never its content: the file holds secrets.
+func parseKeys(b []byte) ([]wire.Key, error) {
 	var keys []wire.Key
 	for n, line := range strings.Split(string(b), "\n") {
 		line = strings.TrimSpace(line)
@@ -320,6 +330,16 @@ func parseCPUList(s string) ([]int, error) {
 		}
 	}
 	return out, nil
+}
+
+// printable escapes the control characters of s, as strconv.Quote does,
+// so a message that repeats what an operator typed stays one line.
+func printable(s string) string {
+	if !strings.ContainsFunc(s, unicode.IsControl) {
+		return s
+	}
+	q := strconv.Quote(s)
+	return q[1 : len(q)-1]
 }
 
 func splitList(s string) []string {

@@ -120,7 +120,7 @@ func TestResolve(t *testing.T) {
 		{name: "ttl 0", args: []string{"--peers", "198.18.0.11", "--ttl", "0"}, env: env(), wantErr: "ttl 0 is outside 1..255"},
 		{name: "ttl 256", args: []string{"--peers", "198.18.0.11", "--ttl", "256"}, env: env(), wantErr: "ttl 256"},
 		{name: "group", args: []string{"--peers", "198.18.0.11", "--nflog-group", "65536"}, env: env(), wantErr: "--nflog-group 65536"},
-		{name: "unknown interface", args: []string{"--peers", "198.18.0.11", "--iface", "nope0"}, env: env(), wantErr: "--iface nope0: no such interface"},
+		{name: "unknown interface", args: []string{"--peers", "198.18.0.11", "--iface", "nope0"}, env: env(), wantErr: `--iface "nope0": no such interface`},
 		{name: "interface without IPv4", args: []string{"--peers", "198.18.0.11", "--iface", "v6only"}, env: env(), wantErr: "no IPv4 address"},
 		{name: "relay mode", args: []string{"--peers", "198.18.0.11", "--relay", "carrier-pigeon"}, env: env(), wantErr: "--relay"},
 		{name: "log level", args: []string{"--peers", "198.18.0.11", "--log-level", "loud"}, env: env(), wantErr: "--log-level"},
