@@ -51,9 +51,15 @@ func newDedup(window time.Duration) *dedup {
 // address, the destination and the ICMP message. The outer TTL and checksum
 // change when a copy is forwarded; these do not.
 func (d *dedup) key(src, dst netip.Addr, icmp []byte) uint64 {
-	s, t := src.As4(), dst.As4()
-	addrs := uint64(binary.BigEndian.Uint32(s[:]))<<32 | uint64(binary.BigEndian.Uint32(t[:]))
-	h := maphash.Bytes(d.seed, icmp) ^ addrs*0x9e3779b97f4a7c15
+	// As16 covers both families (IPv4 as IPv4-mapped); the four words are
+	// mixed with distinct odd multipliers so that swapping source and
+	// destination changes the key.
+	s, t := src.As16(), dst.As16()
+	addrs := binary.LittleEndian.Uint64(s[:8])*0x9e3779b97f4a7c15 ^
+		binary.LittleEndian.Uint64(s[8:])*0xc2b2ae3d27d4eb4f ^
+		binary.LittleEndian.Uint64(t[:8])*0x165667b19e3779f9 ^
+		binary.LittleEndian.Uint64(t[8:])*0xd6e8feb86659fd93
+	h := maphash.Bytes(d.seed, icmp) ^ addrs
 	// A final avalanche, so that slot index and tag use independent bits.
 	h ^= h >> 33
 	h *= 0xff51afd7ed558ccd

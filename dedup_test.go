@@ -38,3 +38,30 @@ func TestDedup(t *testing.T) {
 		t.Error("a zero window must disable deduplication")
 	}
 }
+
+// TestDedupKeyFamilies: the key tells the address families apart, and
+// source from destination.
+func TestDedupKeyFamilies(t *testing.T) {
+	d := newDedup(time.Second)
+	msg := []byte{2, 0, 0, 0, 0, 0, 5, 120}
+	v4a, v4b := netip.MustParseAddr("198.19.255.1"), netip.MustParseAddr("198.18.100.1")
+	v6a, v6b := netip.MustParseAddr("2001:db8:ff::1"), netip.MustParseAddr("2001:db8:100::1")
+	keys := map[uint64]string{}
+	for _, c := range []struct {
+		name     string
+		src, dst netip.Addr
+	}{
+		{"v4", v4a, v4b}, {"v4 swapped", v4b, v4a},
+		{"v6", v6a, v6b}, {"v6 swapped", v6b, v6a},
+		{"v4-mapped source", netip.AddrFrom16(v4a.As16()), v6b},
+	} {
+		k := d.key(c.src, c.dst, msg)
+		if other, ok := keys[k]; ok {
+			t.Errorf("%s and %s share key %x", c.name, other, k)
+		}
+		keys[k] = c.name
+		if d.key(c.src, c.dst, msg) != k {
+			t.Errorf("%s: key not stable", c.name)
+		}
+	}
+}

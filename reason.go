@@ -20,6 +20,10 @@ const (
 	// DropDuplicate: this node relayed or injected the same ICMP within the
 	// dedup window; a copy forwarded back to it, or the router repeating.
 	DropDuplicate
+	// DropIPv6ICMPRelay: an IPv6 Packet Too Big, which the icmp relay
+	// cannot re-originate (its checksum covers the router's addresses);
+	// the udp relay carries it.
+	DropIPv6ICMPRelay
 	// dropReasonCount bounds the enum for iteration.
 	dropReasonCount
 )
@@ -41,6 +45,8 @@ func (r DropReason) String() string {
 		return "from_tun"
 	case DropDuplicate:
 		return "duplicate"
+	case DropIPv6ICMPRelay:
+		return "ipv6_icmp_relay"
 	}
 	if r > 0 && r < DropReason(wire.ErrorCount) {
 		return wire.Error(r).String()

@@ -411,7 +411,7 @@ func (p *preparer) prepare(j *job) {
 			r.m.dropped[DropFromTUN].Inc()
 			continue
 		}
-		f, err := wire.ParseFragNeeded(pkt.Payload)
+		f, err := wire.Parse(pkt.Payload)
 		if err != nil {
 			if we, ok := err.(wire.Error); ok && we > 0 && we < wire.ErrorCount {
 				r.m.dropped[dropReasonOf(we)].Inc()
@@ -422,6 +422,10 @@ func (p *preparer) prepare(j *job) {
 		}
 		if reason := r.policy.check(&f); reason != 0 {
 			r.m.dropped[reason].Inc()
+			continue
+		}
+		if r.cfg.Mode == ModeICMP && f.Src.Is6() {
+			r.m.dropped[DropIPv6ICMPRelay].Inc()
 			continue
 		}
 		if r.dedup.seen(r.dedup.key(f.Src, f.Dst, f.ICMP), now) {

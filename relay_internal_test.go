@@ -1,6 +1,7 @@
 package pmtud
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net/netip"
 	"testing"
@@ -210,5 +211,41 @@ func renumber(pkts [][]byte, n uint32) {
 		binary.BigEndian.PutUint32(p[seqOff:], n)
 		p[22], p[23] = 0, 0
 		binary.BigEndian.PutUint16(p[22:], wire.Checksum(p[20:]))
+	}
+}
+
+// TestIPv6PacketTooBig: the udp relay seals an IPv6 Packet Too Big for
+// every peer like an IPv4 one, and deduplicates it; the icmp relay drops it
+// by reason, allocating nothing either way.
+func TestIPv6PacketTooBig(t *testing.T) {
+	quoted := make([]byte, 48)
+	quoted[0] = 6 << 4
+	quoted[6] = unix.IPPROTO_TCP
+	a, c := netlab.Anycast6.As16(), netlab.ClientAddr6.As16()
+	copy(quoted[8:], a[:])
+	copy(quoted[24:], c[:])
+	ptb := wire.AppendPacketTooBig(nil, netlab.RouterLoopback6, netlab.Anycast6, 64, 1400, quoted)
+	for _, mode := range []Mode{ModeUDP, ModeICMP} {
+		t.Run(mode.String(), func(t *testing.T) {
+			r, _ := newTestRelay(t, mode, 1, testKeys(mode)...)
+			j := newJob()
+			j.batch.Packets = append(j.batch.Packets, nl.Packet{Payload: ptb})
+			process(r, j)
+			st := r.Stats()
+			if mode == ModeICMP {
+				if len(j.payloads) != 0 || st.Dropped[DropIPv6ICMPRelay] != 1 || st.Sent != 0 {
+					t.Fatalf("icmp relay prepared %d payloads, stats %+v; want none and one ipv6_icmp_relay drop", len(j.payloads), st)
+				}
+			} else if len(j.payloads) != 1 || !bytes.Equal(j.payloads[0], ptb) || len(j.heads) != 1 || st.Sent != 3 {
+				t.Fatalf("udp relay prepared %d payloads, stats %+v; want the packet, sealed, sent to 3 peers", len(j.payloads), st)
+			}
+			process(r, j) // the second sight
+			if st := r.Stats(); mode == ModeUDP && (st.Sent != 3 || st.Dropped[DropDuplicate] != 1) {
+				t.Fatalf("udp relay: %+v; want no more copies and one duplicate", st)
+			}
+			if allocs := testing.AllocsPerRun(50, func() { process(r, j) }); allocs != 0 {
+				t.Fatalf("%.1f allocations per batch, want 0", allocs)
+			}
+		})
 	}
 }

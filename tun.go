@@ -62,9 +62,7 @@ func (t *tunDevice) setup(addr netip.Addr) error {
 	}
 	t.index = ifi.Index
 
-	// Nothing is routed into the device, so nothing should leave by it:
-	// no IPv6 (router solicitations, MLD) on it.
-	if err := writeSysctl("ipv6/conf/"+t.name+"/disable_ipv6", "1"); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := setupTUN6(t.name); err != nil {
 		return err
 	}
 	all, err := readSysctl("ipv4/conf/all/rp_filter")
@@ -128,7 +126,34 @@ func (t *tunDevice) setup(addr netip.Addr) error {
 	return nil
 }
 
-// write injects one IPv4 packet. It allocates nothing.
+// setupTUN6 lets the device take IPv6 packets (an injected Packet Too Big)
+// while it sends as little as possible: no link-local address (so no DAD,
+// router solicitation or MLD report from one), no router advertisements
+// taken. forwarding=1 lets the kernel forward an injected packet to a pod
+// when net.ipv6.conf.all.forwarding is also 1, as on dual-stack nodes; it
+// is not changed here, being global. A kernel without IPv6 has no such
+// files: then only IPv4 packets are injected, and the IPv6 settings are
+// skipped.
+func setupTUN6(name string) error {
+	dir := "ipv6/conf/" + name + "/"
+	if _, err := os.Stat(sysctlRoot + "/" + dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	for _, kv := range [][2]string{
+		{"addr_gen_mode", "1"}, // IN6_ADDR_GEN_MODE_NONE (include/uapi/linux/if_link.h)
+		{"accept_ra", "0"},
+		{"router_solicitations", "0"},
+		{"forwarding", "1"},
+		{"disable_ipv6", "0"},
+	} {
+		if err := writeSysctl(dir+kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// write injects one IPv4 or IPv6 packet. It allocates nothing.
 func (t *tunDevice) write(pkt []byte) error {
 	_, err := t.file.Write(pkt)
 	return err

@@ -249,7 +249,7 @@ func (rv *receiver) handle(i int) RecvDropReason {
 		}
 		return RecvDropReason(wire.ErrEnvelopeTag)
 	}
-	f, err := wire.ParseFragNeeded(env.Packet)
+	f, err := wire.Parse(env.Packet)
 	if err != nil {
 		if e, ok := err.(wire.Error); ok && e > 0 && e < wire.ErrorCount {
 			return recvInnerBase + RecvDropReason(e)

@@ -55,3 +55,42 @@ func AppendFragNeeded(b []byte, mtu uint16, orig []byte) []byte {
 	binary.BigEndian.PutUint16(b[start+2:], Checksum(b[start:]))
 	return b
 }
+
+// AppendPacketTooBig appends to b an IPv6 packet from src to dst with the
+// given hop limit carrying an ICMPv6 Packet Too Big (type 2, code 0) that
+// announces mtu and quotes orig in full, its checksum computed over the
+// pseudo-header, and returns the extended slice. Unlike AppendFragNeeded it
+// builds the IP header too: the ICMPv6 checksum covers the addresses.
+// Routers quote as much of the original packet as fits in 1280 bytes
+// (RFC 4443). It allocates only when b lacks the capacity.
+//
+// It panics if src or dst is not an IPv6 address (an IPv4-mapped one is
+// not) or if the payload would exceed 65535 bytes: it builds test, lab and
+// load packets, where either is a bug in the caller.
+func AppendPacketTooBig(b []byte, src, dst netip.Addr, hopLimit uint8, mtu uint32, orig []byte) []byte {
+	plen := icmpHeaderLen + len(orig)
+	if plen > 0xffff {
+		panic("wire: AppendPacketTooBig: payload longer than 65535 bytes")
+	}
+	if !src.Is6() || !dst.Is6() || src.Is4In6() || dst.Is4In6() {
+		panic("wire: AppendPacketTooBig: addresses must be IPv6")
+	}
+	s, d := src.As16(), dst.As16()
+	start := len(b)
+	b = append(b,
+		6<<4, 0, 0, 0, // version, traffic class, flow label
+		byte(plen>>8), byte(plen),
+		protoICMPv6, hopLimit,
+	)
+	b = append(b, s[:]...)
+	b = append(b, d[:]...)
+	msg := len(b)
+	b = append(b,
+		icmpv6PacketTooBig, 0,
+		0, 0, // checksum, computed below
+		byte(mtu>>24), byte(mtu>>16), byte(mtu>>8), byte(mtu),
+	)
+	b = append(b, orig...)
+	binary.BigEndian.PutUint16(b[msg+2:], checksum6(b[start+8:start+40], b[msg:]))
+	return b
+}

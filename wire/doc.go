@@ -1,6 +1,7 @@
 // Package wire parses, validates and builds the packets go-pmtud relays:
 // ICMPv4 Destination Unreachable / Fragmentation Needed (type 3, code 4),
-// starting at the IPv4 header, as NFLOG and the UDP relay hand them over;
+// starting at the IPv4 header, and ICMPv6 Packet Too Big (type 2), starting
+// at the IPv6 header, as NFLOG and the UDP relay hand them over;
 // and it seals and opens the udp relay's envelope (Sealer, Opener) and keeps
 // its replay window (ReplayWindow).
 //
@@ -43,5 +44,15 @@
 // RFC 1812 as much as fits in 576 bytes, and some rewrite the quoted header
 // without fixing its checksum; the kernel ignores both), and the MTU value
 // (what to do with an MTU of 0 or below the minimum is the receiving
-// kernel's policy, not a property of the packet).
+// kernel's policy, not a property of the packet; Linux ignores a Packet Too
+// Big below 1280).
+//
+// An IPv6 Packet Too Big is checked the same way, less what IPv6 does not
+// have (a header checksum, fragmentation by routers): version 6, a payload
+// length within the buffer, next header ICMPv6 with no extension headers,
+// type 2 code 0, the ICMPv6 checksum over the pseudo-header and the
+// message, and a quoted IPv6 header plus 8 bytes. Its checksum covers the
+// outer addresses, so unlike ICMPv4 it is valid only between the router and
+// the original destination: the udp relay carries it unchanged, the icmp
+// relay cannot re-originate it.
 package wire

@@ -2,7 +2,7 @@ package wire
 
 import "strconv"
 
-// Error is why ParseFragNeeded rejected a packet. Its String (and Error) is a
+// Error is why ParseFragNeeded or ParsePacketTooBig rejected a packet. Its String (and Error) is a
 // metric label such as "bad_checksum". Error values are small integers, so
 // returning one as an error allocates nothing.
 type Error uint8
@@ -12,23 +12,29 @@ const (
 	// total length, or the ICMP message is shorter than its 8-byte header.
 	// Data cut off in transit or by a too small NFLOG copy range.
 	ErrTruncated Error = iota + 1
-	// ErrNotIPv4: the version nibble is not 4.
+	// ErrNotIPv4: the version nibble is not 4 (from Parse: neither 4 nor 6).
 	ErrNotIPv4
 	// ErrBadHeader: IHL < 5, total length < IHL*4, or a bad IPv4 header
 	// checksum.
 	ErrBadHeader
 	// ErrFragment: More Fragments set or fragment offset not 0.
 	ErrFragment
-	// ErrNotICMP: the IPv4 protocol is not ICMP (1).
+	// ErrNotICMP: the IPv4 protocol is not ICMP (1), or the IPv6 next
+	// header is not ICMPv6 (58).
 	ErrNotICMP
-	// ErrNotFragNeeded: an ICMP type and code other than 3 and 4.
+	// ErrNotFragNeeded: an ICMP type and code other than 3 and 4, or an
+	// ICMPv6 type and code other than 2 and 0 (Packet Too Big).
 	ErrNotFragNeeded
 	// ErrBadChecksum: the ICMP checksum over the whole message does not
 	// verify.
 	ErrBadChecksum
-	// ErrBadInner: the quoted packet is not IPv4, its IHL < 5, or fewer
-	// than its header plus 8 bytes are quoted.
+	// ErrBadInner: the quoted packet is not of the outer packet's IP
+	// version, its IPv4 IHL < 5, or fewer than its header plus 8 bytes
+	// are quoted.
 	ErrBadInner
+	// ErrNotIPv6: ParsePacketTooBig was given a version nibble other
+	// than 6.
+	ErrNotIPv6
 	// ErrorCount is one more than the last Error, for iterating over all of
 	// them: for e := Error(1); e < ErrorCount; e++.
 	ErrorCount
@@ -43,6 +49,7 @@ var errorLabels = [ErrorCount]string{
 	ErrNotFragNeeded: "not_frag_needed",
 	ErrBadChecksum:   "bad_checksum",
 	ErrBadInner:      "bad_inner",
+	ErrNotIPv6:       "not_ipv6",
 }
 
 // String returns e's metric label, such as "bad_checksum". It allocates only

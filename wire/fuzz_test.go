@@ -89,7 +89,7 @@ func FuzzParseFragNeeded(f *testing.F) {
 			if errors.As(berr, &we) || len(fn.ICMP) <= icmpNoExtensions {
 				t.Fatalf("accepted what the x/net baseline rejects: %v", berr)
 			}
-		} else if bsrc != fn.Src || bdst != fn.Dst || bmtu != fn.MTU {
+		} else if bsrc != fn.Src || bdst != fn.Dst || uint32(bmtu) != fn.MTU {
 			t.Fatalf("baseline %v -> %v MTU %d, wire %v -> %v MTU %d", bsrc, bdst, bmtu, fn.Src, fn.Dst, fn.MTU)
 		}
 	})
@@ -149,7 +149,7 @@ func checkAccepted(t *testing.T, b []byte, f wire.FragNeeded) {
 	if f.ICMP[0] != 3 || f.ICMP[1] != 4 {
 		t.Fatalf("ICMP type %d code %d", f.ICMP[0], f.ICMP[1])
 	}
-	if mtu := binary.BigEndian.Uint16(f.ICMP[6:8]); f.MTU != mtu {
+	if mtu := uint32(binary.BigEndian.Uint16(f.ICMP[6:8])); f.MTU != mtu {
 		t.Fatalf("MTU = %d, ICMP bytes 6-7 say %d", f.MTU, mtu)
 	}
 	if q := f.ICMP[8:]; len(q) < int(q[0]&0x0f)*4+8 {

@@ -37,16 +37,16 @@ type Flow struct {
 }
 
 // FragNeeded is a validated ICMPv4 Destination Unreachable / Fragmentation
-// Needed packet. Packet and ICMP are views into the parsed buffer, valid as
+// Needed packet, or an ICMPv6 Packet Too Big (see ParsePacketTooBig). Packet and ICMP are views into the parsed buffer, valid as
 // long as it is (for an nl.Packet, until the next Read into its Batch); their
 // capacity ends with the packet, so appending to them never overwrites bytes
 // that follow.
 type FragNeeded struct {
-	Src, Dst netip.Addr // outer IPv4 source (the router) and destination
-	TTL      uint8      // outer TTL
-	MTU      uint16     // next-hop MTU, ICMP bytes 6-7 (RFC 1191); 0 from pre-RFC 1191 routers
-	Packet   []byte     // the IPv4 packet as received, up to its total length
-	ICMP     []byte     // Packet after the IPv4 header: the ICMP message verbatim
+	Src, Dst netip.Addr // outer source (the router) and destination
+	TTL      uint8      // outer TTL or hop limit
+	MTU      uint32     // next-hop MTU: ICMP bytes 6-7 (RFC 1191; 0 from pre-RFC 1191 routers), ICMPv6 bytes 4-7
+	Packet   []byte     // the IP packet as received, up to its total (payload) length
+	ICMP     []byte     // Packet after the IP header: the ICMP message verbatim
 	Inner    Flow       // the flow of the quoted packet
 }
 
@@ -100,7 +100,7 @@ func ParseFragNeeded(b []byte) (FragNeeded, error) {
 		Src:    netip.AddrFrom4([4]byte(pkt[12:16])),
 		Dst:    netip.AddrFrom4([4]byte(pkt[16:20])),
 		TTL:    pkt[8],
-		MTU:    binary.BigEndian.Uint16(icmp[6:8]),
+		MTU:    uint32(binary.BigEndian.Uint16(icmp[6:8])),
 		Packet: pkt,
 		ICMP:   icmp,
 	}

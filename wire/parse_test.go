@@ -102,7 +102,7 @@ type parseCase struct {
 	pkt  []byte
 	err  error
 	// For accepted packets:
-	mtu    uint16
+	mtu    uint32
 	length int // of Packet
 	inner  wire.Flow
 }
@@ -244,11 +244,12 @@ func TestParseFragNeeded(t *testing.T) {
 	}
 }
 
-// TestParseFragNeededCoversEveryError keeps parseCases honest: every Error
-// is produced by at least one case, and so is covered by the allocation test.
-func TestParseFragNeededCoversEveryError(t *testing.T) {
+// TestParsersCoverEveryError keeps parseCases and tooBigCases honest: every
+// Error is produced by at least one case, and so is covered by the
+// allocation tests.
+func TestParsersCoverEveryError(t *testing.T) {
 	seen := make(map[error]bool)
-	for _, tt := range parseCases() {
+	for _, tt := range append(parseCases(), tooBigCases()...) {
 		seen[tt.err] = true
 	}
 	if !seen[nil] {

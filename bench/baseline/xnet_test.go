@@ -62,7 +62,7 @@ func TestParseFragNeededXNetAgreesWithWire(t *testing.T) {
 		if werr != tt.err {
 			t.Errorf("%s: wire err = %v, want %v", tt.name, werr, tt.err)
 		}
-		if err == nil && werr == nil && (src != f.Src || dst != f.Dst || mtu != f.MTU) {
+		if err == nil && werr == nil && (src != f.Src || dst != f.Dst || uint32(mtu) != f.MTU) {
 			t.Errorf("%s: baseline %v -> %v MTU %d, wire %v -> %v MTU %d", tt.name, src, dst, mtu, f.Src, f.Dst, f.MTU)
 		}
 		if err == nil && (src != router || dst != service) {

@@ -162,10 +162,20 @@ const TransferPort = 8080
 // stalled download would be in production. It returns how many bytes
 // arrived before the stream ended or made no progress for stall.
 func (c *Cluster) Transfer(server *NS, size int, stall time.Duration) (int, error) {
-	addr := net.JoinHostPort(Anycast.String(), strconv.Itoa(TransferPort))
+	return c.TransferTo(server, Anycast, size, stall)
+}
+
+// TransferTo is Transfer to service address svc: Anycast, or Anycast6 after
+// AddIPv6.
+func (c *Cluster) TransferTo(server *NS, svc netip.Addr, size int, stall time.Duration) (int, error) {
+	addr := net.JoinHostPort(svc.String(), strconv.Itoa(TransferPort))
+	network := "tcp4"
+	if svc.Is6() {
+		network = "tcp6"
+	}
 	var ln net.Listener
 	if err := server.Do(func() (err error) {
-		ln, err = net.Listen("tcp4", ":"+strconv.Itoa(TransferPort))
+		ln, err = net.Listen(network, ":"+strconv.Itoa(TransferPort))
 		return err
 	}); err != nil {
 		return 0, fmt.Errorf("netlab: listen: %w", err)
@@ -192,7 +202,7 @@ func (c *Cluster) Transfer(server *NS, size int, stall time.Duration) (int, erro
 	}()
 	var conn net.Conn
 	if err := c.Client.Do(func() (err error) {
-		conn, err = net.DialTimeout("tcp4", addr, 5*time.Second)
+		conn, err = net.DialTimeout(network, addr, 5*time.Second)
 		return err
 	}); err != nil {
 		return 0, fmt.Errorf("netlab: dial: %w", err)

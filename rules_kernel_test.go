@@ -1,0 +1,133 @@
+package pmtud_test
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/go-pmtud/go-pmtud/bench/netlab"
+	"github.com/go-pmtud/go-pmtud/nl"
+	"github.com/go-pmtud/go-pmtud/wire"
+)
+
+// nftRules is the nftables ruleset of the README, for both families.
+const nftRules = `table ip pmtud {
+	chain prerouting {
+		type filter hook prerouting priority raw;
+		ip frag-off & 0x1fff == 0 icmp type destination-unreachable icmp code frag-needed log group 33
+	}
+}
+table ip6 pmtud {
+	chain prerouting {
+		type filter hook prerouting priority raw;
+		icmpv6 type packet-too-big log group 33
+	}
+}
+`
+
+// TestDocumentedRulesLogRouterErrors installs the README's rules, the
+// iptables pair and the nftables ruleset, on node B of a cluster, makes the
+// kernel router send B a Fragmentation Needed and a Packet Too Big (node A
+// sends oversized DF datagrams from the anycast addresses), and checks that
+// NFLOG group 33 delivers both, and nothing else.
+func TestDocumentedRulesLogRouterErrors(t *testing.T) {
+	for _, rules := range []string{"iptables", "nft"} {
+		t.Run(rules, func(t *testing.T) {
+			lab := netlab.NewT(t)
+			c, err := netlab.BuildCluster(lab, 2, 1400)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.AddIPv6(); err != nil {
+				t.Fatal(err)
+			}
+			a, b := c.Nodes[0], c.Nodes[1]
+			if rules == "iptables" {
+				if err := netlab.InstallNFLOGRule(b, group); err != nil {
+					t.Fatal(err)
+				}
+				if err := netlab.InstallNFLOGRule6(b, group); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				path := filepath.Join(t.TempDir(), "pmtud.nft")
+				if err := os.WriteFile(path, []byte(nftRules), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				b.MustRun(t, "nft", "-f", path)
+			}
+			var r *nl.Reader
+			if err := b.Do(func() (err error) {
+				r, err = nl.Listen(nl.Config{Group: group, QThreshold: 1})
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			for _, dst := range []netip.Addr{netlab.ClientAddr, netlab.ClientAddr6} {
+				sendOversized(t, a, dst)
+			}
+			seen := map[bool]bool{} // by IPv6
+			b2 := nl.NewBatch()
+			deadline := time.AfterFunc(5*time.Second, func() { r.Close() })
+			defer deadline.Stop()
+			for len(seen) < 2 {
+				if err := r.Read(b2); err != nil {
+					t.Fatalf("read NFLOG (so far: %v): %v", seen, err)
+				}
+				for _, p := range b2.Packets {
+					f, err := wire.Parse(p.Payload)
+					if err != nil {
+						t.Fatalf("group %d delivered a packet that does not parse: %v", group, err)
+					}
+					if f.MTU != 1400 {
+						t.Fatalf("logged a message with MTU %d, want 1400", f.MTU)
+					}
+					seen[f.Src.Is6()] = true
+				}
+			}
+		})
+	}
+}
+
+// sendOversized sends, from ns, a 2000-byte UDP datagram with DF (IPv4) or
+// unfragmentable (IPv6) from the anycast address of dst's family to dst,
+// port 9: the router's narrow link answers it.
+func sendOversized(t *testing.T, ns *netlab.NS, dst netip.Addr) {
+	t.Helper()
+	src, network, level, opt := netlab.Anycast, "udp4", unix.IPPROTO_IP, unix.IP_MTU_DISCOVER
+	if dst.Is6() {
+		src, network, level, opt = netlab.Anycast6, "udp6", unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER
+	}
+	err := ns.Do(func() error {
+		conn, err := net.DialUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, 9)))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		raw, err := conn.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		if err := raw.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), level, opt, unix.IP_PMTUDISC_PROBE)
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			return serr
+		}
+		_, err = conn.Write([]byte(strings.Repeat("x", 2000)))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("send oversized datagram to %v: %v", dst, err)
+	}
+}
