@@ -1,11 +1,12 @@
 // Package pmtud is the go-pmtud relay: it reads ICMP "fragmentation needed"
-// messages that iptables logs to an NFLOG group, validates them, and sends a
-// copy of each to every peer node, so the node that owns the flow learns the
+// (and, with the udp relay, ICMPv6 "packet too big") messages that iptables
+// logs to an NFLOG group, validates them, and sends a copy of each to every
+// peer node, so the node that owns the flow learns the
 // path MTU even when ECMP delivered the ICMP elsewhere.
 //
 // # Data flow
 //
-//	nl.Reader ──► wire.ParseFragNeeded ──► policy ──► fan-out (sendmmsg)
+//	nl.Reader ──► wire.Parse ──► policy, dedup ──► fan-out (sendmmsg)
 //
 // A Relay reads whole NFLOG datagrams (many packets each under load) into a
 // buffer it owns, parses every packet in place, applies the policy (ignored
@@ -18,8 +19,9 @@
 //
 // A copy must never be copied again, or N nodes that list each other would
 // ping-pong forever. Besides the operator's ignored networks, the policy drops
-// every ICMP whose outer source is a peer or one of the node's own addresses:
-// those are copies.
+// every ICMP whose outer source is a peer or one of the node's own addresses
+// (those are copies), one logged on the udp relay's TUN device, and one it
+// relayed or injected within the dedup window.
 //
 // # Namespaces
 //
