@@ -51,18 +51,26 @@ func newDedup(window time.Duration) *dedup {
 // address, the destination and the ICMP message. The outer TTL and checksum
 // change when a copy is forwarded; these do not.
 func (d *dedup) key(src, dst netip.Addr, icmp []byte) uint64 {
-	// As16 covers both families (IPv4 as IPv4-mapped); the four words are
-	// mixed with distinct odd multipliers so that swapping source and
-	// destination changes the key.
+	// As16 covers both families (an IPv4 address as IPv4-mapped). Each
+	// address word is folded in after the seeded hash of the message, with
+	// an avalanche, so pairs of addresses that share a key cannot be found
+	// without the seed.
 	s, t := src.As16(), dst.As16()
-	addrs := binary.LittleEndian.Uint64(s[:8])*0x9e3779b97f4a7c15 ^
-		binary.LittleEndian.Uint64(s[8:])*0xc2b2ae3d27d4eb4f ^
-		binary.LittleEndian.Uint64(t[:8])*0x165667b19e3779f9 ^
-		binary.LittleEndian.Uint64(t[8:])*0xd6e8feb86659fd93
-	h := maphash.Bytes(d.seed, icmp) ^ addrs
-	// A final avalanche, so that slot index and tag use independent bits.
+	h := maphash.Bytes(d.seed, icmp)
+	h = avalanche(h ^ binary.LittleEndian.Uint64(s[:8]))
+	h = avalanche(h ^ binary.LittleEndian.Uint64(s[8:]))
+	h = avalanche(h ^ binary.LittleEndian.Uint64(t[:8]))
+	return avalanche(h ^ binary.LittleEndian.Uint64(t[8:]))
+}
+
+// avalanche is MurmurHash3's 64-bit finalizer: every input bit flips each
+// output bit with probability about 1/2, so slot index and tag use
+// independent bits.
+func avalanche(h uint64) uint64 {
 	h ^= h >> 33
 	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h *= 0xc4ceb9fe1a85ec53
 	h ^= h >> 33
 	return h
 }

@@ -39,9 +39,10 @@ func TestDedup(t *testing.T) {
 	}
 }
 
-// TestDedupKeyFamilies: the key tells the address families apart, and
-// source from destination.
-func TestDedupKeyFamilies(t *testing.T) {
+// TestDedupKeyAddresses: the key tells source from destination and IPv4
+// from IPv6 addresses, and it takes an IPv4 address and its IPv4-mapped
+// form for the same (the parser never produces the latter).
+func TestDedupKeyAddresses(t *testing.T) {
 	d := newDedup(time.Second)
 	msg := []byte{2, 0, 0, 0, 0, 0, 5, 120}
 	v4a, v4b := netip.MustParseAddr("198.19.255.1"), netip.MustParseAddr("198.18.100.1")
@@ -53,7 +54,7 @@ func TestDedupKeyFamilies(t *testing.T) {
 	}{
 		{"v4", v4a, v4b}, {"v4 swapped", v4b, v4a},
 		{"v6", v6a, v6b}, {"v6 swapped", v6b, v6a},
-		{"v4-mapped source", netip.AddrFrom16(v4a.As16()), v6b},
+		{"v4 source, v6 destination", v4a, v6b},
 	} {
 		k := d.key(c.src, c.dst, msg)
 		if other, ok := keys[k]; ok {
@@ -63,5 +64,9 @@ func TestDedupKeyFamilies(t *testing.T) {
 		if d.key(c.src, c.dst, msg) != k {
 			t.Errorf("%s: key not stable", c.name)
 		}
+	}
+	mapped := func(a netip.Addr) netip.Addr { return netip.AddrFrom16(a.As16()) }
+	if d.key(v4a, v4b, msg) != d.key(mapped(v4a), mapped(v4b), msg) {
+		t.Error("an IPv4 pair and its IPv4-mapped form have different keys")
 	}
 }

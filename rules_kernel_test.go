@@ -16,23 +16,28 @@ import (
 	"github.com/go-pmtud/go-pmtud/wire"
 )
 
-// nftRules is the nftables ruleset of the README, for both families.
-const nftRules = `table ip pmtud {
-	chain prerouting {
-		type filter hook prerouting priority raw;
-		ip frag-off & 0x1fff == 0 icmp type destination-unreachable icmp code frag-needed log group 33
+// readmeNFTRules returns the nftables ruleset of README.md: the fenced
+// block after the line that introduces it.
+func readmeNFTRules(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
 	}
-}
-table ip6 pmtud {
-	chain prerouting {
-		type filter hook prerouting priority raw;
-		icmpv6 type packet-too-big log group 33
+	_, rest, ok := strings.Cut(string(b), "nftables equivalent")
+	if ok {
+		_, rest, ok = strings.Cut(rest, "```\n")
 	}
+	block, _, closed := strings.Cut(rest, "```")
+	if !ok || !closed || !strings.Contains(block, "table ip6 pmtud") {
+		t.Fatal("README.md has no nftables ruleset block for both families after \"nftables equivalent\"")
+	}
+	return block
 }
-`
 
 // TestDocumentedRulesLogRouterErrors installs the README's rules, the
-// iptables pair and the nftables ruleset, on node B of a cluster, makes the
+// iptables pair (netlab.NFLOGRule, NFLOGRule6) and the nftables ruleset
+// (read from README.md), on node B of a cluster, makes the
 // kernel router send B a Fragmentation Needed and a Packet Too Big (node A
 // sends oversized DF datagrams from the anycast addresses), and checks that
 // NFLOG group 33 delivers both, and nothing else.
@@ -57,7 +62,7 @@ func TestDocumentedRulesLogRouterErrors(t *testing.T) {
 				}
 			} else {
 				path := filepath.Join(t.TempDir(), "pmtud.nft")
-				if err := os.WriteFile(path, []byte(nftRules), 0o600); err != nil {
+				if err := os.WriteFile(path, []byte(readmeNFTRules(t)), 0o600); err != nil {
 					t.Fatal(err)
 				}
 				b.MustRun(t, "nft", "-f", path)

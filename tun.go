@@ -127,23 +127,31 @@ func (t *tunDevice) setup(addr netip.Addr) error {
 }
 
 // setupTUN6 lets the device take IPv6 packets (an injected Packet Too Big)
-// while it sends as little as possible: no link-local address (so no DAD,
-// router solicitation or MLD report from one), no router advertisements
-// taken. forwarding=1 lets the kernel forward an injected packet to a pod
-// when net.ipv6.conf.all.forwarding is also 1, as on dual-stack nodes; it
-// is not changed here, being global. A kernel without IPv6 has no such
-// files: then only IPv4 packets are injected, and the IPv6 settings are
-// skipped.
+// while it sends none: no link-local address (so no DAD, router
+// solicitation or MLD report from one), no router advertisements taken.
+// The per-device forwarding flag stays 0: IPv6 forwards by
+// net.ipv6.conf.all.forwarding alone, and the flag would join the device to
+// the all-routers groups. The device stays IPv4-only where the host has no
+// IPv6, where the operator disabled it (conf.all.disable_ipv6=1), and on a
+// kernel without addr_gen_mode (before 4.11), where it could not stay
+// silent.
 func setupTUN6(name string) error {
 	dir := "ipv6/conf/" + name + "/"
 	if _, err := os.Stat(sysctlRoot + "/" + dir); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
+	all, err := readSysctl("ipv6/conf/all/disable_ipv6")
+	if err != nil {
+		return err
+	}
+	_, err = os.Stat(sysctlRoot + "/" + dir + "addr_gen_mode")
+	if all == "1" || errors.Is(err, os.ErrNotExist) {
+		return writeSysctl(dir+"disable_ipv6", "1")
+	}
 	for _, kv := range [][2]string{
 		{"addr_gen_mode", "1"}, // IN6_ADDR_GEN_MODE_NONE (include/uapi/linux/if_link.h)
 		{"accept_ra", "0"},
 		{"router_solicitations", "0"},
-		{"forwarding", "1"},
 		{"disable_ipv6", "0"},
 	} {
 		if err := writeSysctl(dir+kv[0], kv[1]); err != nil {

@@ -44,8 +44,8 @@
 // RFC 1812 as much as fits in 576 bytes, and some rewrite the quoted header
 // without fixing its checksum; the kernel ignores both), and the MTU value
 // (what to do with an MTU of 0 or below the minimum is the receiving
-// kernel's policy, not a property of the packet; Linux ignores a Packet Too
-// Big below 1280).
+// kernel's policy, not a property of the packet; Linux never lowers an IPv6
+// path MTU below 1280).
 //
 // An IPv6 Packet Too Big is checked the same way, less what IPv6 does not
 // have (a header checksum, fragmentation by routers): version 6, a payload

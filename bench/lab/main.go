@@ -8,9 +8,11 @@
 // without go-pmtud (it stalls: A never learns the path MTU), then starts
 // go-pmtud on both nodes, each listing both as peers, as the DaemonSet does,
 // and downloads again (it completes), and prints A's route to the client
-// and the relays' counters each time.
+// and the relays' counters each time. With -ipv6 the same happens over
+// IPv6 (anycast 2001:db8:100::1): the router's ICMPv6 Packet Too Big lands
+// on B, and the udp relay carries it to A over the nodes' IPv4 addresses.
 //
-// Run it as root: sudo go run ./bench/lab
+// Run it as root: sudo go run ./bench/lab [-ipv6] [-relay icmp]
 package main
 
 import (
@@ -39,19 +41,23 @@ func main() {
 	mtu := flag.Int("mtu", 1400, "MTU of the router's link to the client")
 	stall := flag.Duration("stall", 3*time.Second, "a download that makes no progress this long has stalled")
 	relay := flag.String("relay", "udp", "relay mode of the daemons: udp or icmp")
+	ipv6 := flag.Bool("ipv6", false, "download over IPv6: the router sends ICMPv6 Packet Too Big")
 	flag.Parse()
 	mode, err := pmtud.ParseMode(*relay)
+	if err == nil && *ipv6 && *mtu < 1280 {
+		err = fmt.Errorf("-mtu %d: IPv6 needs at least 1280 (Linux never lowers an IPv6 path MTU below it)", *mtu)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "lab:", err)
 		os.Exit(2)
 	}
-	if err := run(*size, *mtu, *stall, mode); err != nil {
+	if err := run(*size, *mtu, *stall, mode, *ipv6); err != nil {
 		fmt.Fprintln(os.Stderr, "lab:", err)
 		os.Exit(1)
 	}
 }
 
-func run(size, mtu int, stall time.Duration, mode pmtud.Mode) error {
+func run(size, mtu int, stall time.Duration, mode pmtud.Mode, ipv6 bool) error {
 	lab, err := netlab.New("pmtud-lab")
 	if err != nil {
 		return err
@@ -67,9 +73,15 @@ func run(size, mtu int, stall time.Duration, mode pmtud.Mode) error {
 		return err
 	}
 	a := c.Nodes[0]
-	client := netlab.ClientAddr.String()
+	svc, client := netlab.Anycast, netlab.ClientAddr.String()
+	if ipv6 {
+		if err := c.AddIPv6(); err != nil {
+			return err
+		}
+		svc, client = netlab.Anycast6, netlab.ClientAddr6.String()
+	}
 	fmt.Printf("lab: client %s ── MTU %d ── router ── MTU %d ── node A %s, node B %s; anycast %s\n\n",
-		client, mtu, netlab.ClusterMTU, netlab.NodeAddr(0), netlab.NodeAddr(1), netlab.Anycast)
+		client, mtu, netlab.ClusterMTU, netlab.NodeAddr(0), netlab.NodeAddr(1), svc)
 
 	route := func() string {
 		out, err := a.Run("ip", "route", "get", client)
@@ -80,7 +92,7 @@ func run(size, mtu int, stall time.Duration, mode pmtud.Mode) error {
 	}
 	download := func() {
 		start := time.Now()
-		n, err := c.Transfer(c.Nodes[0], size, stall)
+		n, err := c.TransferTo(c.Nodes[0], svc, size, stall)
 		switch {
 		case err != nil:
 			fmt.Printf("  download: %v\n", err)
@@ -98,6 +110,9 @@ func run(size, mtu int, stall time.Duration, mode pmtud.Mode) error {
 
 	fmt.Printf("2. with go-pmtud (--relay %v) on A and B, each with --peers %v,%v\n", mode, netlab.NodeAddr(0), netlab.NodeAddr(1))
 	fmt.Printf("   iptables %s\n", strings.Join(netlab.NFLOGRule(33), " "))
+	if ipv6 {
+		fmt.Printf("   ip6tables %s\n", strings.Join(netlab.NFLOGRule6(33), " "))
+	}
 	var keys []wire.Key
 	if mode == pmtud.ModeUDP {
 		// What --relay-key-file would hold: one key, the same on every node.
@@ -113,6 +128,12 @@ func run(size, mtu int, stall time.Duration, mode pmtud.Mode) error {
 			cancel()
 			return err
 		}
+		if ipv6 {
+			if err := netlab.InstallNFLOGRule6(node, 33); err != nil {
+				cancel()
+				return err
+			}
+		}
 		var relay *pmtud.Relay
 		stopAll := func() {
 			cancel()
@@ -125,7 +146,7 @@ func run(size, mtu int, stall time.Duration, mode pmtud.Mode) error {
 				NodeName:   string(rune('a' + i)),
 				Mode:       mode,
 				Source:     netlab.NodeAddr(i),
-				LocalAddrs: []netip.Addr{netlab.NodeAddr(i), netlab.Anycast},
+				LocalAddrs: []netip.Addr{netlab.NodeAddr(i), netlab.Anycast, netlab.NodeAddr6(i), netlab.Anycast6},
 				Peers:      []netip.Addr{netlab.NodeAddr(0), netlab.NodeAddr(1)},
 				TTL:        10,
 				Keys:       keys,

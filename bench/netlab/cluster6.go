@@ -26,8 +26,8 @@ func NodeAddr6(i int) netip.Addr {
 // AddIPv6 gives the cluster the same scene over IPv6: addresses (without
 // DAD), the router's forwarding, its ECMP-like split (flows of Anycast6 to
 // node 0, its own ICMPv6 to node 1, from RouterLoopback6), and a jumbo MSS
-// on the client. The kernel ignores a Packet Too Big below 1280, so the
-// narrow MTU must be at least that.
+// on the client. Linux never lowers an IPv6 path MTU below 1280, so the
+// narrow MTU must be at least that for a test to see it.
 func (c *Cluster) AddIPv6() error {
 	const plen = "/64"
 	steps := []step{
