@@ -91,6 +91,10 @@ func ParseMode(s string) (Mode, error) {
 // 8128 of wire.ReplayWindowSize.
 const MaxWorkers = 16
 
+// MaxRateLimit is the largest Config.RateLimit: far above what one node
+// can send, so a higher value could only be a typo.
+const MaxRateLimit = 100_000_000
+
 // maxCPUs is CPU_SETSIZE (include/bits/cpu-set.h in glibc), the CPUs a
 // unix.CPUSet can name.
 const maxCPUs = 1024
@@ -137,6 +141,10 @@ type Config struct {
 	// it (loop safety for the udp relay, and storm relief). 0 means
 	// DefaultDedupWindow; negative turns deduplication off.
 	DedupWindow time.Duration
+	// RateLimit caps the ICMPs this node relays per second (each goes to
+	// every peer), with a burst of one second's worth; 0 means no limit.
+	// What exceeds it is dropped and counted as rate_limited.
+	RateLimit int
 
 	// The udp relay's settings; ignored in ModeICMP.
 
@@ -207,6 +215,9 @@ func (c *Config) Validate() error {
 	// in flight must stay within the peers' replay window.
 	if c.Workers < 0 || c.Workers > MaxWorkers {
 		return fmt.Errorf("workers %d is outside 1..%d", c.Workers, MaxWorkers)
+	}
+	if c.RateLimit < 0 || c.RateLimit > MaxRateLimit {
+		return fmt.Errorf("rate limit %d is outside 0..%d ICMPs per second", c.RateLimit, MaxRateLimit)
 	}
 	if c.DedupWindow > time.Minute {
 		return fmt.Errorf("dedup window %v is longer than a minute", c.DedupWindow)

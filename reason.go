@@ -24,6 +24,8 @@ const (
 	// cannot re-originate (its checksum covers the router's addresses);
 	// the udp relay carries it.
 	DropIPv6ICMPRelay
+	// DropRateLimited: relaying it would exceed Config.RateLimit.
+	DropRateLimited
 	// dropReasonCount bounds the enum for iteration.
 	dropReasonCount
 )
@@ -47,6 +49,8 @@ func (r DropReason) String() string {
 		return "duplicate"
 	case DropIPv6ICMPRelay:
 		return "ipv6_icmp_relay"
+	case DropRateLimited:
+		return "rate_limited"
 	}
 	if r > 0 && r < DropReason(wire.ErrorCount) {
 		return wire.Error(r).String()

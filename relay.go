@@ -50,6 +50,7 @@ type Relay struct {
 
 	lastLog   time.Time // of the reader's warnings
 	dedup     *dedup
+	limit     *limiter    // nil: no rate limit
 	closing   atomic.Bool // Close was called: a closed reader is no failure
 	running   atomic.Bool // Run is active: it tears down, Close only stops it
 	closeOnce sync.Once
@@ -133,6 +134,7 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) {
 		peers:  peers,
 		policy: newPolicy(&cfg, peers),
 		dedup:  newDedup(cfg.DedupWindow),
+		limit:  newLimiter(cfg.RateLimit),
 		m:      newRelayMetrics(cfg.NodeName, cfg.Mode, peers),
 		// Two jobs per worker keep every worker busy while the reader fills
 		// the next one; one more is in the reader's hands.
@@ -400,6 +402,10 @@ func (p *preparer) prepare(j *job) {
 	b := j.batch
 	j.start = time.Now()
 	now := r.dedup.now(j.start)
+	var lnow int64
+	if r.limit != nil {
+		lnow = r.limit.now(j.start)
+	}
 	r.m.recv.Add(len(b.Packets))
 	if b.Lost > 0 {
 		r.m.lost.AddInt64(int64(b.Lost))
@@ -430,6 +436,11 @@ func (p *preparer) prepare(j *job) {
 		}
 		if r.dedup.seen(r.dedup.key(f.Src, f.Dst, f.ICMP), now) {
 			r.m.dropped[DropDuplicate].Inc()
+			continue
+		}
+		// After dedup, so copies coming back do not use up the budget.
+		if r.limit != nil && !r.limit.allow(lnow) {
+			r.m.dropped[DropRateLimited].Inc()
 			continue
 		}
 		if p.sealer == nil {

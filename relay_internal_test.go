@@ -249,3 +249,42 @@ func TestIPv6PacketTooBig(t *testing.T) {
 		})
 	}
 }
+
+// TestRateLimit: with --rate-limit, a batch larger than the burst relays
+// the burst to every peer and counts the rest; duplicates do not use up the
+// budget.
+func TestRateLimit(t *testing.T) {
+	lab := netlab.NewT(t)
+	c, err := netlab.BuildCluster(lab, 4, 1400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r *Relay
+	if err := c.Nodes[1].Do(func() (err error) {
+		r, err = New(Config{
+			NodeName:  "t",
+			Source:    netlab.NodeAddr(1),
+			Peers:     []netip.Addr{netlab.NodeAddr(0), netlab.NodeAddr(2), netlab.NodeAddr(3)},
+			TTL:       10,
+			NFLOG:     nl.Config{Group: 33},
+			RateLimit: 25,
+		}, nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	j := newJob()
+	for _, p := range distinctFragNeeded(40) {
+		j.batch.Packets = append(j.batch.Packets, nl.Packet{Payload: p})
+	}
+	process(r, j)
+	process(r, j) // all 40 again: duplicates, counted before the limit
+	st := r.Stats()
+	if st.Sent != 25*3 || st.Dropped[DropRateLimited] != 15 || st.Dropped[DropDuplicate] != 40 {
+		t.Fatalf("stats %+v; want 75 copies sent, 15 rate_limited, 40 duplicates", st)
+	}
+	if allocs := testing.AllocsPerRun(20, func() { process(r, j) }); allocs != 0 {
+		t.Fatalf("%.1f allocations per batch, want 0", allocs)
+	}
+}

@@ -45,6 +45,7 @@ type options struct {
 	tunAddress     string
 	dedupWindow    time.Duration
 	split          string
+	rateLimit      int
 }
 
 // settings is the resolved configuration of one run.
@@ -87,6 +88,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.IntVar(&o.workers, "workers", 1, "send sockets, each with its own goroutine locked to an OS thread (1..16)")
 	fs.StringVar(&o.split, "split", "batch", "how several workers divide the work: batch (each takes whole NFLOG datagrams) or peer (each sends every ICMP to its share of the peers)")
 	fs.DurationVar(&o.dedupWindow, "dedup-window", pmtud.DefaultDedupWindow, "an ICMP relayed or injected is not relayed again within this window (loop safety of the udp relay; 0 disables)")
+	fs.IntVar(&o.rateLimit, "rate-limit", 0, "ICMPs this node relays per second at most, each to every peer, with a burst of one second's worth (0: no limit); the rest are dropped as rate_limited")
 	fs.StringVar(&o.cpus, "cpus", "", "CPU list such as 2,3 or 2-3: pins the worker threads, round-robin (default: not pinned)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -172,6 +174,10 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 	if c.Split, err = pmtud.ParseSplit(o.split); err != nil {
 		return s, fmt.Errorf("--split: %w", err)
 	}
+	if o.rateLimit < 0 || o.rateLimit > pmtud.MaxRateLimit {
+		return s, fmt.Errorf("--rate-limit %d is outside 0..%d", o.rateLimit, pmtud.MaxRateLimit)
+	}
+	c.RateLimit = o.rateLimit
 	c.DedupWindow = o.dedupWindow
 	switch {
 	case o.dedupWindow < 0:

@@ -38,6 +38,8 @@ func FuzzResolve(f *testing.F) {
 		"--workers 0 --peers 198.18.0.11",
 		"--peers 198.18.0.11\n198.18.0.12",
 		"--peers 198.18.0.11 --iface v6only",
+		"--peers 198.18.0.11 --rate-limit 20000",
+		"--peers 198.18.0.11 --rate-limit -1",
 	} {
 		f.Add(seed)
 	}
@@ -67,6 +69,8 @@ func FuzzResolve(f *testing.F) {
 			t.Fatalf("TTL %d accepted", c.TTL)
 		case c.Workers < 1 || c.Workers > pmtud.MaxWorkers:
 			t.Fatalf("workers %d accepted", c.Workers)
+		case c.RateLimit < 0 || c.RateLimit > pmtud.MaxRateLimit:
+			t.Fatalf("rate limit %d accepted", c.RateLimit)
 		case len(c.RemotePeers()) == 0:
 			t.Fatal("no remote peer accepted")
 		case c.NFLOG.QThreshold < 1 || c.NFLOG.Timeout <= 0 || c.NFLOG.BufSize < 4096:

@@ -111,6 +111,17 @@ func TestResolve(t *testing.T) {
 			},
 		},
 		{name: "negative dedup window", args: []string{"--peers", "198.18.0.11", "--dedup-window", "-1s"}, env: env(), wantErr: "--dedup-window"},
+		{name: "negative rate limit", args: []string{"--peers", "198.18.0.11", "--rate-limit", "-1"}, env: env(), wantErr: "--rate-limit -1"},
+		{
+			name: "rate limit from the environment",
+			args: []string{"--peers", "198.18.0.11"},
+			env:  env("PMTUD_RATE_LIMIT", "20000"),
+			check: func(t *testing.T, s settings) {
+				if s.relay.RateLimit != 20000 {
+					t.Errorf("rate limit %d, want 20000", s.relay.RateLimit)
+				}
+			},
+		},
 		{name: "workers 17", args: []string{"--peers", "198.18.0.11", "--workers", "17"}, env: env(), wantErr: "workers 17 is outside 1..16"},
 		{name: "no peers", args: nil, env: env(), wantErr: "no peers"},
 		{name: "only own address", args: []string{"--peers", "198.18.0.10"}, env: env(), wantErr: "no peers left"},
