@@ -29,14 +29,7 @@ func TestPeerLearnsPathMTUIPv6(t *testing.T) {
 			name = mode.String() + " relay"
 		}
 		t.Run(name, func(t *testing.T) {
-			lab := netlab.NewT(t)
-			c, err := netlab.BuildCluster(lab, 2, 1400)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := c.AddIPv6(); err != nil {
-				t.Fatal(err)
-			}
+			c := dualStackCluster(t)
 			a := c.Nodes[0]
 			client := netlab.ClientAddr6.String()
 			if mtu, err := a.CachedMTU(client); err != nil || mtu != 0 {
@@ -126,21 +119,7 @@ func startDaemons6(t *testing.T, c *netlab.Cluster, mode pmtud.Mode, nodes ...in
 // scene produces.
 func checkRealPacketTooBig(t *testing.T, capture *nl.Reader) {
 	t.Helper()
-	b := nl.NewBatch()
-	done := make(chan error, 1)
-	go func() { done <- capture.Read(b) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
-		capture.Close()
-		t.Fatal("no Packet Too Big was logged to the capture group")
-	}
-	if len(b.Packets) == 0 {
-		t.Fatal("the capture group delivered an empty batch")
-	}
+	b := readCapture(t, capture)
 	for i, p := range b.Packets {
 		f, err := wire.Parse(p.Payload)
 		if err != nil {
@@ -154,4 +133,18 @@ func checkRealPacketTooBig(t *testing.T, capture *nl.Reader) {
 			writeSeed(t, "wire/testdata/fuzz/FuzzParsePacketTooBig/kernel-router", fmt.Sprintf("[]byte(%q)\nbool(false)\n", p.Payload))
 		}
 	}
+}
+
+// dualStackCluster builds a two-node cluster with a 1400-byte narrow link,
+// over IPv4 and IPv6.
+func dualStackCluster(t *testing.T) *netlab.Cluster {
+	t.Helper()
+	c, err := netlab.BuildCluster(netlab.NewT(t), 2, 1400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddIPv6(); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -384,10 +384,9 @@ func testKeys(mode pmtud.Mode) []wire.Key {
 	return []wire.Key{{ID: 7, Secret: []byte("0123456789abcdef0123456789abcdef")}}
 }
 
-// checkRealRouterICMP reads the ICMPs the kernel router sent during a
-// transfer and checks that wire accepts them as the router built them.
-// With PMTUD_WRITE_SEEDS=1 it stores them as fuzz seeds for wire and nl.
-func checkRealRouterICMP(t *testing.T, r *nl.Reader) {
+// readCapture reads one batch from the capture group r, failing t if none
+// arrives within 5 s or the batch is empty.
+func readCapture(t *testing.T, r *nl.Reader) *nl.Batch {
 	t.Helper()
 	b := nl.NewBatch()
 	done := make(chan error, 1)
@@ -399,11 +398,20 @@ func checkRealRouterICMP(t *testing.T, r *nl.Reader) {
 		}
 	case <-time.After(5 * time.Second):
 		r.Close()
-		t.Fatal("no router ICMP was logged to the capture group")
+		t.Fatal("nothing was logged to the capture group")
 	}
 	if len(b.Packets) == 0 {
 		t.Fatal("the capture group delivered an empty batch")
 	}
+	return b
+}
+
+// checkRealRouterICMP reads the ICMPs the kernel router sent during a
+// transfer and checks that wire accepts them as the router built them.
+// With PMTUD_WRITE_SEEDS=1 it stores them as fuzz seeds for wire and nl.
+func checkRealRouterICMP(t *testing.T, r *nl.Reader) {
+	t.Helper()
+	b := readCapture(t, r)
 	for i, p := range b.Packets {
 		f, err := wire.ParseFragNeeded(p.Payload)
 		if err != nil {

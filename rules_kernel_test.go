@@ -44,14 +44,7 @@ func readmeNFTRules(t *testing.T) string {
 func TestDocumentedRulesLogRouterErrors(t *testing.T) {
 	for _, rules := range []string{"iptables", "nft"} {
 		t.Run(rules, func(t *testing.T) {
-			lab := netlab.NewT(t)
-			c, err := netlab.BuildCluster(lab, 2, 1400)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := c.AddIPv6(); err != nil {
-				t.Fatal(err)
-			}
+			c := dualStackCluster(t)
 			a, b := c.Nodes[0], c.Nodes[1]
 			if rules == "iptables" {
 				if err := netlab.InstallNFLOGRule(b, group); err != nil {
