@@ -2,7 +2,6 @@ package pmtud_test
 
 import (
 	"fmt"
-	"net/netip"
 	"os"
 	"testing"
 	"time"
@@ -38,9 +37,9 @@ func TestPeerLearnsPathMTUIPv6(t *testing.T) {
 			var relays []*pmtud.Relay
 			switch mode {
 			case pmtud.ModeICMP:
-				relays = startDaemons6(t, c, mode, 1)
+				relays = startDaemons(t, c, mode, 1)
 			case pmtud.ModeUDP:
-				relays = startDaemons6(t, c, mode, 0, 1)
+				relays = startDaemons(t, c, mode, 0, 1)
 			}
 			var capture *nl.Reader
 			if mode != 0 {
@@ -85,33 +84,6 @@ func TestPeerLearnsPathMTUIPv6(t *testing.T) {
 			waitFor(t, "A's relay to drop its own injection", func() bool { return relays[0].Stats().Dropped[pmtud.DropFromTUN] > 0 })
 		})
 	}
-}
-
-// startDaemons6 is startDaemons with the ip6tables rule too, and the nodes'
-// IPv6 addresses among their own.
-func startDaemons6(t *testing.T, c *netlab.Cluster, mode pmtud.Mode, nodes ...int) []*pmtud.Relay {
-	t.Helper()
-	var peers []netip.Addr
-	for i := range c.Nodes {
-		peers = append(peers, netlab.NodeAddr(i))
-	}
-	var relays []*pmtud.Relay
-	for _, i := range nodes {
-		if err := netlab.InstallNFLOGRule(c.Nodes[i], group); err != nil {
-			t.Fatal(err)
-		}
-		if err := netlab.InstallNFLOGRule6(c.Nodes[i], group); err != nil {
-			t.Fatal(err)
-		}
-		relays = append(relays, startRelay(t, c.Nodes[i], pmtud.Config{
-			Mode:       mode,
-			Source:     netlab.NodeAddr(i),
-			LocalAddrs: []netip.Addr{netlab.NodeAddr(i), netlab.Anycast, netlab.NodeAddr6(i), netlab.Anycast6},
-			Peers:      peers,
-			Keys:       testKeys(mode),
-		}))
-	}
-	return relays
 }
 
 // checkRealPacketTooBig reads what the kernel router sent to the capture

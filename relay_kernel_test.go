@@ -352,8 +352,8 @@ func TestPeerLearnsPathMTU(t *testing.T) {
 	}
 }
 
-// startDaemons installs the NFLOG rule and starts go-pmtud on the given
-// nodes of c, each listing every node of c as a peer, as a DaemonSet would.
+// startDaemons installs the NFLOG rules (both families) and starts go-pmtud
+// on the given nodes of c, each listing every node of c as a peer, as a DaemonSet would.
 func startDaemons(t *testing.T, c *netlab.Cluster, mode pmtud.Mode, nodes ...int) []*pmtud.Relay {
 	t.Helper()
 	var peers []netip.Addr
@@ -365,10 +365,13 @@ func startDaemons(t *testing.T, c *netlab.Cluster, mode pmtud.Mode, nodes ...int
 		if err := netlab.InstallNFLOGRule(c.Nodes[i], group); err != nil {
 			t.Fatal(err)
 		}
+		if err := netlab.InstallNFLOGRule6(c.Nodes[i], group); err != nil {
+			t.Fatal(err)
+		}
 		relays = append(relays, startRelay(t, c.Nodes[i], pmtud.Config{
 			Mode:       mode,
 			Source:     netlab.NodeAddr(i),
-			LocalAddrs: []netip.Addr{netlab.NodeAddr(i), netlab.Anycast},
+			LocalAddrs: []netip.Addr{netlab.NodeAddr(i), netlab.Anycast, netlab.NodeAddr6(i), netlab.Anycast6},
 			Peers:      peers,
 			Keys:       testKeys(mode),
 		}))
