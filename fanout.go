@@ -24,6 +24,9 @@ const (
 	sendRetries = 3
 	// sendTimeout is SO_SNDTIMEO of the blocking send sockets.
 	sendTimeout = 100 * time.Millisecond
+	// maxReports bounds the error-queue reads after one failed send, and
+	// the resends of one group that such reports may cause.
+	maxReports = 64
 )
 
 // fanout sends each payload of a batch to every peer, with sendmmsg over
@@ -62,6 +65,17 @@ type fanout struct {
 	// Totals per peer, for the metrics; reset by the caller.
 	sent    []uint64
 	sendErr []uint64
+
+	// The udp relay's socket has IP_RECVERR: an ICMP error that a peer's
+	// kernel sends back for an earlier datagram (port unreachable: no
+	// go-pmtud listening) fails the next send once and queues a report
+	// naming that peer. unreachable counts the reports per peer; reset by
+	// the caller.
+	recvErr     bool
+	resends     int
+	errName     unix.RawSockaddrInet4
+	errCtl      [128]byte
+	unreachable []uint64
 }
 
 // newICMPFanout opens a raw IPPROTO_ICMP socket bound to src, with TTL ttl,
@@ -107,15 +121,16 @@ func newFanout(fd int, name string, peers []netip.Addr, port uint16, parts int) 
 	p := len(peers)
 	group := max(1, maxMmsg/p) // payloads per group: one sendmmsg's worth
 	f := &fanout{
-		fd:      fd,
-		peers:   peers,
-		parts:   parts,
-		addrs:   make([]unix.RawSockaddrInet4, p),
-		iovs:    make([]unix.Iovec, group*parts),
-		msgs:    make([]unix.Mmsghdr, group*p),
-		errs:    make([]uint64, p),
-		sent:    make([]uint64, p),
-		sendErr: make([]uint64, p),
+		fd:          fd,
+		peers:       peers,
+		parts:       parts,
+		addrs:       make([]unix.RawSockaddrInet4, p),
+		iovs:        make([]unix.Iovec, group*parts),
+		msgs:        make([]unix.Mmsghdr, group*p),
+		errs:        make([]uint64, p),
+		sent:        make([]uint64, p),
+		sendErr:     make([]uint64, p),
+		unreachable: make([]uint64, p),
 	}
 	for j, a := range peers {
 		f.addrs[j] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
@@ -153,7 +168,7 @@ func (f *fanout) send(heads, payloads [][]byte) {
 			iov[f.parts-1].SetLen(len(b))
 		}
 		clear(f.errs)
-		f.off, f.end, f.retries = 0, g*p, 0
+		f.off, f.end, f.retries, f.resends = 0, g*p, 0, 0
 		f.sendmmsg()
 		f.account(g)
 		payloads = payloads[g:]
@@ -184,6 +199,11 @@ func (f *fanout) sendmmsg() {
 			continue
 		case errno == unix.EINTR:
 			continue
+		case f.recvErr && f.resends < maxReports && f.readReports() > 0:
+			// The error was an earlier datagram's, reported by ICMP: this
+			// message was not sent. Send it again.
+			f.resends++
+			continue
 		case errno == unix.EAGAIN && f.retries < sendRetries:
 			// SO_SNDTIMEO expired: the socket buffer did not drain.
 			f.retries++
@@ -202,6 +222,41 @@ func (f *fanout) sendmmsg() {
 		f.off++
 		f.retries = 0
 	}
+}
+
+// readReports reads the socket's error queue and counts each ICMP error
+// report against the peer it names (the destination of the datagram that
+// caused it). It returns how many entries it read; it allocates nothing.
+func (f *fanout) readReports() int {
+	n := 0
+	for ; n < maxReports; n++ {
+		var msg unix.Msghdr
+		msg.Name = (*byte)(unsafe.Pointer(&f.errName))
+		msg.Namelen = unix.SizeofSockaddrInet4
+		msg.Control = &f.errCtl[0]
+		msg.SetControllen(len(f.errCtl))
+		_, _, errno := unix.Syscall(unix.SYS_RECVMSG, uintptr(f.fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+		if errno != 0 {
+			break // EAGAIN: the queue is empty
+		}
+		// One control message: struct sock_extended_err
+		// (include/uapi/linux/errqueue.h) after the cmsghdr.
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&f.errCtl[0]))
+		if msg.Controllen < uint64(unix.CmsgSpace(int(unsafe.Sizeof(unix.SockExtendedErr{})))) || h.Level != unix.IPPROTO_IP || h.Type != unix.IP_RECVERR {
+			continue
+		}
+		ee := (*unix.SockExtendedErr)(unsafe.Pointer(&f.errCtl[unix.CmsgLen(0)]))
+		if ee.Origin != unix.SO_EE_ORIGIN_ICMP {
+			continue
+		}
+		for k := range f.addrs {
+			if f.addrs[k].Addr == f.errName.Addr {
+				f.unreachable[k]++
+				break
+			}
+		}
+	}
+	return n
 }
 
 // close closes the socket. Call it once, when nothing sends any more.

@@ -24,6 +24,8 @@ type relayMetrics struct {
 	duration   *metrics.PrometheusHistogram
 	peerSent   []*metrics.Counter
 	peerErrors []*metrics.Counter
+	// udp relay: ICMP errors reported for copies to each peer.
+	peerUnreachable []*metrics.Counter
 
 	// The udp relay's receive side.
 	relayRecv    *metrics.Counter
@@ -65,6 +67,9 @@ func newRelayMetrics(node string, mode Mode, peers []netip.Addr) *relayMetrics {
 		l := fmt.Sprintf("{node=%s,peer=%s}", quote(node), quote(p.String()))
 		m.peerSent = append(m.peerSent, s.NewCounter("go_pmtud_sent_packets_peer"+l))
 		m.peerErrors = append(m.peerErrors, s.NewCounter("go_pmtud_sent_error_peer_total"+l))
+		if mode == ModeUDP {
+			m.peerUnreachable = append(m.peerUnreachable, s.NewCounter("go_pmtud_relay_unreachable_total"+l))
+		}
 	}
 	return m
 }

@@ -477,10 +477,14 @@ func (w *worker) send(j *job) {
 			r.m.peerErrors[w.base+k].AddInt64(int64(n))
 			r.m.errors.AddInt64(int64(n))
 		}
+		if n := fan.unreachable[k]; n > 0 {
+			r.m.peerUnreachable[w.base+k].AddInt64(int64(n))
+		}
 	}
 	r.m.sent.AddInt64(int64(total))
 	clear(fan.sent)
 	clear(fan.sendErr)
+	clear(fan.unreachable)
 	if fan.lastErrno != 0 {
 		if throttled(&w.lastLog) {
 			r.log.Warn("send to peer failed (repeats are counted in go_pmtud_sent_error_peer_total)", "peer", fan.peers[fan.lastPeer], "err", fan.lastErrno)
@@ -547,6 +551,9 @@ type Stats struct {
 	Dropped    map[DropReason]uint64 // packets not replicated, by reason
 	Overruns   uint64                // ENOBUFS on the NFLOG socket
 	Lost       uint64                // packets the kernel dropped (sequence gaps)
+	// Unreachable counts, per peer, the ICMP errors (port unreachable: no
+	// go-pmtud listening) reported for udp relay copies.
+	Unreachable map[netip.Addr]uint64
 
 	// The udp relay's receive side.
 	RelayReceived uint64                    // datagrams from peers
@@ -566,6 +573,14 @@ func (r *Relay) Stats() Stats {
 	}
 	for _, c := range r.m.peerErrors {
 		s.SendErrors += c.Get()
+	}
+	for k, c := range r.m.peerUnreachable {
+		if n := c.Get(); n > 0 {
+			if s.Unreachable == nil {
+				s.Unreachable = make(map[netip.Addr]uint64)
+			}
+			s.Unreachable[r.peers[k]] = n
+		}
 	}
 	for _, d := range DropReasons() {
 		if n := r.m.dropped[d].Get(); n > 0 {

@@ -1,9 +1,12 @@
 package pmtud_test
 
 import (
+	"bytes"
+	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -266,5 +269,50 @@ func TestForwardedCopiesAreNotRelayedAgain(t *testing.T) {
 				t.Fatalf("%d copies sent in all, want B's 2: A %+v, B %+v, C %+v", n, relays[0].Stats(), relays[1].Stats(), relays[2].Stats())
 			}
 		})
+	}
+}
+
+// TestPeerWithoutDaemonIsCounted: B relays to A, which runs go-pmtud, and
+// to C, which does not: C's kernel answers each datagram with port
+// unreachable. B counts those reports against C (IP_RECVERR), and they
+// cost A nothing: every copy still reaches A, and no send is an error.
+func TestPeerWithoutDaemonIsCounted(t *testing.T) {
+	lab := netlab.NewT(t)
+	c, err := netlab.BuildCluster(lab, 3, 1400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b, cAddr := netlab.NodeAddr(0), netlab.NodeAddr(1), netlab.NodeAddr(2)
+	startNode := func(i int) *pmtud.Relay {
+		if err := netlab.InstallNFLOGRule(c.Nodes[i], group); err != nil {
+			t.Fatal(err)
+		}
+		return startRelay(t, c.Nodes[i], pmtud.Config{
+			Mode:       pmtud.ModeUDP,
+			Source:     netlab.NodeAddr(i),
+			LocalAddrs: []netip.Addr{netlab.NodeAddr(i), netlab.Anycast},
+			Peers:      []netip.Addr{a, b, cAddr},
+			Keys:       testKeys(pmtud.ModeUDP),
+		})
+	}
+	onA, onB := startNode(0), startNode(1)
+	const n = 50
+	inj := newInjector(t, c.Router)
+	for i := range n {
+		inj.send(t, b, fragNeeded(netlab.RouterLoopback, 1400, uint16(20000+i)))
+		// Spread over several batches, so reports from earlier
+		// datagrams meet later sends.
+		time.Sleep(2 * time.Millisecond)
+	}
+	waitFor(t, "every copy to reach A", func() bool { return onA.Stats().RelayReceived == n })
+	waitFor(t, "B to count C's reports", func() bool { return onB.Stats().Unreachable[cAddr] > 0 })
+	st := onB.Stats()
+	if st.Sent != 2*n || st.SendErrors != 0 || st.Unreachable[a] != 0 {
+		t.Fatalf("B: %+v; want %d copies sent, no send errors, no reports against A", st, 2*n)
+	}
+	var out bytes.Buffer
+	onB.WritePrometheus(&out)
+	if want := fmt.Sprintf("go_pmtud_relay_unreachable_total{node=%q,peer=%q} %d", c.Nodes[1].Name(), cAddr, st.Unreachable[cAddr]); !strings.Contains(out.String(), want) {
+		t.Fatalf("metrics lack %q:\n%s", want, out.String())
 	}
 }

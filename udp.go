@@ -28,13 +28,22 @@ func newUDPFanout(src netip.Addr, ttl int, peers []netip.Addr, port uint16) (*fa
 		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: src.As4()}); err != nil {
 			return fmt.Errorf("pmtud: bind UDP socket to %v: %w", src, err)
 		}
+		// A peer without go-pmtud answers with port unreachable; without
+		// IP_RECVERR an unconnected socket never hears of it.
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR, 1); err != nil {
+			return fmt.Errorf("pmtud: set IP_RECVERR: %w", err)
+		}
 		return nil
 	}
 	if err := setup(); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
-	return newFanout(fd, "udp", peers, port, 2)
+	f, err := newFanout(fd, "udp", peers, port, 2)
+	if f != nil {
+		f.recvErr = true
+	}
+	return f, err
 }
 
 // RecvDropReason says why a relay datagram from a peer was not injected.
