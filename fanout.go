@@ -226,10 +226,12 @@ func (f *fanout) sendmmsg() {
 
 // readReports reads the socket's error queue and counts each ICMP error
 // report against the peer it names (the destination of the datagram that
-// caused it). It returns how many entries it read; it allocates nothing.
+// caused it). It returns how many ICMP reports it read: a local error
+// (SO_EE_ORIGIN_LOCAL) is the failed send's own and is not one. It
+// allocates nothing.
 func (f *fanout) readReports() int {
 	n := 0
-	for ; n < maxReports; n++ {
+	for range maxReports {
 		var msg unix.Msghdr
 		msg.Name = (*byte)(unsafe.Pointer(&f.errName))
 		msg.Namelen = unix.SizeofSockaddrInet4
@@ -249,6 +251,7 @@ func (f *fanout) readReports() int {
 		if ee.Origin != unix.SO_EE_ORIGIN_ICMP {
 			continue
 		}
+		n++
 		for k := range f.addrs {
 			if f.addrs[k].Addr == f.errName.Addr {
 				f.unreachable[k]++
