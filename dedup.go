@@ -101,5 +101,17 @@ func (d *dedup) seen(key, now uint64) bool {
 	return false
 }
 
+// contains reports whether key was recorded within the window before now,
+// without recording it.
+func (d *dedup) contains(key, now uint64) bool {
+	if d.window == 0 {
+		return false
+	}
+	i := key & d.mask &^ 1
+	tag := key &^ dedupTimeMax
+	va, vb := d.slots[i].Load(), d.slots[i+1].Load()
+	return va&^dedupTimeMax == tag && age(va, now) < d.window || vb&^dedupTimeMax == tag && age(vb, now) < d.window
+}
+
 // age returns how many milliseconds before now slot value v was stored.
 func age(v, now uint64) uint64 { return (now - v) & dedupTimeMax }

@@ -70,3 +70,15 @@ func TestDedupKeyAddresses(t *testing.T) {
 		t.Error("an IPv4 pair and its IPv4-mapped form have different keys")
 	}
 }
+
+func TestDedupContainsDoesNotRecord(t *testing.T) {
+	d := newDedup(time.Second)
+	k := d.key(netip.MustParseAddr("198.19.255.1"), netip.MustParseAddr("198.18.100.1"), []byte{3, 4, 0, 0, 0, 0, 5, 120})
+	if d.contains(k, 10) || d.contains(k, 10) {
+		t.Fatal("contains found a key never recorded, or recorded it")
+	}
+	d.seen(k, 10)
+	if !d.contains(k, 500) || d.contains(k, 1010) {
+		t.Fatal("contains disagrees with the window")
+	}
+}

@@ -24,9 +24,12 @@ const (
 	sendRetries = 3
 	// sendTimeout is SO_SNDTIMEO of the blocking send sockets.
 	sendTimeout = 100 * time.Millisecond
-	// maxReports bounds the error-queue reads after one failed send, and
-	// the resends of one group that such reports may cause.
+	// maxReports bounds the error-queue reads at a time.
 	maxReports = 64
+	// icmpDestUnreach and icmpFragNeededCode (include/uapi/linux/icmp.h):
+	// reports of these types are peers out of reach.
+	icmpDestUnreach    = 3
+	icmpFragNeededCode = 4
 )
 
 // fanout sends each payload of a batch to every peer, with sendmmsg over
@@ -69,10 +72,11 @@ type fanout struct {
 	// The udp relay's socket has IP_RECVERR: an ICMP error that a peer's
 	// kernel sends back for an earlier datagram (port unreachable: no
 	// go-pmtud listening) fails the next send once and queues a report
-	// naming that peer. unreachable counts the reports per peer; reset by
-	// the caller.
+	// naming that peer. unreachable counts the destination-unreachable
+	// reports per peer; reset by the caller. resentAt is the message last
+	// sent again after such a failure.
 	recvErr     bool
-	resends     int
+	resentAt    int
 	errName     unix.RawSockaddrInet4
 	errCtl      [128]byte
 	unreachable []uint64
@@ -168,7 +172,7 @@ func (f *fanout) send(heads, payloads [][]byte) {
 			iov[f.parts-1].SetLen(len(b))
 		}
 		clear(f.errs)
-		f.off, f.end, f.retries, f.resends = 0, g*p, 0, 0
+		f.off, f.end, f.retries, f.resentAt = 0, g*p, 0, -1
 		f.sendmmsg()
 		f.account(g)
 		payloads = payloads[g:]
@@ -194,15 +198,23 @@ func (f *fanout) sendmmsg() {
 			uintptr(unsafe.Pointer(&f.msgs[f.off])), uintptr(min(f.end-f.off, maxMmsg)), 0, 0, 0)
 		switch {
 		case errno == 0:
+			if f.recvErr && int(n) < min(f.end-f.off, maxMmsg) {
+				// A message after the first failed and the kernel kept
+				// quiet about why: maybe an earlier datagram's report.
+				f.readReports()
+			}
 			f.off += int(n)
 			f.retries = 0
 			continue
 		case errno == unix.EINTR:
 			continue
-		case f.recvErr && f.resends < maxReports && f.readReports() > 0:
-			// The error was an earlier datagram's, reported by ICMP: this
-			// message was not sent. Send it again.
-			f.resends++
+		case f.recvErr && f.resentAt != f.off:
+			// An ICMP error for an earlier datagram fails one send, this
+			// one, which was not sent: count the reports, send it once
+			// more. (Even with no report queued: a full queue drops the
+			// report but not the error.) A second failure is its own.
+			f.readReports()
+			f.resentAt = f.off
 			continue
 		case errno == unix.EAGAIN && f.retries < sendRetries:
 			// SO_SNDTIMEO expired: the socket buffer did not drain.
@@ -224,13 +236,14 @@ func (f *fanout) sendmmsg() {
 	}
 }
 
-// readReports reads the socket's error queue and counts each ICMP error
-// report against the peer it names (the destination of the datagram that
-// caused it). It returns how many ICMP reports it read: a local error
-// (SO_EE_ORIGIN_LOCAL) is the failed send's own and is not one. It
-// allocates nothing.
-func (f *fanout) readReports() int {
-	n := 0
+// readReports empties the socket's error queue, counting each ICMP
+// destination-unreachable report (but fragmentation needed) against the
+// peer it names: the destination of the datagram that caused it. The
+// socket sets no other option that adds control messages, so each entry
+// carries one: a cmsghdr and struct sock_extended_err
+// (include/uapi/linux/errqueue.h). It allocates nothing.
+func (f *fanout) readReports() {
+	eeLen := int(unsafe.Sizeof(unix.SockExtendedErr{}))
 	for range maxReports {
 		var msg unix.Msghdr
 		msg.Name = (*byte)(unsafe.Pointer(&f.errName))
@@ -239,19 +252,17 @@ func (f *fanout) readReports() int {
 		msg.SetControllen(len(f.errCtl))
 		_, _, errno := unix.Syscall(unix.SYS_RECVMSG, uintptr(f.fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
 		if errno != 0 {
-			break // EAGAIN: the queue is empty
+			return // EAGAIN: the queue is empty
 		}
-		// One control message: struct sock_extended_err
-		// (include/uapi/linux/errqueue.h) after the cmsghdr.
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&f.errCtl[0]))
-		if msg.Controllen < uint64(unix.CmsgSpace(int(unsafe.Sizeof(unix.SockExtendedErr{})))) || h.Level != unix.IPPROTO_IP || h.Type != unix.IP_RECVERR {
+		if int(msg.Controllen) < unix.CmsgLen(eeLen) || int(h.Len) < unix.CmsgLen(eeLen) ||
+			h.Level != unix.IPPROTO_IP || h.Type != unix.IP_RECVERR {
 			continue
 		}
 		ee := (*unix.SockExtendedErr)(unsafe.Pointer(&f.errCtl[unix.CmsgLen(0)]))
-		if ee.Origin != unix.SO_EE_ORIGIN_ICMP {
+		if ee.Origin != unix.SO_EE_ORIGIN_ICMP || ee.Type != icmpDestUnreach || ee.Code == icmpFragNeededCode {
 			continue
 		}
-		n++
 		for k := range f.addrs {
 			if f.addrs[k].Addr == f.errName.Addr {
 				f.unreachable[k]++
@@ -259,7 +270,6 @@ func (f *fanout) readReports() int {
 			}
 		}
 	}
-	return n
 }
 
 // close closes the socket. Call it once, when nothing sends any more.

@@ -434,13 +434,16 @@ func (p *preparer) prepare(j *job) {
 			r.m.dropped[DropIPv6ICMPRelay].Inc()
 			continue
 		}
-		if r.dedup.seen(r.dedup.key(f.Src, f.Dst, f.ICMP), now) {
-			r.m.dropped[DropDuplicate].Inc()
+		key := r.dedup.key(f.Src, f.Dst, f.ICMP)
+		// With a rate limit, an ICMP is remembered only once it is
+		// relayed: copies coming back use no budget, and one dropped for
+		// the limit may pass when it comes again.
+		if r.limit != nil && !r.dedup.contains(key, now) && !r.limit.allow(lnow) {
+			r.m.dropped[DropRateLimited].Inc()
 			continue
 		}
-		// After dedup, so copies coming back do not use up the budget.
-		if r.limit != nil && !r.limit.allow(lnow) {
-			r.m.dropped[DropRateLimited].Inc()
+		if r.dedup.seen(key, now) {
+			r.m.dropped[DropDuplicate].Inc()
 			continue
 		}
 		if p.sealer == nil {

@@ -300,9 +300,12 @@ func TestPeerWithoutDaemonIsCounted(t *testing.T) {
 	inj := newInjector(t, c.Router)
 	for i := range n {
 		inj.send(t, b, fragNeeded(netlab.RouterLoopback, 1400, uint16(20000+i)))
-		// Spread over several batches, so reports from earlier
-		// datagrams meet later sends.
-		time.Sleep(2 * time.Millisecond)
+		// The first half spread over batches of one, so that a report
+		// fails the first send of a call; the second half back to back,
+		// so that one fails a send in the middle of a call.
+		if i < n/2 {
+			time.Sleep(2 * time.Millisecond)
+		}
 	}
 	waitFor(t, "every copy to reach A", func() bool { return onA.Stats().RelayReceived == n })
 	waitFor(t, "B to count C's reports", func() bool { return onB.Stats().Unreachable[cAddr] > 0 })

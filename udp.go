@@ -33,6 +33,13 @@ func newUDPFanout(src netip.Addr, ttl int, peers []netip.Addr, port uint16) (*fa
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR, 1); err != nil {
 			return fmt.Errorf("pmtud: set IP_RECVERR: %w", err)
 		}
+		// Nothing reads the socket's receive queue, and error reports share
+		// its budget: a stray datagram to its port must not fill it and
+		// crowd them out. A filter that returns 0 drops everything.
+		drop := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
+		if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &unix.SockFprog{Len: 1, Filter: &drop[0]}); err != nil {
+			return fmt.Errorf("pmtud: attach drop-all filter: %w", err)
+		}
 		return nil
 	}
 	if err := setup(); err != nil {
