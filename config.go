@@ -86,10 +86,16 @@ func ParseMode(s string) (Mode, error) {
 	return 0, fmt.Errorf("unknown relay mode %q (want udp or icmp)", s)
 }
 
-// MaxWorkers is the largest Config.Workers. It keeps the sequence numbers
-// in flight, at most a batch (about 450 packets) per worker, within the
-// 8128 of wire.ReplayWindowSize.
+// MaxWorkers is the largest Config.Workers.
 const MaxWorkers = 16
+
+// maxBatchPackets is the most packets one NFLOG datagram holds: the kernel
+// sent a 261,204-byte datagram with nlbufsiz 131072, and a frag-needed is
+// at least 56 bytes plus about 100 of NFLOG attributes. In the udp relay
+// each worker numbers a whole batch before sending it, so Workers ×
+// min(QThreshold, maxBatchPackets) numbers may be in flight, and they must
+// fit in the peers' replay window (wire.ReplayWindowSize).
+const maxBatchPackets = 1700
 
 // MaxRateLimit is the largest Config.RateLimit: far above what one node
 // can send, so a higher value could only be a typo.
@@ -215,6 +221,16 @@ func (c *Config) Validate() error {
 	// in flight must stay within the peers' replay window.
 	if c.Workers < 0 || c.Workers > MaxWorkers {
 		return fmt.Errorf("workers %d is outside 1..%d", c.Workers, MaxWorkers)
+	}
+	if c.Mode == ModeUDP {
+		q := int(c.NFLOG.QThreshold)
+		if q == 0 {
+			q = nl.DefaultQThreshold
+		}
+		if inFlight := max(c.Workers, 1) * min(q, maxBatchPackets); inFlight > wire.ReplayWindowSize {
+			return fmt.Errorf("%d workers × %d packets per NFLOG batch put %d sequence numbers in flight, more than the peers' replay window of %d: lower --workers or --nflog-qthreshold",
+				max(c.Workers, 1), min(q, maxBatchPackets), inFlight, wire.ReplayWindowSize)
+		}
 	}
 	if c.RateLimit < 0 || c.RateLimit > MaxRateLimit {
 		return fmt.Errorf("rate limit %d is outside 0..%d ICMPs per second", c.RateLimit, MaxRateLimit)

@@ -19,7 +19,8 @@ import (
 // the receiver: a lookup hashes the ICMP once, loads and maybe stores one
 // word, takes no lock and allocates nothing. A slot holds the top 40 bits
 // of the hash and a 24-bit millisecond timestamp (it wraps every 4.6 hours;
-// an entry that old and aliasing a new one costs one missed copy). Slots
+// an entry more than 2.3 hours old aliasing a new one costs one missed
+// copy). Slots
 // pair into buckets of two; a third ICMP in a full bucket evicts the older
 // entry: the table may forget, it never drops a first sight, except for a
 // 2^-40 chance of a tag collision.
@@ -114,4 +115,13 @@ func (d *dedup) contains(key, now uint64) bool {
 }
 
 // age returns how many milliseconds before now slot value v was stored.
-func age(v, now uint64) uint64 { return (now - v) & dedupTimeMax }
+// Workers and the receiver each stamp a whole batch with one time, so an
+// entry may carry a slightly later time than the caller's now: an age that
+// wrapped (more than half the 24-bit range) is such an entry, and 0.
+func age(v, now uint64) uint64 {
+	d := (now - v) & dedupTimeMax
+	if d > dedupTimeMax/2 {
+		return 0
+	}
+	return d
+}

@@ -71,6 +71,17 @@ func TestDedupKeyAddresses(t *testing.T) {
 	}
 }
 
+// TestDedupLaterStamp: an entry stamped a little after the caller's now
+// (another goroutine's batch) is recent, not 4.6 hours old.
+func TestDedupLaterStamp(t *testing.T) {
+	d := newDedup(time.Second)
+	k := d.key(netip.MustParseAddr("198.19.255.1"), netip.MustParseAddr("198.18.100.1"), []byte{3, 4, 0, 0, 0, 0, 5, 120})
+	d.seen(k, 5000)
+	if !d.seen(k, 4998) || !d.contains(k, 4998) {
+		t.Fatal("an entry from 2 ms in the caller's future was taken for an expired one")
+	}
+}
+
 func TestDedupContainsDoesNotRecord(t *testing.T) {
 	d := newDedup(time.Second)
 	k := d.key(netip.MustParseAddr("198.19.255.1"), netip.MustParseAddr("198.18.100.1"), []byte{3, 4, 0, 0, 0, 0, 5, 120})

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -58,6 +59,10 @@ type fanout struct {
 	// State of the send in progress.
 	off, end int
 	retries  int
+	// stopping, when set and true, ends retries: the relay is shutting
+	// down, and a wedged device must not hold the drain up for
+	// sendRetries × sendTimeout per message.
+	stopping *atomic.Bool
 	errs     []uint64 // per peer, this group
 
 	// The last send error and its peer, kept as values (not a formatted
@@ -216,6 +221,8 @@ func (f *fanout) sendmmsg() {
 			f.readReports()
 			f.resentAt = f.off
 			continue
+		case (errno == unix.EAGAIN || errno == unix.ENOBUFS) && f.stopping != nil && f.stopping.Load():
+			// Shutting down: count it below, do not wait.
 		case errno == unix.EAGAIN && f.retries < sendRetries:
 			// SO_SNDTIMEO expired: the socket buffer did not drain.
 			f.retries++

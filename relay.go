@@ -52,6 +52,7 @@ type Relay struct {
 	dedup     *dedup
 	limit     *limiter    // nil: no rate limit
 	closing   atomic.Bool // Close was called: a closed reader is no failure
+	stopping  atomic.Bool // Close was called or Run's context ended: no send retries
 	running   atomic.Bool // Run is active: it tears down, Close only stops it
 	closeOnce sync.Once
 	closeErr  error
@@ -155,6 +156,7 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) {
 		n = min(n, len(peers)) // a worker without peers would idle
 		var err error
 		if r.pre, err = r.newPreparer(); err != nil {
+			r.closeWorkers() // and the udp relay's TUN device and socket
 			return nil, err
 		}
 	}
@@ -217,6 +219,9 @@ func (r *Relay) newWorker(i, n int) (*worker, error) {
 	} else {
 		w.fan, err = newUDPFanout(c.Source, c.TTL, peers, c.RelayPort)
 	}
+	if w.fan != nil {
+		w.fan.stopping = &r.stopping
+	}
 	return w, err
 }
 
@@ -251,7 +256,10 @@ func (r *Relay) Peers() []netip.Addr { return r.peers }
 // sockets and returns nil.
 func (r *Relay) Run(ctx context.Context) error {
 	r.running.Store(true)
-	stop := context.AfterFunc(ctx, func() { r.reader.Close() })
+	stop := context.AfterFunc(ctx, func() {
+		r.stopping.Store(true)
+		r.reader.Close()
+	})
 	defer stop()
 	defer r.teardown() // after every worker and the receiver have stopped
 	defer r.running.Store(false)
@@ -515,6 +523,7 @@ func throttled(last *time.Time) bool {
 // from any goroutine.
 func (r *Relay) Close() error {
 	r.closing.Store(true)
+	r.stopping.Store(true)
 	if r.running.Load() {
 		return r.reader.Close()
 	}
@@ -560,6 +569,7 @@ type Stats struct {
 
 	// The udp relay's receive side.
 	RelayReceived uint64                    // datagrams from peers
+	SocketDrops   uint64                    // datagrams the kernel dropped: receive buffer full
 	Injected      uint64                    // packets written into the TUN device
 	RelayDropped  map[RecvDropReason]uint64 // datagrams not injected, by reason
 }
@@ -592,6 +602,7 @@ func (r *Relay) Stats() Stats {
 	}
 	if r.m.relayRecv != nil {
 		s.RelayReceived = r.m.relayRecv.Get()
+		s.SocketDrops = r.m.relaySocketDrops.Get()
 		s.Injected = r.m.injected.Get()
 		s.RelayDropped = make(map[RecvDropReason]uint64)
 		for _, d := range RecvDropReasons() {

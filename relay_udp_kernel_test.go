@@ -2,6 +2,7 @@ package pmtud_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/go-pmtud/go-pmtud"
 	"github.com/go-pmtud/go-pmtud/bench/netlab"
+	"github.com/go-pmtud/go-pmtud/nl"
 	"github.com/go-pmtud/go-pmtud/wire"
 )
 
@@ -317,5 +319,64 @@ func TestPeerWithoutDaemonIsCounted(t *testing.T) {
 	onB.WritePrometheus(&out)
 	if want := fmt.Sprintf("go_pmtud_relay_unreachable_total{node=%q,peer=%q} %d", c.Nodes[1].Name(), cAddr, st.Unreachable[cAddr]); !strings.Contains(out.String(), want) {
 		t.Fatalf("metrics lack %q:\n%s", want, out.String())
+	}
+}
+
+// TestRelaySocketDropsAreCounted: datagrams that arrive while the relay's
+// receive buffer is full are dropped by the kernel; go-pmtud counts them
+// (SO_MEMINFO), and its count is the kernel's Udp RcvbufErrors.
+func TestRelaySocketDropsAreCounted(t *testing.T) {
+	lab := netlab.NewT(t)
+	c, err := netlab.BuildCluster(lab, 2, 1400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := netlab.NodeAddr(0), netlab.NodeAddr(1)
+	var r *pmtud.Relay
+	if err := c.Nodes[1].Do(func() (err error) {
+		r, err = pmtud.New(pmtud.Config{
+			NodeName: "b", Mode: pmtud.ModeUDP, Source: b, TTL: 10,
+			LocalAddrs: []netip.Addr{b}, Peers: []netip.Addr{a}, Keys: testKeys(pmtud.ModeUDP),
+			NFLOG: nl.Config{Group: group},
+		}, nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	// Nothing reads yet: fill the 8 MiB buffer (16 MiB of truesize) and
+	// overflow it from peer A.
+	const sent = 30000
+	if err := c.Nodes[0].Do(func() error {
+		conn, err := net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, 0)),
+			net.UDPAddrFromAddrPort(netip.AddrPortFrom(b, pmtud.DefaultRelayPort)))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		d := make([]byte, 1000)
+		for range sent {
+			if _, err := conn.Write(d); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	kernel, err := c.Nodes[1].UDPRcvbufErrors()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kernel == 0 || kernel >= sent {
+		t.Fatalf("the kernel dropped %d of %d datagrams; the test needs some dropped and some queued", kernel, sent)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "the relay to read the queue", func() bool { return r.Stats().RelayReceived == sent-kernel })
+	if st := r.Stats(); st.SocketDrops != kernel {
+		t.Fatalf("go-pmtud counts %d socket drops, the kernel %d (stats %+v)", st.SocketDrops, kernel, st)
 	}
 }

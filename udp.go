@@ -150,7 +150,20 @@ type receiver struct {
 
 	lastLog time.Time
 	now     uint64 // dedup time of the batch in hand
+
+	// The socket's drop count (SO_MEMINFO), read after each recvmmsg:
+	// datagrams the kernel dropped because the receive buffer was full.
+	meminfo   [skMeminfoVars]uint32
+	drops     uint32 // as last read
+	dropDelta uint32 // new drops, for run to count
 }
+
+// SK_MEMINFO_VARS and SK_MEMINFO_DROPS (include/uapi/linux/sock_diag.h):
+// the length of SO_MEMINFO's array and the index of the drop count.
+const (
+	skMeminfoVars  = 9
+	skMeminfoDrops = 8
+)
 
 // newReceiver binds a UDP socket to src:port and prepares the batch buffers.
 func newReceiver(r *Relay, src netip.Addr, port uint16, tun *tunDevice, opener *wire.Opener) (*receiver, error) {
@@ -216,8 +229,22 @@ func (rv *receiver) recvmmsg(fd uintptr) bool {
 			return false
 		}
 		rv.n, rv.errno = int(n), errno
+		rv.readDrops(fd)
 		return true
 	}
+}
+
+// readDrops reads the socket's drop count and leaves what is new since the
+// last read in dropDelta. It allocates nothing.
+func (rv *receiver) readDrops(fd uintptr) {
+	l := uint32(len(rv.meminfo) * 4)
+	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO,
+		uintptr(unsafe.Pointer(&rv.meminfo[0])), uintptr(unsafe.Pointer(&l)), 0)
+	if errno != 0 || l < (skMeminfoDrops+1)*4 {
+		return
+	}
+	d := rv.meminfo[skMeminfoDrops]
+	rv.dropDelta, rv.drops = d-rv.drops, d
 }
 
 // run receives until the socket is closed.
@@ -226,11 +253,16 @@ func (rv *receiver) run() error {
 		if err := rv.rc.Read(rv.recvFn); err != nil {
 			return nil // closed
 		}
+		if rv.dropDelta > 0 {
+			rv.r.m.relaySocketDrops.Add(int(rv.dropDelta))
+			rv.dropDelta = 0
+		}
 		if rv.errno != 0 {
 			rv.r.m.errors.Inc()
 			if throttled(&rv.lastLog) {
 				rv.r.log.Warn("relay receive failed (repeats are counted in go_pmtud_error_total)", "err", rv.errno)
 			}
+			time.Sleep(10 * time.Millisecond) // do not spin on a persistent error
 			continue
 		}
 		rv.r.m.relayRecv.Add(rv.n)

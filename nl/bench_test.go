@@ -9,7 +9,7 @@ import (
 
 // benchPackets is how many packets the benchmark datagram holds: the
 // default queue threshold.
-const benchPackets = defaultQThreshold
+const benchPackets = DefaultQThreshold
 
 // benchDatagram is what the kernel sends for 64 ICMP fragmentation-needed
 // packets of 576 bytes (the size a router quotes up to) logged at PREROUTING.

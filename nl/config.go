@@ -5,10 +5,13 @@ import (
 	"time"
 )
 
-// Defaults for the zero fields of a Config.
+// DefaultQThreshold is the QThreshold of a zero Config: packets per NFLOG
+// datagram under load.
+const DefaultQThreshold = 64
+
+// Defaults for the other zero fields of a Config.
 const (
 	defaultCopyRange  = 0xffff
-	defaultQThreshold = 64
 	defaultTimeout    = 10 * time.Millisecond
 	defaultBufSize    = 131072
 	defaultReadBuffer = 8 << 20
@@ -59,7 +62,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.CopyRange = defaultCopyRange
 	}
 	if c.QThreshold == 0 {
-		c.QThreshold = defaultQThreshold
+		c.QThreshold = DefaultQThreshold
 	}
 	switch {
 	case c.Timeout == 0:

@@ -8,8 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 	"unsafe"
 
@@ -169,42 +167,11 @@ func readKernelCounters(t *topology) (kernelCounters, error) {
 		return k, err
 	}
 	k.delivered = n["delivered"]
-	if k.rcvbufErrors, err = udpRcvbufErrors(t.node); err != nil {
+	if k.rcvbufErrors, err = t.node.UDPRcvbufErrors(); err != nil {
 		return k, err
 	}
 	k.sentBack, err = arrivals(t.sink)
 	return k, err
-}
-
-// udpRcvbufErrors returns the Udp RcvbufErrors counter of ns's
-// /proc/net/snmp: datagrams dropped because a socket's receive buffer was
-// full. The node has one UDP socket that receives: the relay's.
-func udpRcvbufErrors(ns *netlab.NS) (uint64, error) {
-	out, err := ns.Run("cat", "/proc/net/snmp")
-	if err != nil {
-		return 0, err
-	}
-	var names []string
-	for line := range strings.Lines(out) {
-		f := strings.Fields(line)
-		if len(f) == 0 || f[0] != "Udp:" {
-			continue
-		}
-		if names == nil {
-			names = f
-			continue
-		}
-		for i, name := range names {
-			if name == "RcvbufErrors" && i < len(f) {
-				v, err := strconv.ParseUint(f[i], 10, 64)
-				if err != nil {
-					return 0, fmt.Errorf("parse Udp RcvbufErrors %q: %w", line, err)
-				}
-				return v, nil
-			}
-		}
-	}
-	return 0, fmt.Errorf("no Udp RcvbufErrors in /proc/net/snmp of %s", ns.Name())
 }
 
 // peerSender plays a peer's go-pmtud: it sends the node's relay port

@@ -234,3 +234,34 @@ func (n *NS) CachedMTU(dst string) (int, error) {
 	}
 	return 0, nil
 }
+
+// UDPRcvbufErrors returns the Udp RcvbufErrors counter of the namespace's
+// /proc/net/snmp: datagrams dropped because a socket's receive buffer was
+// full.
+func (n *NS) UDPRcvbufErrors() (uint64, error) {
+	out, err := n.Run("cat", "/proc/net/snmp")
+	if err != nil {
+		return 0, err
+	}
+	var names []string
+	for line := range strings.Lines(out) {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Udp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, name := range names {
+			if name == "RcvbufErrors" && i < len(f) {
+				v, err := strconv.ParseUint(f[i], 10, 64)
+				if err != nil {
+					return 0, fmt.Errorf("netlab: parse Udp RcvbufErrors %q: %w", line, err)
+				}
+				return v, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("netlab: no Udp RcvbufErrors in /proc/net/snmp of %s", n.name)
+}

@@ -53,6 +53,9 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// After the first signal, a second one kills the process (the
+	// default action) instead of being swallowed while the relay drains.
+	context.AfterFunc(ctx, stop)
 
 	relay, err := pmtud.New(s.relay, log)
 	if err != nil {

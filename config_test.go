@@ -1,0 +1,54 @@
+package pmtud
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/go-pmtud/go-pmtud/nl"
+)
+
+// TestValidate covers Validate's bounds that the command line does not
+// check first, the replay budget of the udp relay among them.
+func TestValidate(t *testing.T) {
+	base := func() Config {
+		return Config{
+			Mode:   ModeUDP,
+			Source: netip.MustParseAddr("198.18.1.10"),
+			Peers:  []netip.Addr{netip.MustParseAddr("198.18.1.11")},
+			TTL:    10,
+		}
+	}
+	for _, tt := range []struct {
+		name    string
+		edit    func(c *Config)
+		wantErr string // empty: valid
+	}{
+		{"defaults", func(c *Config) {}, ""},
+		{"16 workers, default batches", func(c *Config) { c.Workers = 16 }, ""},
+		{"16 workers, batches of 512", func(c *Config) { c.Workers = 16; c.NFLOG = nl.Config{QThreshold: 512} }, "replay window"},
+		{"4 workers, the largest batches", func(c *Config) { c.Workers = 4; c.NFLOG = nl.Config{QThreshold: 65535} }, ""},
+		{"5 workers, the largest batches", func(c *Config) { c.Workers = 5; c.NFLOG = nl.Config{QThreshold: 65535} }, "replay window"},
+		{"icmp relay has no replay window", func(c *Config) { c.Mode = ModeICMP; c.Workers = 16; c.NFLOG = nl.Config{QThreshold: 65535} }, ""},
+		{"17 workers", func(c *Config) { c.Workers = 17 }, "workers 17"},
+		{"negative rate limit", func(c *Config) { c.RateLimit = -1 }, "rate limit"},
+		{"rate limit too high", func(c *Config) { c.RateLimit = MaxRateLimit + 1 }, "rate limit"},
+		{"ttl 256", func(c *Config) { c.TTL = 256 }, "ttl 256"},
+		{"only itself as peer", func(c *Config) { c.Peers = []netip.Addr{c.Source} }, "no peers left"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := base()
+			tt.edit(&c)
+			err := c.Validate()
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("Validate = %v, want an error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
