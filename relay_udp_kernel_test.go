@@ -127,7 +127,9 @@ func TestRejectsForgedRelayDatagrams(t *testing.T) {
 	})
 
 	seq := wire.NewSequence(time.Now())
-	seal := func(key *wire.Key, sender netip.Addr, pkt []byte) []byte {
+	// A sender whose clock is an hour fast.
+	fast := wire.NewSequence(time.Now().Add(time.Hour))
+	sealSeq := func(seq *wire.Sequence, key *wire.Key, sender netip.Addr, pkt []byte) []byte {
 		s, err := wire.NewSealer(key, seq, sender)
 		if err != nil {
 			t.Fatal(err)
@@ -136,6 +138,8 @@ func TestRejectsForgedRelayDatagrams(t *testing.T) {
 		s.Seal(&hdr, pkt)
 		return append(hdr[:], pkt...)
 	}
+	seal := func(key *wire.Key, sender netip.Addr, pkt []byte) []byte { return sealSeq(seq, key, sender, pkt) }
+	future := sealSeq(fast, &keys[0], netlab.NodeAddr(1), fragNeeded(netlab.RouterLoopback, 1400, 42007))
 	good := seal(&keys[0], netlab.NodeAddr(1), fragNeeded(netlab.RouterLoopback, 1400, 42000))
 	badTag := seal(&keys[0], netlab.NodeAddr(1), fragNeeded(netlab.RouterLoopback, 1400, 42001))
 	badTag[len(badTag)-1] ^= 1
@@ -165,6 +169,8 @@ func TestRejectsForgedRelayDatagrams(t *testing.T) {
 		}
 	}
 	b, stranger := c.Nodes[1], c.Nodes[2]
+	// First, so that good below shows the window was not moved by it.
+	send(b, future)
 	send(b, good)
 	send(b, good) // replayed
 	send(b, badTag)
@@ -175,7 +181,7 @@ func TestRejectsForgedRelayDatagrams(t *testing.T) {
 	send(stranger, seal(&keys[0], netlab.NodeAddr(2), fragNeeded(netlab.RouterLoopback, 1400, 42005)))
 	send(c.Nodes[3], fromOtherPeer)
 
-	const total = 9
+	const total = 10
 	waitFor(t, "the relay to read every datagram", func() bool {
 		st := relay.Stats()
 		return st.RelayReceived == total && st.Injected+sum(st.RelayDropped) == total
@@ -186,7 +192,7 @@ func TestRejectsForgedRelayDatagrams(t *testing.T) {
 	}
 	want := map[string]uint64{
 		"replayed": 1, "bad_tag": 2, "unknown_key": 1, "inner_not_frag_needed": 1,
-		"unauthenticated": 1, "short": 1, "not_peer": 1,
+		"unauthenticated": 1, "short": 1, "not_peer": 1, "future_sequence": 1,
 	}
 	got := map[string]uint64{}
 	for r, n := range st.RelayDropped {

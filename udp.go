@@ -80,12 +80,18 @@ const (
 	RecvTruncated
 	// RecvInjectFailed: the write into the TUN device failed.
 	RecvInjectFailed
+	// RecvFutureSequence: a keyed datagram whose sequence number says its
+	// sender started more than futureSlack after this node's clock reads.
+	// Its clock is wrong; fed to the replay window, its numbers would make
+	// the sender's genuine ones look old once its clock is put right.
+	RecvFutureSequence
 	recvDropReasonCount
 )
 
 // String returns the reason's label: an envelope reason ("bad_tag"), an
 // inner packet reason prefixed "inner_" ("inner_bad_checksum"), or
-// "not_peer", "replayed", "duplicate", "truncated", "inject_failed".
+// "not_peer", "replayed", "duplicate", "truncated", "inject_failed",
+// "future_sequence".
 func (r RecvDropReason) String() string {
 	switch {
 	case r == 0:
@@ -103,6 +109,8 @@ func (r RecvDropReason) String() string {
 		return "duplicate"
 	case r == RecvInjectFailed:
 		return "inject_failed"
+	case r == RecvFutureSequence:
+		return "future_sequence"
 	}
 	return "unknown"
 }
@@ -115,6 +123,11 @@ func RecvDropReasons() []RecvDropReason {
 	}
 	return rs
 }
+
+// futureSlack is how far ahead of this node's clock a sender's start time
+// (a sequence number's high 32 bits, Unix seconds) may be: clock skew
+// between synchronised nodes is far below it.
+const futureSlack = 5 * 60
 
 const (
 	// recvBatch is how many datagrams one recvmmsg may return.
@@ -150,6 +163,7 @@ type receiver struct {
 
 	lastLog time.Time
 	now     uint64 // dedup time of the batch in hand
+	nowUnix uint64 // Unix seconds of the batch in hand
 
 	// The socket's drop count (SO_MEMINFO), read after each recvmmsg:
 	// datagrams the kernel dropped because the receive buffer was full.
@@ -266,7 +280,9 @@ func (rv *receiver) run() error {
 			continue
 		}
 		rv.r.m.relayRecv.Add(rv.n)
-		rv.now = rv.r.dedup.now(time.Now())
+		t := time.Now()
+		rv.now = rv.r.dedup.now(t)
+		rv.nowUnix = uint64(t.Unix())
 		for i := range rv.n {
 			if reason := rv.handle(i); reason != 0 {
 				rv.r.m.relayDropped[reason].Inc()
@@ -308,8 +324,13 @@ func (rv *receiver) handle(i int) RecvDropReason {
 	// it forward and make genuine copies look old. Unauthenticated ones are
 	// not verified, so they skip it: a replayed copy is harmless, a window
 	// pushed past a peer's numbers would silence that peer.
-	if env.KeyID != 0 && !window.Check(env.Seq) {
-		return RecvReplayed
+	if env.KeyID != 0 {
+		if env.Seq>>32 > rv.nowUnix+futureSlack {
+			return RecvFutureSequence
+		}
+		if !window.Check(env.Seq) {
+			return RecvReplayed
+		}
 	}
 	if rv.r.dedup.seen(rv.r.dedup.key(f.Src, f.Dst, f.ICMP), rv.now) {
 		return RecvDuplicate
