@@ -229,6 +229,7 @@ func BenchmarkReceiveInject(b *testing.B) {
 	rv.names[0] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: sender.As4()}
 	rv.msgs[0].Len = uint32(wire.EnvelopeLen + len(pkt))
 	hdr := (*[wire.EnvelopeLen]byte)(rv.bufs[:wire.EnvelopeLen])
+	rv.stamp(time.Now())
 	b.ReportAllocs()
 	b.SetBytes(int64(len(pkt)))
 	b.ResetTimer()

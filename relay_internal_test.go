@@ -138,6 +138,7 @@ func TestReceiveAllocs(t *testing.T) {
 	rv.names[0] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: sender.As4()}
 	rv.msgs[0].Len = uint32(wire.EnvelopeLen + len(pkt))
 	hdr := (*[wire.EnvelopeLen]byte)(rv.bufs[:wire.EnvelopeLen])
+	rv.stamp(time.Now())
 	n := uint32(0)
 	receive := func() {
 		n++
@@ -179,7 +180,7 @@ func TestUnauthenticatedSkipsReplayWindow(t *testing.T) {
 		rv.msgs[0].Len = uint32(wire.EnvelopeLen + len(pkt))
 		copy(rv.bufs[wire.EnvelopeLen:], pkt)
 		s.Seal((*[wire.EnvelopeLen]byte)(rv.bufs[:wire.EnvelopeLen]), pkt)
-		rv.now = r.dedup.now(time.Now())
+		rv.stamp(time.Now())
 		return rv.handle(0)
 	}
 	if got := deliver(time.Now().Add(4*time.Minute), 1); got != 0 {

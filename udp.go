@@ -280,9 +280,7 @@ func (rv *receiver) run() error {
 			continue
 		}
 		rv.r.m.relayRecv.Add(rv.n)
-		t := time.Now()
-		rv.now = rv.r.dedup.now(t)
-		rv.nowUnix = uint64(t.Unix())
+		rv.stamp(time.Now())
 		for i := range rv.n {
 			if reason := rv.handle(i); reason != 0 {
 				rv.r.m.relayDropped[reason].Inc()
@@ -293,7 +291,14 @@ func (rv *receiver) run() error {
 	}
 }
 
+// stamp sets the time handle judges the datagrams in hand by.
+func (rv *receiver) stamp(t time.Time) {
+	rv.now = rv.r.dedup.now(t)
+	rv.nowUnix = uint64(t.Unix())
+}
+
 // handle checks datagram i and injects its packet; 0 means injected.
+// Call stamp first.
 func (rv *receiver) handle(i int) RecvDropReason {
 	m := &rv.msgs[i]
 	if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
