@@ -283,72 +283,102 @@ func setChecksum(m []byte) []byte {
 }
 
 // TestPeerLearnsPathMTU is the end-to-end check of shared/design.md: node A
-// owns a flow, the router's "fragmentation needed" lands on node B. Only
-// with go-pmtud does A learn the path MTU and the transfer complete: on B
-// alone with the icmp relay, on every node (as a DaemonSet) with the udp
-// relay.
+// owns a flow, the router's "fragmentation needed" (IPv4) or "packet too
+// big" (IPv6) lands on node B. Only with go-pmtud does A learn the path MTU
+// and the transfer complete: on B alone with the icmp relay, on every node
+// (as a DaemonSet) with the udp relay. The relay traffic between the nodes
+// stays on IPv4 (their addresses are the peers) in both cases. The icmp
+// relay cannot re-originate an ICMPv6 message (its checksum covers the
+// router's addresses): it drops it by reason, and the IPv6 transfer stalls.
 func TestPeerLearnsPathMTU(t *testing.T) {
 	const size = 1 << 20
-	for _, mode := range []pmtud.Mode{0, pmtud.ModeICMP, pmtud.ModeUDP} {
-		name := "without go-pmtud"
-		if mode != 0 {
-			name = mode.String() + " relay"
-		}
-		t.Run(name, func(t *testing.T) {
-			lab := netlab.NewT(t)
-			c, err := netlab.BuildCluster(lab, 2, 1400)
-			if err != nil {
-				t.Fatal(err)
-			}
-			a, b := c.Nodes[0], c.Nodes[1]
-			if mtu, err := a.CachedMTU(netlab.ClientAddr.String()); err != nil || mtu != 0 {
-				t.Fatalf("before the transfer A caches mtu %d (%v), want none", mtu, err)
-			}
-			var relays []*pmtud.Relay
-			switch mode {
-			case pmtud.ModeICMP:
-				relays = startDaemons(t, c, mode, 1)
-			case pmtud.ModeUDP:
-				relays = startDaemons(t, c, mode, 0, 1)
-			}
-			var capture *nl.Reader
+	for _, fam := range []struct {
+		name        string
+		ipv6        bool
+		svc, client netip.Addr
+		capture     []string // the command that logs the router's messages to group+1
+		check       func(*testing.T, *nl.Reader)
+	}{
+		{"ipv4", false, netlab.Anycast, netlab.ClientAddr,
+			append([]string{"iptables"}, netlab.NFLOGRule(group+1)...), checkRealRouterICMP},
+		{"ipv6", true, netlab.Anycast6, netlab.ClientAddr6,
+			append([]string{"ip6tables"}, netlab.NFLOGRule6(group+1)...), checkRealPacketTooBig},
+	} {
+		for _, mode := range []pmtud.Mode{0, pmtud.ModeICMP, pmtud.ModeUDP} {
+			name := fam.name + "/without go-pmtud"
 			if mode != 0 {
-				// A second group sees the same router ICMPs, for the parser
-				// checks and fuzz seeds below.
-				b.MustRun(t, append([]string{"iptables"}, netlab.NFLOGRule(group+1)...)...)
-				if err := b.Do(func() (err error) {
-					capture, err = nl.Listen(nl.Config{Group: group + 1})
-					return err
-				}); err != nil {
+				name = fam.name + "/" + mode.String() + " relay"
+			}
+			t.Run(name, func(t *testing.T) {
+				c, err := netlab.BuildCluster(netlab.NewT(t), 2, 1400)
+				if err != nil {
 					t.Fatal(err)
 				}
-				defer capture.Close()
-			}
-			got, err := c.Transfer(a, size, 3*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			mtu, err := a.CachedMTU(netlab.ClientAddr.String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if mode == 0 {
-				if got == size || mtu != 0 {
-					t.Fatalf("negative control: transferred %d of %d bytes, A caches mtu %d; want a stall and no cached MTU", got, size, mtu)
+				if fam.ipv6 {
+					if err := c.AddIPv6(); err != nil {
+						t.Fatal(err)
+					}
 				}
-				return
-			}
-			onB := relays[len(relays)-1]
-			if got != size || mtu != 1400 {
-				t.Fatalf("transferred %d of %d bytes, A caches mtu %d; want all and 1400 (B's relay: %+v)", got, size, mtu, onB.Stats())
-			}
-			checkRealRouterICMP(t, capture)
-			// The counters are updated just after the sendmmsg call returns.
-			waitFor(t, "B's relay to count its copies", func() bool { return onB.Stats().Sent > 0 })
-			if mode == pmtud.ModeUDP {
-				waitFor(t, "A's relay to inject the copies", func() bool { return relays[0].Stats().Injected > 0 })
-			}
-		})
+				a, b := c.Nodes[0], c.Nodes[1]
+				if mtu, err := a.CachedMTU(fam.client.String()); err != nil || mtu != 0 {
+					t.Fatalf("before the transfer A caches mtu %d (%v), want none", mtu, err)
+				}
+				var relays []*pmtud.Relay
+				switch mode {
+				case pmtud.ModeICMP:
+					relays = startDaemons(t, c, mode, 1)
+				case pmtud.ModeUDP:
+					relays = startDaemons(t, c, mode, 0, 1)
+				}
+				var capture *nl.Reader
+				if mode != 0 {
+					// A second group sees the same router messages, for the
+					// parser checks and fuzz seeds.
+					b.MustRun(t, fam.capture...)
+					if err := b.Do(func() (err error) {
+						capture, err = nl.Listen(nl.Config{Group: group + 1})
+						return err
+					}); err != nil {
+						t.Fatal(err)
+					}
+					defer capture.Close()
+				}
+				got, err := c.TransferTo(a, fam.svc, size, 3*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				mtu, err := a.CachedMTU(fam.client.String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				learns := mode == pmtud.ModeUDP || mode == pmtud.ModeICMP && !fam.ipv6
+				if !learns {
+					if got == size || mtu != 0 {
+						t.Fatalf("transferred %d of %d bytes, A caches mtu %d; want a stall and no cached MTU", got, size, mtu)
+					}
+					if mode == pmtud.ModeICMP {
+						fam.check(t, capture)
+						if st := relays[0].Stats(); st.Dropped[pmtud.DropIPv6ICMPRelay] == 0 || st.Sent != 0 {
+							t.Fatalf("icmp relay: %+v; want ipv6_icmp_relay drops and nothing sent", st)
+						}
+					}
+					return
+				}
+				onB := relays[len(relays)-1]
+				if got != size || mtu != 1400 {
+					t.Fatalf("transferred %d of %d bytes, A caches mtu %d; want all and 1400 (B's relay: %+v)", got, size, mtu, onB.Stats())
+				}
+				fam.check(t, capture)
+				// The counters are updated just after the sendmmsg call returns.
+				waitFor(t, "B's relay to count its copies", func() bool { return onB.Stats().Sent > 0 })
+				if mode == pmtud.ModeUDP {
+					onA := relays[0]
+					waitFor(t, "A's relay to inject the copies", func() bool { return onA.Stats().Injected > 0 })
+					// A logs what it injected on pmtud0 again and drops it there.
+					waitFor(t, "A's relay to drop its own injection", func() bool { return onA.Stats().Dropped[pmtud.DropFromTUN] > 0 })
+				}
+			})
+		}
 	}
 }
 
