@@ -292,3 +292,63 @@ func TestRateLimit(t *testing.T) {
 		t.Fatalf("%.1f allocations per batch, want 0", allocs)
 	}
 }
+
+// TestIPv6OffIsCounted: on a node with IPv6 off, the TUN device stays
+// IPv4-only, and a relayed Packet Too Big is counted as ipv6_off instead of
+// being written where the kernel would drop it unseen; IPv4 still flows.
+// With IPv6 on, the same datagram is injected.
+func TestIPv6OffIsCounted(t *testing.T) {
+	quoted := make([]byte, 48)
+	quoted[0] = 6 << 4
+	quoted[6] = unix.IPPROTO_TCP
+	ptb := wire.AppendPacketTooBig(nil, netlab.RouterLoopback6, netlab.Anycast6, 64, 1400, quoted)
+	frag := distinctFragNeeded(1)[0]
+	for _, ipv6Off := range []bool{false, true} {
+		lab := netlab.NewT(t)
+		c, err := netlab.BuildCluster(lab, 2, 1400)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ipv6Off {
+			c.Nodes[0].MustRun(t, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
+		}
+		var r *Relay
+		if err := c.Nodes[0].Do(func() (err error) {
+			r, err = New(Config{
+				NodeName: "t", Mode: ModeUDP, Source: netlab.NodeAddr(0), TTL: 10,
+				Peers: []netip.Addr{netlab.NodeAddr(1)}, Keys: []wire.Key{testKey},
+				NFLOG: nl.Config{Group: 33},
+			}, nil)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		if r.tun.ipv6 == ipv6Off {
+			t.Fatalf("IPv6 off: %v; the TUN device takes IPv6: %v", ipv6Off, r.tun.ipv6)
+		}
+		rv := r.recv
+		sealer, err := wire.NewSealer(&testKey, wire.NewSequence(time.Now()), netlab.NodeAddr(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		deliver := func(pkt []byte) RecvDropReason {
+			rv.names[0] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: netlab.NodeAddr(1).As4()}
+			rv.msgs[0].Len = uint32(wire.EnvelopeLen + len(pkt))
+			copy(rv.bufs[wire.EnvelopeLen:], pkt)
+			sealer.Seal((*[wire.EnvelopeLen]byte)(rv.bufs[:wire.EnvelopeLen]), pkt)
+			rv.stamp(time.Now())
+			return rv.handle(0)
+		}
+		want := RecvDropReason(0)
+		if ipv6Off {
+			want = RecvIPv6Off
+		}
+		if got := deliver(ptb); got != want {
+			t.Errorf("IPv6 off: %v: Packet Too Big %v, want %v", ipv6Off, got, want)
+		}
+		if got := deliver(frag); got != 0 {
+			t.Errorf("IPv6 off: %v: frag-needed %v, want injected", ipv6Off, got)
+		}
+	}
+}

@@ -21,6 +21,7 @@ type tunDevice struct {
 	fd    int // for the set-up ioctls only
 	name  string
 	index int
+	ipv6  bool // the device takes IPv6 packets (see setupTUN6)
 }
 
 // sysctlRoot is where the per-device settings live; the error messages
@@ -62,7 +63,7 @@ func (t *tunDevice) setup(addr netip.Addr) error {
 	}
 	t.index = ifi.Index
 
-	if err := setupTUN6(t.name); err != nil {
+	if t.ipv6, err = setupTUN6(t.name); err != nil {
 		return err
 	}
 	all, err := readSysctl("ipv4/conf/all/rp_filter")
@@ -134,19 +135,19 @@ func (t *tunDevice) setup(addr netip.Addr) error {
 // the all-routers groups. The device stays IPv4-only where the host has no
 // IPv6, where the operator disabled it (conf.all.disable_ipv6=1), and on a
 // kernel without addr_gen_mode (before 4.11), where it could not stay
-// silent.
-func setupTUN6(name string) error {
+// silent. It reports whether the device takes IPv6.
+func setupTUN6(name string) (bool, error) {
 	dir := "ipv6/conf/" + name + "/"
 	if _, err := os.Stat(sysctlRoot + "/" + dir); errors.Is(err, os.ErrNotExist) {
-		return nil
+		return false, nil
 	}
 	all, err := readSysctl("ipv6/conf/all/disable_ipv6")
 	if err != nil {
-		return err
+		return false, err
 	}
 	_, err = os.Stat(sysctlRoot + "/" + dir + "addr_gen_mode")
 	if all == "1" || errors.Is(err, os.ErrNotExist) {
-		return writeSysctl(dir+"disable_ipv6", "1")
+		return false, writeSysctl(dir+"disable_ipv6", "1")
 	}
 	for _, kv := range [][2]string{
 		{"addr_gen_mode", "1"}, // IN6_ADDR_GEN_MODE_NONE (include/uapi/linux/if_link.h)
@@ -155,10 +156,10 @@ func setupTUN6(name string) error {
 		{"disable_ipv6", "0"},
 	} {
 		if err := writeSysctl(dir+kv[0], kv[1]); err != nil {
-			return err
+			return false, err
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // write injects one IPv4 or IPv6 packet. It allocates nothing.

@@ -85,13 +85,16 @@ const (
 	// Its clock is wrong; fed to the replay window, its numbers would make
 	// the sender's genuine ones look old once its clock is put right.
 	RecvFutureSequence
+	// RecvIPv6Off: an IPv6 packet, but this node's TUN device takes none
+	// (IPv6 is off on the host): the kernel would drop it unseen.
+	RecvIPv6Off
 	recvDropReasonCount
 )
 
 // String returns the reason's label: an envelope reason ("bad_tag"), an
 // inner packet reason prefixed "inner_" ("inner_bad_checksum"), or
 // "not_peer", "replayed", "duplicate", "truncated", "inject_failed",
-// "future_sequence".
+// "future_sequence", "ipv6_off".
 func (r RecvDropReason) String() string {
 	switch {
 	case r == 0:
@@ -111,6 +114,8 @@ func (r RecvDropReason) String() string {
 		return "inject_failed"
 	case r == RecvFutureSequence:
 		return "future_sequence"
+	case r == RecvIPv6Off:
+		return "ipv6_off"
 	}
 	return "unknown"
 }
@@ -336,6 +341,9 @@ func (rv *receiver) handle(i int) RecvDropReason {
 		if !window.Check(env.Seq) {
 			return RecvReplayed
 		}
+	}
+	if f.Src.Is6() && !rv.tun.ipv6 {
+		return RecvIPv6Off
 	}
 	if rv.r.dedup.seen(rv.r.dedup.key(f.Src, f.Dst, f.ICMP), rv.now) {
 		return RecvDuplicate
