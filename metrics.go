@@ -28,10 +28,9 @@ type relayMetrics struct {
 	peerUnreachable []*metrics.Counter
 
 	// The udp relay's receive side.
-	relayRecv        *metrics.Counter
-	injected         *metrics.Counter
-	relaySocketDrops *metrics.Counter
-	relayDropped     [recvDropReasonCount]*metrics.Counter
+	relayRecv    *metrics.Counter
+	injected     *metrics.Counter
+	relayDropped [recvDropReasonCount]*metrics.Counter
 }
 
 // quote renders a Prometheus label value.
@@ -40,9 +39,12 @@ func quote(v string) string {
 	return `"` + r.Replace(v) + `"`
 }
 
+// nodeLabels renders the label set of the per-node series.
+func nodeLabels(node string) string { return `{node=` + quote(node) + `}` }
+
 func newRelayMetrics(node string, mode Mode, peers []netip.Addr) *relayMetrics {
 	s := metrics.NewSet()
-	n := `{node=` + quote(node) + `}`
+	n := nodeLabels(node)
 	m := &relayMetrics{
 		set:       s,
 		recv:      s.NewCounter("go_pmtud_recv_packets_total" + n),
@@ -56,7 +58,6 @@ func newRelayMetrics(node string, mode Mode, peers []netip.Addr) *relayMetrics {
 	if mode == ModeUDP {
 		m.relayRecv = s.NewCounter("go_pmtud_relay_received_total" + n)
 		m.injected = s.NewCounter("go_pmtud_relay_injected_total" + n)
-		m.relaySocketDrops = s.NewCounter("go_pmtud_relay_socket_drops_total" + n)
 		for _, r := range RecvDropReasons() {
 			m.relayDropped[r] = s.NewCounter(fmt.Sprintf("go_pmtud_relay_dropped_total{node=%s,reason=%s}", quote(node), quote(r.String())))
 		}

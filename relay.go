@@ -241,6 +241,10 @@ func (r *Relay) openUDP() error {
 		r.tun = nil
 		return err
 	}
+	// The kernel counts the drops; the series reads its count at scrape time.
+	r.m.set.NewGauge("go_pmtud_relay_socket_drops_total"+nodeLabels(c.NodeName), func() float64 {
+		return float64(r.recv.socketDrops())
+	})
 	if len(c.Keys) == 0 {
 		r.log.Warn("the udp relay is unauthenticated: datagrams are accepted from the peers' addresses, unverified; give --relay-key-file")
 	}
@@ -602,7 +606,7 @@ func (r *Relay) Stats() Stats {
 	}
 	if r.m.relayRecv != nil {
 		s.RelayReceived = r.m.relayRecv.Get()
-		s.SocketDrops = r.m.relaySocketDrops.Get()
+		s.SocketDrops = r.recv.socketDrops()
 		s.Injected = r.m.injected.Get()
 		s.RelayDropped = make(map[RecvDropReason]uint64)
 		for _, d := range RecvDropReasons() {

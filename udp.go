@@ -169,12 +169,6 @@ type receiver struct {
 	lastLog time.Time
 	now     uint64 // dedup time of the batch in hand
 	nowUnix uint64 // Unix seconds of the batch in hand
-
-	// The socket's drop count (SO_MEMINFO), read after each recvmmsg:
-	// datagrams the kernel dropped because the receive buffer was full.
-	meminfo   [skMeminfoVars]uint32
-	drops     uint32 // as last read
-	dropDelta uint32 // new drops, for run to count
 }
 
 // SK_MEMINFO_VARS and SK_MEMINFO_DROPS (include/uapi/linux/sock_diag.h):
@@ -248,22 +242,25 @@ func (rv *receiver) recvmmsg(fd uintptr) bool {
 			return false
 		}
 		rv.n, rv.errno = int(n), errno
-		rv.readDrops(fd)
 		return true
 	}
 }
 
-// readDrops reads the socket's drop count and leaves what is new since the
-// last read in dropDelta. It allocates nothing.
-func (rv *receiver) readDrops(fd uintptr) {
-	l := uint32(len(rv.meminfo) * 4)
-	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO,
-		uintptr(unsafe.Pointer(&rv.meminfo[0])), uintptr(unsafe.Pointer(&l)), 0)
-	if errno != 0 || l < (skMeminfoDrops+1)*4 {
-		return
+// socketDrops returns how many datagrams the kernel dropped because the
+// socket's receive buffer was full (SO_MEMINFO's drop count, kept by the
+// kernel for the socket's life: a counter). It is read when the metrics
+// are, not on the receive path; 0 once the socket is closed.
+func (rv *receiver) socketDrops() uint64 {
+	var info [skMeminfoVars]uint32
+	l := uint32(len(info) * 4)
+	var errno syscall.Errno
+	if err := rv.rc.Control(func(fd uintptr) {
+		_, _, errno = unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO,
+			uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&l)), 0)
+	}); err != nil || errno != 0 || l < (skMeminfoDrops+1)*4 {
+		return 0
 	}
-	d := rv.meminfo[skMeminfoDrops]
-	rv.dropDelta, rv.drops = d-rv.drops, d
+	return uint64(info[skMeminfoDrops])
 }
 
 // run receives until the socket is closed.
@@ -271,10 +268,6 @@ func (rv *receiver) run() error {
 	for {
 		if err := rv.rc.Read(rv.recvFn); err != nil {
 			return nil // closed
-		}
-		if rv.dropDelta > 0 {
-			rv.r.m.relaySocketDrops.Add(int(rv.dropDelta))
-			rv.dropDelta = 0
 		}
 		if rv.errno != 0 {
 			rv.r.m.errors.Inc()
