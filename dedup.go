@@ -20,10 +20,9 @@ import (
 // word, takes no lock and allocates nothing. A slot holds the top 40 bits
 // of the hash and a 24-bit millisecond timestamp (it wraps every 4.6 hours;
 // an entry more than 2.3 hours old aliasing a new one costs one missed
-// copy). Slots
-// pair into buckets of two; a third ICMP in a full bucket evicts the older
-// entry: the table may forget, it never drops a first sight, except for a
-// 2^-40 chance of a tag collision.
+// copy). Slots pair into buckets of two; a third ICMP in a full bucket
+// evicts the older entry: the table may forget, it never drops a first
+// sight, except for a 2^-40 chance of a tag collision.
 type dedup struct {
 	seed   maphash.Seed
 	slots  []atomic.Uint64
@@ -89,15 +88,15 @@ func (d *dedup) seen(key, now uint64) bool {
 	}
 	i := key & d.mask &^ 1
 	a, b := &d.slots[i], &d.slots[i+1]
-	tag := key &^ dedupTimeMax
 	va, vb := a.Load(), b.Load()
-	if va&^dedupTimeMax == tag && age(va, now) < d.window || vb&^dedupTimeMax == tag && age(vb, now) < d.window {
+	if d.holds(va, key, now) || d.holds(vb, key, now) {
 		return true
 	}
+	v := key&^dedupTimeMax | now&dedupTimeMax
 	if age(va, now) >= age(vb, now) {
-		a.Store(tag | now&dedupTimeMax)
+		a.Store(v)
 	} else {
-		b.Store(tag | now&dedupTimeMax)
+		b.Store(v)
 	}
 	return false
 }
@@ -109,9 +108,13 @@ func (d *dedup) contains(key, now uint64) bool {
 		return false
 	}
 	i := key & d.mask &^ 1
-	tag := key &^ dedupTimeMax
-	va, vb := d.slots[i].Load(), d.slots[i+1].Load()
-	return va&^dedupTimeMax == tag && age(va, now) < d.window || vb&^dedupTimeMax == tag && age(vb, now) < d.window
+	return d.holds(d.slots[i].Load(), key, now) || d.holds(d.slots[i+1].Load(), key, now)
+}
+
+// holds reports whether slot value v records key within the window before
+// now.
+func (d *dedup) holds(v, key, now uint64) bool {
+	return v&^dedupTimeMax == key&^dedupTimeMax && age(v, now) < d.window
 }
 
 // age returns how many milliseconds before now slot value v was stored.
