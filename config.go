@@ -227,9 +227,10 @@ func (c *Config) Validate() error {
 		if q == 0 {
 			q = nl.DefaultQThreshold
 		}
-		if inFlight := max(c.Workers, 1) * min(q, maxBatchPackets); inFlight > wire.ReplayWindowSize {
+		w, batch := max(c.Workers, 1), min(q, maxBatchPackets)
+		if w*batch > wire.ReplayWindowSize {
 			return fmt.Errorf("%d workers × %d packets per NFLOG batch put %d sequence numbers in flight, more than the peers' replay window of %d: lower --workers or --nflog-qthreshold",
-				max(c.Workers, 1), min(q, maxBatchPackets), inFlight, wire.ReplayWindowSize)
+				w, batch, w*batch, wire.ReplayWindowSize)
 		}
 	}
 	if c.RateLimit < 0 || c.RateLimit > MaxRateLimit {

@@ -2,9 +2,9 @@ package wire
 
 import "strconv"
 
-// Error is why ParseFragNeeded or ParsePacketTooBig rejected a packet. Its String (and Error) is a
-// metric label such as "bad_checksum". Error values are small integers, so
-// returning one as an error allocates nothing.
+// Error is why ParseFragNeeded or ParsePacketTooBig rejected a packet. Its
+// String (and Error) is a metric label such as "bad_checksum". Error values
+// are small integers, so returning one as an error allocates nothing.
 type Error uint8
 
 const (

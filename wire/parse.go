@@ -37,10 +37,11 @@ type Flow struct {
 }
 
 // FragNeeded is a validated ICMPv4 Destination Unreachable / Fragmentation
-// Needed packet, or an ICMPv6 Packet Too Big (see ParsePacketTooBig). Packet and ICMP are views into the parsed buffer, valid as
-// long as it is (for an nl.Packet, until the next Read into its Batch); their
-// capacity ends with the packet, so appending to them never overwrites bytes
-// that follow.
+// Needed packet, or an ICMPv6 Packet Too Big (see ParsePacketTooBig).
+// Packet and ICMP are views into the parsed buffer, valid as long as it is
+// (for an nl.Packet, until the next Read into its Batch); their capacity
+// ends with the packet, so appending to them never overwrites bytes that
+// follow.
 type FragNeeded struct {
 	Src, Dst netip.Addr // outer source (the router) and destination
 	TTL      uint8      // outer TTL or hop limit
@@ -130,10 +131,16 @@ func parseQuoted(f *Flow, q []byte) bool {
 	if binary.BigEndian.Uint16(q[6:8])&ipv4FragOff != 0 {
 		return true
 	}
+	f.setPorts(q[ihl:])
+	return true
+}
+
+// setPorts reads the ports from l4, the quoted transport header (at least
+// 4 bytes), when f.Proto has them in its first 4 bytes.
+func (f *Flow) setPorts(l4 []byte) {
 	switch f.Proto {
 	case protoTCP, protoUDP, protoSCTP, protoUDPLite:
-		f.SrcPort = binary.BigEndian.Uint16(q[ihl : ihl+2])
-		f.DstPort = binary.BigEndian.Uint16(q[ihl+2 : ihl+4])
+		f.SrcPort = binary.BigEndian.Uint16(l4[0:2])
+		f.DstPort = binary.BigEndian.Uint16(l4[2:4])
 	}
-	return true
 }

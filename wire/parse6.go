@@ -114,10 +114,6 @@ func parseQuoted6(f *Flow, q []byte) bool {
 	f.Src = netip.AddrFrom16([16]byte(q[8:24]))
 	f.Dst = netip.AddrFrom16([16]byte(q[24:40]))
 	f.Proto = q[6]
-	switch f.Proto {
-	case protoTCP, protoUDP, protoSCTP, protoUDPLite:
-		f.SrcPort = binary.BigEndian.Uint16(q[40:42])
-		f.DstPort = binary.BigEndian.Uint16(q[42:44])
-	}
+	f.setPorts(q[ipv6HeaderLen:])
 	return true
 }

@@ -88,7 +88,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.IntVar(&o.workers, "workers", 1, "send sockets, each with its own goroutine locked to an OS thread (1..16)")
 	fs.StringVar(&o.split, "split", "batch", "how several workers divide the work: batch (each takes whole NFLOG datagrams) or peer (each sends every ICMP to its share of the peers)")
 	fs.DurationVar(&o.dedupWindow, "dedup-window", pmtud.DefaultDedupWindow, "an ICMP relayed or injected is not relayed again within this window (loop safety of the udp relay; 0 disables)")
-	fs.IntVar(&o.rateLimit, "rate-limit", 0, "ICMPs this node relays per second at most, each to every peer, with a burst of one second's worth (0: no limit); the rest are dropped as rate_limited")
+	fs.IntVar(&o.rateLimit, "rate-limit", 0, "ICMPs this node relays per second on average, each to every peer, in bursts of up to that many (0: no limit); the rest are dropped as rate_limited")
 	fs.StringVar(&o.cpus, "cpus", "", "CPU list such as 2,3 or 2-3: pins the worker threads, round-robin (default: not pinned)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
