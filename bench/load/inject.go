@@ -131,13 +131,20 @@ func newInjector(ns *netlab.NS, dst netip.Addr, t template) (*injector, error) {
 		in.bufs[i] = append([]byte(nil), t.pkt...)
 		in.iovs[i].Base = &in.bufs[i][0]
 		in.iovs[i].SetLen(len(t.pkt))
-		h := &in.msgs[i].Hdr
-		h.Name = (*byte)(unsafe.Pointer(&in.dst))
+	}
+	pointMsgs(in.msgs, in.iovs, &in.dst)
+	return in, nil
+}
+
+// pointMsgs makes msgs[i] send iovs[i], one iovec, to dst.
+func pointMsgs(msgs []unix.Mmsghdr, iovs []unix.Iovec, dst *unix.RawSockaddrInet4) {
+	for i := range msgs {
+		h := &msgs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(dst))
 		h.Namelen = unix.SizeofSockaddrInet4
-		h.Iov = &in.iovs[i]
+		h.Iov = &iovs[i]
 		h.Iovlen = 1
 	}
-	return in, nil
 }
 
 // close closes the socket.

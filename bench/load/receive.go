@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -219,14 +218,10 @@ func newPeerSender(ns *netlab.NS, t template, key wire.Key, slots int) (*peerSen
 	}
 	s.iovs = make([]unix.Iovec, maxMmsg)
 	s.msgs = make([]unix.Mmsghdr, maxMmsg)
-	for i := range s.msgs {
+	for i := range s.iovs {
 		s.iovs[i].SetLen(s.slotLen)
-		h := &s.msgs[i].Hdr
-		h.Name = (*byte)(unsafe.Pointer(&s.dst))
-		h.Namelen = unix.SizeofSockaddrInet4
-		h.Iov = &s.iovs[i]
-		h.Iovlen = 1
 	}
+	pointMsgs(s.msgs, s.iovs, &s.dst)
 	return s, nil
 }
 

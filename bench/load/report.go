@@ -100,6 +100,21 @@ func verdict(l load, source string) string {
 	return "fell behind"
 }
 
+// result returns the sweep's best step and the prefix its line needs when
+// source (the injector, the sender) was the limit, or writes that no rate
+// was held and returns false.
+func (s sweep) result(line func(string, string, ...any), source string) (load, string, bool) {
+	if s.best < 0 {
+		line("sweep", "no rate held (loss < %.1f %%, lag < %v)", 100*lossLimit, lagLimit)
+		return load{}, "", false
+	}
+	prefix := ""
+	if s.limited {
+		prefix = "at least (" + source + " limited) "
+	}
+	return s.steps[s.best], prefix, true
+}
+
 // printSweep writes the sweep's steps and its result.
 func (r *report) printSweep(line func(string, string, ...any)) {
 	s := r.sweep
@@ -108,14 +123,9 @@ func (r *report) printSweep(line func(string, string, ...any)) {
 		line("sweep step", "target %7.0f ICMP/s: injected %7.0f/s, arrived %8.0f/s, loss %.3f %%, lag %4.0f ms, nflog lost %.0f, other CPU %.2f s, %s",
 			l.target, l.inj.rate(), l.outRate(), 100*l.loss(), ms(l.lag().Seconds()), l.daemon.lost, l.cpu.others().Seconds(), verdict)
 	}
-	if s.best < 0 {
-		line("sweep", "no rate held (loss < %.1f %%, lag < %v)", 100*lossLimit, lagLimit)
+	b, prefix, ok := s.result(line, "injector")
+	if !ok {
 		return
-	}
-	b := s.steps[s.best]
-	prefix := ""
-	if s.limited {
-		prefix = "at least (injector limited) "
 	}
 	line("sweep", "%s%.0f ICMP/s held (loss < %.1f %%, lag < %v) -> %.0f packets/s replicated (%.1f %% of ceiling), %v runs",
 		prefix, b.inj.rate(), 100*lossLimit, lagLimit, b.outRate(), 100*b.outRate()/r.ceiling.rate, r.opts.sweepStep)
@@ -190,14 +200,9 @@ func (r *report) printReceiveSweep(line func(string, string, ...any)) {
 			l.target, l.inj.rate(), l.outRate(), 100*l.loss(), ms(l.lag().Seconds()), l.kernel.rcvbufErrors,
 			l.daemon.relayDropped, l.cpu.self.Seconds(), l.cpu.others().Seconds(), verdict(l, "sender"))
 	}
-	if s.best < 0 {
-		line("sweep", "no rate held (loss < %.1f %%, lag < %v)", 100*lossLimit, lagLimit)
+	b, prefix, ok := s.result(line, "sender")
+	if !ok {
 		return
-	}
-	b := s.steps[s.best]
-	prefix := ""
-	if s.limited {
-		prefix = "at least (sender limited) "
 	}
 	line("sweep", "%s%.0f datagrams/s held (loss < %.1f %%, lag < %v) -> %.0f packets/s injected, %v runs",
 		prefix, b.inj.rate(), 100*lossLimit, lagLimit, b.outRate(), r.opts.sweepStep)
