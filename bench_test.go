@@ -218,8 +218,9 @@ func BenchmarkRelayBatch(b *testing.B) {
 const ipv6Bench Mode = 1 << 7
 
 // tooBig6 appends to b what a Linux router sends over IPv6 (1280 bytes, a
-// Packet Too Big quoting a TCP packet) with seq in the quoted sequence
-// number; into a b of that capacity, it allocates nothing.
+// Packet Too Big from netlab.RouterLoopback6 to netlab.Anycast6, MTU 1400,
+// quoting a TCP packet to netlab.ClientAddr6) with seq in the quoted
+// sequence number; into a b of that capacity, it allocates nothing.
 func tooBig6(b []byte, seq uint32) []byte {
 	var q [1280 - 48]byte
 	q[0] = 6 << 4

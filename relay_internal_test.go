@@ -219,13 +219,7 @@ func renumber(pkts [][]byte, n uint32) {
 // every peer like an IPv4 one, and deduplicates it; the icmp relay drops it
 // by reason, allocating nothing either way.
 func TestIPv6PacketTooBig(t *testing.T) {
-	quoted := make([]byte, 48)
-	quoted[0] = 6 << 4
-	quoted[6] = unix.IPPROTO_TCP
-	a, c := netlab.Anycast6.As16(), netlab.ClientAddr6.As16()
-	copy(quoted[8:], a[:])
-	copy(quoted[24:], c[:])
-	ptb := wire.AppendPacketTooBig(nil, netlab.RouterLoopback6, netlab.Anycast6, 64, 1400, quoted)
+	ptb := tooBig6(nil, 0)
 	for _, mode := range []Mode{ModeUDP, ModeICMP} {
 		t.Run(mode.String(), func(t *testing.T) {
 			r, _ := newTestRelay(t, mode, 1, testKeys(mode)...)
@@ -298,10 +292,7 @@ func TestRateLimit(t *testing.T) {
 // being written where the kernel would drop it unseen; IPv4 still flows.
 // With IPv6 on, the same datagram is injected.
 func TestIPv6OffIsCounted(t *testing.T) {
-	quoted := make([]byte, 48)
-	quoted[0] = 6 << 4
-	quoted[6] = unix.IPPROTO_TCP
-	ptb := wire.AppendPacketTooBig(nil, netlab.RouterLoopback6, netlab.Anycast6, 64, 1400, quoted)
+	ptb := tooBig6(nil, 0)
 	frag := distinctFragNeeded(1)[0]
 	for _, ipv6Off := range []bool{false, true} {
 		lab := netlab.NewT(t)
