@@ -127,8 +127,12 @@ type Config struct {
 	// LocalAddrs are all of the node's own addresses. ICMPs from them are
 	// never replicated, and they are removed from Peers.
 	LocalAddrs []netip.Addr
-	// Peers are the nodes that get a copy of every accepted ICMP.
+	// Peers are the nodes that get a copy of every accepted ICMP, until
+	// Relay.SetPeers replaces them.
 	Peers []netip.Addr
+	// DynamicPeers says that a peer source calls Relay.SetPeers at run
+	// time, so Peers may start empty (ICMPs are then dropped as no_peers).
+	DynamicPeers bool
 	// IgnoreNetworks: ICMPs whose outer source lies inside one of them are
 	// never replicated.
 	IgnoreNetworks []netip.Prefix
@@ -206,15 +210,13 @@ func (c *Config) Validate() error {
 	if c.TTL < 1 || c.TTL > 255 {
 		return fmt.Errorf("ttl %d is outside 1..255", c.TTL)
 	}
-	if len(c.Peers) == 0 {
-		return errors.New("no peers: give --peers a comma-separated list of node addresses")
+	if len(c.Peers) == 0 && !c.DynamicPeers {
+		return errors.New("no peers: give --peers a comma-separated list of node addresses, --peers-file or --peers-from kubernetes")
 	}
-	for _, p := range c.Peers {
-		if !p.Is4() {
-			return fmt.Errorf("peer %v is not an IPv4 address", p)
-		}
+	if err := checkPeers(c.Peers); err != nil {
+		return err
 	}
-	if len(c.RemotePeers()) == 0 {
+	if len(c.RemotePeers()) == 0 && !c.DynamicPeers {
 		return fmt.Errorf("no peers left after removing the node's own addresses from %v", c.Peers)
 	}
 	// Workers take sequence numbers concurrently; what one worker holds

@@ -48,7 +48,8 @@ const (
 // A fanout is owned by one goroutine; close it only when that goroutine
 // no longer sends.
 type fanout struct {
-	fd int
+	fd   int
+	port uint16 // destination port; 0 for raw sockets
 
 	peers []netip.Addr
 	parts int                     // iovecs per message: 1, or 2 with a header
@@ -127,35 +128,55 @@ func newFanout(fd int, name string, peers []netip.Addr, port uint16, parts int) 
 		unix.Close(fd)
 		return nil, fmt.Errorf("pmtud: %s socket: set SO_SNDTIMEO: %w", name, err)
 	}
+	f := &fanout{fd: fd, port: port, parts: parts}
+	f.setPeers(peers)
+	return f, nil
+}
+
+// setPeers prebuilds the messages to peers, which the fanout keeps (the
+// caller must not modify them). It reuses the fanout's buffers and
+// allocates only when a set needs larger ones than any before; call it
+// when the peer set changes, not per batch. With more than maxMmsg peers a
+// group is one payload, whose messages sendmmsg takes in several calls.
+func (f *fanout) setPeers(peers []netip.Addr) {
 	p := len(peers)
-	group := max(1, maxMmsg/p) // payloads per group: one sendmmsg's worth
-	f := &fanout{
-		fd:          fd,
-		peers:       peers,
-		parts:       parts,
-		addrs:       make([]unix.RawSockaddrInet4, p),
-		iovs:        make([]unix.Iovec, group*parts),
-		msgs:        make([]unix.Mmsghdr, group*p),
-		errs:        make([]uint64, p),
-		sent:        make([]uint64, p),
-		sendErr:     make([]uint64, p),
-		unreachable: make([]uint64, p),
+	group := 0 // payloads per group: one sendmmsg's worth
+	if p > 0 {
+		group = max(1, maxMmsg/p)
 	}
+	f.peers = peers
+	f.addrs = resize(f.addrs, p)
+	f.iovs = resize(f.iovs, group*f.parts)
+	f.msgs = resize(f.msgs, group*p)
+	f.errs = resize(f.errs, p)
+	f.sent = resize(f.sent, p)
+	f.sendErr = resize(f.sendErr, p)
+	f.unreachable = resize(f.unreachable, p)
 	for j, a := range peers {
 		f.addrs[j] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
 		// sin_port is in network byte order.
-		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&f.addrs[j].Port))[:], port)
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&f.addrs[j].Port))[:], f.port)
 	}
 	for i := range group {
 		for j := range f.addrs {
 			h := &f.msgs[i*p+j].Hdr
 			h.Name = (*byte)(unsafe.Pointer(&f.addrs[j]))
 			h.Namelen = unix.SizeofSockaddrInet4
-			h.Iov = &f.iovs[i*parts]
-			h.SetIovlen(parts)
+			h.Iov = &f.iovs[i*f.parts]
+			h.SetIovlen(f.parts)
 		}
 	}
-	return f, nil
+}
+
+// resize returns s with length n and every element zero, reusing its
+// array when it is large enough.
+func resize[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	s = s[:n]
+	clear(s)
+	return s
 }
 
 // send sends every payload, preceded by its header when the fanout has two
@@ -165,6 +186,9 @@ func newFanout(fd int, name string, peers []netip.Addr, port uint16, parts int) 
 // successes in f.sent.
 func (f *fanout) send(heads, payloads [][]byte) {
 	p := len(f.peers)
+	if p == 0 {
+		return // no peers: nothing to send
+	}
 	for len(payloads) > 0 {
 		g := min(len(payloads), len(f.iovs)/f.parts)
 		for i, b := range payloads[:g] {

@@ -2,15 +2,16 @@ package pmtud
 
 import (
 	"fmt"
-	"net/netip"
 	"strings"
+	"sync/atomic"
 
 	"github.com/VictoriaMetrics/metrics"
 )
 
 // relayMetrics are the Prometheus series of one Relay. All are created up
-// front (and again when the peer set changes), never per packet, so an
-// update is one atomic add.
+// front, never per packet, so an update is one atomic add. The per-peer
+// series live in the peer set (peerState) and are written from the set in
+// force at scrape time (Relay.writePeerMetrics).
 type relayMetrics struct {
 	set *metrics.Set
 
@@ -22,10 +23,12 @@ type relayMetrics struct {
 	malformed  *metrics.Counter
 	dropped    [dropReasonCount]*metrics.Counter
 	duration   *metrics.PrometheusHistogram
-	peerSent   []*metrics.Counter
-	peerErrors []*metrics.Counter
-	// udp relay: ICMP errors reported for copies to each peer.
-	peerUnreachable []*metrics.Counter
+	// sendErrors counts copies the kernel refused, all peers, including
+	// peers that have left since.
+	sendErrors atomic.Uint64
+
+	// go_pmtud_peer_updates_total by result.
+	updApplied, updUnchanged, updError *metrics.Counter
 
 	// The udp relay's receive side.
 	relayRecv    *metrics.Counter
@@ -42,7 +45,9 @@ func quote(v string) string {
 // nodeLabels renders the label set of the per-node series.
 func nodeLabels(node string) string { return `{node=` + quote(node) + `}` }
 
-func newRelayMetrics(node string, mode Mode, peers []netip.Addr) *relayMetrics {
+// newRelayMetrics creates the relay's series; peers reports the number of
+// peers in force.
+func newRelayMetrics(node string, mode Mode, peers func() int) *relayMetrics {
 	s := metrics.NewSet()
 	n := nodeLabels(node)
 	m := &relayMetrics{
@@ -65,14 +70,10 @@ func newRelayMetrics(node string, mode Mode, peers []netip.Addr) *relayMetrics {
 	for _, r := range DropReasons() {
 		m.dropped[r] = s.NewCounter(fmt.Sprintf("go_pmtud_dropped_packets_total{node=%s,reason=%s}", quote(node), quote(r.String())))
 	}
-	s.NewGauge("go_pmtud_peers"+n, func() float64 { return float64(len(peers)) })
-	for _, p := range peers {
-		l := fmt.Sprintf("{node=%s,peer=%s}", quote(node), quote(p.String()))
-		m.peerSent = append(m.peerSent, s.NewCounter("go_pmtud_sent_packets_peer"+l))
-		m.peerErrors = append(m.peerErrors, s.NewCounter("go_pmtud_sent_error_peer_total"+l))
-		if mode == ModeUDP {
-			m.peerUnreachable = append(m.peerUnreachable, s.NewCounter("go_pmtud_relay_unreachable_total"+l))
-		}
+	s.NewGauge("go_pmtud_peers"+n, func() float64 { return float64(peers()) })
+	upd := func(result string) *metrics.Counter {
+		return s.NewCounter(fmt.Sprintf("go_pmtud_peer_updates_total{node=%s,result=%s}", quote(node), quote(result)))
 	}
+	m.updApplied, m.updUnchanged, m.updError = upd("applied"), upd("unchanged"), upd("error")
 	return m
 }

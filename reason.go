@@ -26,6 +26,9 @@ const (
 	DropIPv6ICMPRelay
 	// DropRateLimited: relaying it would exceed Config.RateLimit.
 	DropRateLimited
+	// DropNoPeers: the peer set in force is empty (a peer source has not
+	// produced one yet, or the cluster has no other node).
+	DropNoPeers
 	// dropReasonCount bounds the enum for iteration.
 	dropReasonCount
 )
@@ -51,6 +54,8 @@ func (r DropReason) String() string {
 		return "ipv6_icmp_relay"
 	case DropRateLimited:
 		return "rate_limited"
+	case DropNoPeers:
+		return "no_peers"
 	}
 	if r > 0 && r < DropReason(wire.ErrorCount) {
 		return wire.Error(r).String()

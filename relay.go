@@ -24,7 +24,8 @@ import (
 const logEvery = 10 * time.Second
 
 // Relay replicates the frag-needed ICMPs of one NFLOG group to every peer.
-// Create it with New, run it with Run.
+// Create it with New, run it with Run; SetPeers changes the peers while it
+// runs.
 //
 // One goroutine reads NFLOG datagrams into jobs from a small pool. Each
 // worker owns a send socket and an OS thread (pinned with Config.CPUs).
@@ -32,10 +33,16 @@ const logEvery = 10 * time.Second
 // (parse, policy, dedup, seal) and sends it to every peer. With SplitPeer
 // the reader prepares the job and every worker sends it to its share of
 // the peers; the last one done returns it to the pool.
+//
+// Everything derived from the peers is one immutable peerSet behind an
+// atomic pointer. A job records the set it uses from preparation until it
+// returns to the pool; SetPeers publishes a new set, then waits until no
+// job holds the old one.
 type Relay struct {
 	cfg    Config
 	log    *slog.Logger
-	peers  []netip.Addr
+	set    atomic.Pointer[peerSet]
+	setMu  sync.Mutex // serialises SetPeers
 	policy policy
 	m      *relayMetrics
 
@@ -45,6 +52,7 @@ type Relay struct {
 	workers []*worker
 	tun     *tunDevice // udp relay only
 	recv    *receiver  // udp relay only
+	jobs    []*job     // the pool, every job
 	free    chan *job  // jobs ready to be read into
 	work    chan *job  // SplitBatch: jobs ready to be handled
 
@@ -68,6 +76,9 @@ type job struct {
 	heads    [][]byte                 // udp relay: views into hdrs, one per payload
 	hdrs     [][wire.EnvelopeLen]byte // udp relay: sealed envelope headers
 	pending  atomic.Int32             // SplitPeer: workers still sending it
+	// set is the peer set the job is prepared and sent with; nil while it
+	// is in the pool.
+	set atomic.Pointer[peerSet]
 }
 
 func newJob() *job {
@@ -88,14 +99,16 @@ type preparer struct {
 }
 
 // worker sends jobs with its own socket, to all peers (SplitBatch) or to
-// peers[base:base+len(fan.peers)] (SplitPeer).
+// its share of them, addrs[base:base+len(fan.peers)] (SplitPeer).
 type worker struct {
 	r       *Relay
+	i, n    int       // worker i of n
 	cpu     int       // -1: not pinned
 	pre     *preparer // SplitBatch only
 	in      chan *job // SplitPeer only
 	fan     *fanout
-	base    int // index of fan.peers[0] in r.peers
+	set     *peerSet // the set fan's messages are built for
+	base    int      // index of fan.peers[0] in set.addrs
 	lastLog time.Time
 }
 
@@ -127,23 +140,25 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	peers := cfg.RemotePeers()
 	n := max(cfg.Workers, 1)
 	r := &Relay{
 		cfg:    cfg,
 		log:    log,
-		peers:  peers,
-		policy: newPolicy(&cfg, peers),
+		policy: policy{ignore: cfg.IgnoreNetworks},
 		dedup:  newDedup(cfg.DedupWindow),
 		limit:  newLimiter(cfg.RateLimit),
-		m:      newRelayMetrics(cfg.NodeName, cfg.Mode, peers),
 		// Two jobs per worker keep every worker busy while the reader fills
 		// the next one; one more is in the reader's hands.
 		free: make(chan *job, 2*n+1),
 		work: make(chan *job, 2*n+1),
 	}
+	r.set.Store(newPeerSet(&r.cfg, nil, cfg.Peers))
+	r.m = newRelayMetrics(cfg.NodeName, cfg.Mode, func() int { return len(r.set.Load().addrs) })
+	r.m.set.RegisterMetricsWriter(r.writePeerMetrics)
 	for range cap(r.free) {
-		r.free <- newJob()
+		j := newJob()
+		r.jobs = append(r.jobs, j)
+		r.free <- j
 	}
 	if cfg.Mode == ModeUDP {
 		r.seq = wire.NewSequence(time.Now())
@@ -153,7 +168,6 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) {
 		}
 	}
 	if cfg.Split == SplitPeer {
-		n = min(n, len(peers)) // a worker without peers would idle
 		var err error
 		if r.pre, err = r.newPreparer(); err != nil {
 			r.closeWorkers() // and the udp relay's TUN device and socket
@@ -197,15 +211,12 @@ func (r *Relay) newPreparer() (*preparer, error) {
 // newWorker opens worker i of n's send socket.
 func (r *Relay) newWorker(i, n int) (*worker, error) {
 	c := &r.cfg
-	w := &worker{r: r, cpu: -1}
+	w := &worker{r: r, i: i, n: n, cpu: -1}
 	if len(c.CPUs) > 0 {
 		w.cpu = c.CPUs[i%len(c.CPUs)]
 	}
-	peers := r.peers
+	set := r.set.Load()
 	if c.Split == SplitPeer {
-		// Worker i sends to peers[lo:hi]: shares differ by one at most.
-		lo, hi := i*len(peers)/n, (i+1)*len(peers)/n
-		w.base, peers = lo, peers[lo:hi]
 		w.in = make(chan *job, cap(r.free))
 	} else {
 		var err error
@@ -215,14 +226,32 @@ func (r *Relay) newWorker(i, n int) (*worker, error) {
 	}
 	var err error
 	if c.Mode == ModeICMP {
-		w.fan, err = newICMPFanout(c.Source, c.TTL, peers)
+		w.fan, err = newICMPFanout(c.Source, c.TTL, nil)
 	} else {
-		w.fan, err = newUDPFanout(c.Source, c.TTL, peers, c.RelayPort)
+		w.fan, err = newUDPFanout(c.Source, c.TTL, nil, c.RelayPort)
 	}
 	if w.fan != nil {
 		w.fan.stopping = &r.stopping
+		w.use(set)
 	}
 	return w, err
+}
+
+// use rebuilds the worker's messages for the peer set s, unless they are
+// built for it already. Worker i of n sends to all of s's peers
+// (SplitBatch) or to addrs[lo:hi] (SplitPeer: shares differ by one at
+// most). It allocates only when the set has changed.
+func (w *worker) use(s *peerSet) {
+	if w.set == s {
+		return
+	}
+	peers, base := s.addrs, 0
+	if w.r.cfg.Split == SplitPeer {
+		lo, hi := w.i*len(peers)/w.n, (w.i+1)*len(peers)/w.n
+		peers, base = peers[lo:hi], lo
+	}
+	w.fan.setPeers(peers)
+	w.set, w.base = s, base
 }
 
 // openUDP creates the udp relay's TUN device and receive socket.
@@ -250,10 +279,6 @@ func (r *Relay) openUDP() error {
 	}
 	return nil
 }
-
-// Peers returns the peers that get copies: the configured ones without
-// duplicates and without the node's own addresses.
-func (r *Relay) Peers() []netip.Addr { return r.peers }
 
 // Run reads, validates and replicates until ctx is done or reading fails
 // for good. On cancellation it finishes the batches in hand, closes its
@@ -361,9 +386,11 @@ func (r *Relay) dispatch(j *job) {
 	}
 }
 
-// done records a finished job and returns it to the pool.
+// done records a finished job, releases its peer set and returns it to the
+// pool.
 func (r *Relay) done(j *job) {
 	r.m.duration.UpdateDuration(j.start)
+	j.set.Store(nil)
 	r.free <- j
 }
 
@@ -412,6 +439,7 @@ func (w *worker) handle(j *job) {
 func (p *preparer) prepare(j *job) {
 	r := p.r
 	b := j.batch
+	set := r.acquire(j)
 	j.start = time.Now()
 	now := r.dedup.now(j.start)
 	var lnow int64
@@ -438,12 +466,16 @@ func (p *preparer) prepare(j *job) {
 			}
 			continue
 		}
-		if reason := r.policy.check(&f); reason != 0 {
+		if reason := r.policy.check(&f, set); reason != 0 {
 			r.m.dropped[reason].Inc()
 			continue
 		}
 		if r.cfg.Mode == ModeICMP && f.Src.Is6() {
 			r.m.dropped[DropIPv6ICMPRelay].Inc()
+			continue
+		}
+		if len(set.addrs) == 0 {
+			r.m.dropped[DropNoPeers].Inc()
 			continue
 		}
 		key := r.dedup.key(f.Src, f.Dst, f.ICMP)
@@ -477,23 +509,26 @@ func (p *preparer) prepare(j *job) {
 	}
 }
 
-// send fans the job's payloads out to the worker's peers and moves the
-// per-peer tallies into the metrics.
+// send fans the job's payloads out to the worker's peers in the job's peer
+// set and moves the per-peer tallies into the metrics.
 func (w *worker) send(j *job) {
 	r, fan := w.r, w.fan
+	w.use(j.set.Load())
 	fan.send(j.heads, j.payloads)
+	state := w.set.state[w.base : w.base+len(fan.peers)]
 	var total uint64
-	for k := range fan.peers {
+	for k, st := range state {
 		if n := fan.sent[k]; n > 0 {
-			r.m.peerSent[w.base+k].AddInt64(int64(n))
+			st.sent.Add(n)
 			total += n
 		}
 		if n := fan.sendErr[k]; n > 0 {
-			r.m.peerErrors[w.base+k].AddInt64(int64(n))
+			st.errors.Add(n)
+			r.m.sendErrors.Add(n)
 			r.m.errors.AddInt64(int64(n))
 		}
 		if n := fan.unreachable[k]; n > 0 {
-			r.m.peerUnreachable[w.base+k].AddInt64(int64(n))
+			st.unreachable.Add(n)
 		}
 	}
 	r.m.sent.AddInt64(int64(total))
@@ -567,8 +602,8 @@ type Stats struct {
 	Dropped    map[DropReason]uint64 // packets not replicated, by reason
 	Overruns   uint64                // ENOBUFS on the NFLOG socket
 	Lost       uint64                // packets the kernel dropped (sequence gaps)
-	// Unreachable counts, per peer, the ICMP errors (port unreachable: no
-	// go-pmtud listening) reported for udp relay copies.
+	// Unreachable counts, per peer in force, the ICMP errors (port
+	// unreachable: no go-pmtud listening) reported for udp relay copies.
 	Unreachable map[netip.Addr]uint64
 
 	// The udp relay's receive side.
@@ -582,21 +617,20 @@ type Stats struct {
 // tools, not the hot path.
 func (r *Relay) Stats() Stats {
 	s := Stats{
-		Received: r.m.recv.Get(),
-		Sent:     r.m.sent.Get(),
-		Dropped:  make(map[DropReason]uint64),
-		Overruns: r.m.overruns.Get(),
-		Lost:     r.m.lost.Get(),
+		Received:   r.m.recv.Get(),
+		Sent:       r.m.sent.Get(),
+		SendErrors: r.m.sendErrors.Load(),
+		Dropped:    make(map[DropReason]uint64),
+		Overruns:   r.m.overruns.Get(),
+		Lost:       r.m.lost.Get(),
 	}
-	for _, c := range r.m.peerErrors {
-		s.SendErrors += c.Get()
-	}
-	for k, c := range r.m.peerUnreachable {
-		if n := c.Get(); n > 0 {
+	set := r.set.Load()
+	for k, st := range set.state {
+		if n := st.unreachable.Load(); n > 0 {
 			if s.Unreachable == nil {
 				s.Unreachable = make(map[netip.Addr]uint64)
 			}
-			s.Unreachable[r.peers[k]] = n
+			s.Unreachable[set.addrs[k]] = n
 		}
 	}
 	for _, d := range DropReasons() {

@@ -343,3 +343,89 @@ func TestIPv6OffIsCounted(t *testing.T) {
 		}
 	}
 }
+
+// publish makes s the relay's peer set as SetPeers does, without building
+// it: a prebuilt set swaps in without allocating, so allocation tests can
+// swap concurrently.
+func (r *Relay) publish(s *peerSet) {
+	r.setMu.Lock()
+	defer r.setMu.Unlock()
+	prev := r.set.Swap(s)
+	r.quiesce(prev)
+}
+
+// TestRelayAllocsWhileSwapping: the per-batch path allocates nothing while
+// another goroutine swaps the peer set back and forth, and every batch
+// goes to the peers of one set: node 3 is a peer only in the first set, so
+// it gets fewer copies than node 0, which is in both, and the per-peer
+// counts add up to the total.
+func TestRelayAllocsWhileSwapping(t *testing.T) {
+	for _, tc := range []struct {
+		mode  Mode
+		split Split
+	}{{ModeICMP, SplitBatch}, {ModeUDP, SplitBatch}, {ModeUDP, SplitPeer}} {
+		t.Run(tc.mode.String()+"/"+tc.split.String(), func(t *testing.T) {
+			r, _ := newTestRelaySplit(t, tc.mode, tc.split, 2, 1, testKeys(tc.mode)...)
+			full := r.set.Load()
+			part := newPeerSet(&r.cfg, full, []netip.Addr{netlab.NodeAddr(0), netlab.NodeAddr(2)})
+			good := distinctFragNeeded(64)
+			j := newJob()
+			for _, p := range good {
+				j.batch.Packets = append(j.batch.Packets, nl.Packet{Payload: p})
+			}
+			n := uint32(0)
+			run := func() {
+				n++
+				renumber(good, n)
+				process(r, j)
+				j.set.Store(nil) // as done does
+			}
+			// Warm up with both sets: the fan-out's buffers grow to the
+			// larger of the two, once.
+			run()
+			r.publish(part)
+			run()
+			stop := make(chan struct{})
+			swapped := make(chan int)
+			go func() {
+				k := 0
+				for {
+					select {
+					case <-stop:
+						swapped <- k
+						return
+					default:
+					}
+					if k%2 == 0 {
+						r.publish(full)
+					} else {
+						r.publish(part)
+					}
+					k++
+					time.Sleep(50 * time.Microsecond)
+				}
+			}()
+			allocs := testing.AllocsPerRun(200, run)
+			close(stop)
+			k := <-swapped
+			if allocs != 0 {
+				t.Fatalf("a batch allocates %.1f times while the peer set is swapped (%d swaps), want 0", allocs, k)
+			}
+			if k < 2 {
+				t.Fatalf("only %d swaps happened during the measurement", k)
+			}
+			st := r.Stats()
+			sent := func(a netip.Addr) uint64 { return full.state[full.index[a]].sent.Load() }
+			var sum uint64
+			for _, a := range full.addrs {
+				sum += sent(a)
+			}
+			if sum != st.Sent || st.SendErrors != 0 {
+				t.Fatalf("per-peer copies add up to %d, total %d, send errors %d", sum, st.Sent, st.SendErrors)
+			}
+			if in, out := sent(netlab.NodeAddr(0)), sent(netlab.NodeAddr(3)); out == 0 || out >= in || in%64 != 0 || out%64 != 0 {
+				t.Fatalf("node 0 (both sets) got %d copies, node 3 (first set only) %d: want both whole batches, fewer for node 3", in, out)
+			}
+		})
+	}
+}

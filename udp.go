@@ -152,9 +152,6 @@ type receiver struct {
 	rc     syscall.RawConn
 	tun    *tunDevice
 	opener *wire.Opener
-	// replay holds one window per peer; a source without one is no peer.
-	// Built once: the receive path only looks up.
-	replay map[netip.Addr]*wire.ReplayWindow
 
 	bufs  []byte // recvBatch * recvBufLen
 	iovs  []unix.Iovec
@@ -167,6 +164,9 @@ type receiver struct {
 	recvFn func(fd uintptr) bool
 
 	lastLog time.Time
+	// set is the peer set the batch in hand is judged by: a source that is
+	// not in it is no peer; each peer's replay window is its state's.
+	set     *peerSet
 	now     uint64 // dedup time of the batch in hand
 	nowUnix uint64 // Unix seconds of the batch in hand
 }
@@ -204,14 +204,10 @@ func newReceiver(r *Relay, src netip.Addr, port uint16, tun *tunDevice, opener *
 		rc:     rc,
 		tun:    tun,
 		opener: opener,
-		replay: make(map[netip.Addr]*wire.ReplayWindow, len(r.peers)),
 		bufs:   make([]byte, recvBatch*recvBufLen),
 		iovs:   make([]unix.Iovec, recvBatch),
 		names:  make([]unix.RawSockaddrInet4, recvBatch),
 		msgs:   make([]unix.Mmsghdr, recvBatch),
-	}
-	for _, p := range r.peers {
-		rv.replay[p] = new(wire.ReplayWindow)
 	}
 	for i := range rv.msgs {
 		rv.iovs[i].Base = &rv.bufs[i*recvBufLen]
@@ -289,8 +285,10 @@ func (rv *receiver) run() error {
 	}
 }
 
-// stamp sets the time handle judges the datagrams in hand by.
+// stamp sets the time and the peer set handle judges the datagrams in hand
+// by.
 func (rv *receiver) stamp(t time.Time) {
+	rv.set = rv.r.set.Load()
 	rv.now = rv.r.dedup.now(t)
 	rv.nowUnix = uint64(t.Unix())
 }
@@ -304,10 +302,11 @@ func (rv *receiver) handle(i int) RecvDropReason {
 	}
 	sa := &rv.names[i]
 	src := netip.AddrFrom4(sa.Addr)
-	window, ok := rv.replay[src]
+	k, ok := rv.set.index[src]
 	if !ok || sa.Family != unix.AF_INET {
 		return RecvNotPeer
 	}
+	window := &rv.set.state[k].replay
 	d := rv.bufs[i*recvBufLen : i*recvBufLen+int(m.Len)]
 	env, err := rv.opener.Open(d, src)
 	if err != nil {

@@ -1,0 +1,204 @@
+package pmtud
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/go-pmtud/go-pmtud/wire"
+)
+
+// MaxPeers is the most peers a relay takes: far above any cluster's node
+// count, so a larger set can only be a mistake, and it bounds what a bad
+// peers file or API answer can make the relay allocate.
+const MaxPeers = 65536
+
+// peerSet is everything derived from one set of peers. It is immutable once
+// published through Relay.set; a batch keeps the one it started with, so
+// the hot path reads it without a lock.
+type peerSet struct {
+	addrs []netip.Addr
+	// state[k] belongs to addrs[k]; a peer present in two consecutive sets
+	// keeps its *peerState, so its counters and replay window carry over.
+	state []*peerState
+	// index maps a peer's address to its position (the receive side's
+	// peer check).
+	index map[netip.Addr]int
+	// guard maps the addresses whose ICMPs are copies (peers, own
+	// addresses) to the reason they are dropped. A map lookup on a
+	// netip.Addr hashes a 24-byte value and allocates nothing.
+	guard map[netip.Addr]DropReason
+}
+
+// peerState is what a relay keeps per peer across peer-set changes.
+type peerState struct {
+	// labels is the series' label set, {node="…",peer="…"}, rendered once.
+	labels string
+	// Copies sent to the peer, copies the kernel refused, and ICMP errors
+	// reported for copies (udp relay).
+	sent, errors, unreachable atomic.Uint64
+	// replay is the peer's replay window. Only the receiver's goroutine
+	// touches it.
+	replay wire.ReplayWindow
+}
+
+// newPeerSet derives a peer set from addrs: without duplicates and without
+// the node's own addresses, in the order given. State of peers in prev
+// carries over. It allocates the whole set; it is not for the hot path.
+func newPeerSet(c *Config, prev *peerSet, addrs []netip.Addr) *peerSet {
+	s := &peerSet{
+		index: make(map[netip.Addr]int, len(addrs)),
+		guard: make(map[netip.Addr]DropReason, len(addrs)+len(c.LocalAddrs)+1),
+	}
+	own := make(map[netip.Addr]bool, len(c.LocalAddrs)+1)
+	own[c.Source] = true
+	for _, a := range c.LocalAddrs {
+		own[a.Unmap()] = true
+	}
+	for _, a := range addrs {
+		a = a.Unmap()
+		if own[a] {
+			continue
+		}
+		if _, dup := s.index[a]; dup {
+			continue
+		}
+		var st *peerState
+		if prev != nil {
+			if k, ok := prev.index[a]; ok {
+				st = prev.state[k]
+			}
+		}
+		if st == nil {
+			st = &peerState{labels: fmt.Sprintf("{node=%s,peer=%s}", quote(c.NodeName), quote(a.String()))}
+		}
+		s.index[a] = len(s.addrs)
+		s.addrs = append(s.addrs, a)
+		s.state = append(s.state, st)
+		s.guard[a] = DropFromPeer
+	}
+	// Own addresses win over peers: the same address in both lists is ours.
+	for a := range own {
+		s.guard[a] = DropFromSelf
+	}
+	return s
+}
+
+// diff counts the peers of s that are not in prev (added) and those of
+// prev that are not in s (removed).
+func (s *peerSet) diff(prev *peerSet) (added, removed int) {
+	for _, a := range s.addrs {
+		if _, ok := prev.index[a]; !ok {
+			added++
+		}
+	}
+	return added, len(prev.addrs) - (len(s.addrs) - added)
+}
+
+// PeerChange says what a SetPeers call changed.
+type PeerChange struct {
+	Added, Removed int // peers that joined and left
+	Peers          int // peers in force now
+}
+
+// SetPeers makes addrs the relay's peers, while packets flow: the node's
+// own addresses and duplicates are left out, peers present before keep
+// their counters and replay window. A batch in progress finishes with the
+// peers it started with; SetPeers returns once no batch uses the previous
+// set, so a peer that left gets no copy after it returns, and a peer that
+// joined gets copies from the next batch on. It logs one line per change
+// and counts the update in go_pmtud_peer_updates_total (applied or
+// unchanged); an address that is not IPv4, or more than MaxPeers, leave
+// the set in force and count as error. Calls are serialised; it allocates
+// the new set and is meant for peer sources, not the packet path.
+func (r *Relay) SetPeers(addrs []netip.Addr) (PeerChange, error) {
+	r.setMu.Lock()
+	defer r.setMu.Unlock()
+	if err := checkPeers(addrs); err != nil {
+		r.m.updError.Inc()
+		return PeerChange{Peers: len(r.set.Load().addrs)}, err
+	}
+	prev := r.set.Load()
+	s := newPeerSet(&r.cfg, prev, addrs)
+	added, removed := s.diff(prev)
+	ch := PeerChange{Added: added, Removed: removed, Peers: len(s.addrs)}
+	if added == 0 && removed == 0 {
+		r.m.updUnchanged.Inc()
+		return ch, nil
+	}
+	r.set.Store(s)
+	r.quiesce(prev)
+	r.m.updApplied.Inc()
+	r.log.Info("peer set changed", "added", added, "removed", removed, "peers", len(s.addrs))
+	return ch, nil
+}
+
+// PeerUpdateFailed records that a peer source could not produce a set:
+// the one in force stays, go_pmtud_peer_updates_total{result="error"}
+// counts it, and one line is logged.
+func (r *Relay) PeerUpdateFailed(err error) {
+	r.m.updError.Inc()
+	r.log.Warn("peer update failed; the peers in force stay", "peers", len(r.set.Load().addrs), "err", err)
+}
+
+// checkPeers reports what makes addrs unusable as a peer set.
+func checkPeers(addrs []netip.Addr) error {
+	if len(addrs) > MaxPeers {
+		return fmt.Errorf("%d peers: at most %d are supported", len(addrs), MaxPeers)
+	}
+	for _, a := range addrs {
+		if !a.Unmap().Is4() {
+			return fmt.Errorf("peer %v is not an IPv4 address", a)
+		}
+	}
+	return nil
+}
+
+// acquire returns the peer set in force and records in j that the job
+// uses it, until release. The second load closes the race with SetPeers:
+// a set that was replaced between the load and the record is not used.
+func (r *Relay) acquire(j *job) *peerSet {
+	for {
+		s := r.set.Load()
+		j.set.Store(s)
+		if r.set.Load() == s {
+			return s
+		}
+	}
+}
+
+// quiesce waits until no job of the relay's pool uses prev. A job holds a
+// set for one batch: microseconds, or a send timeout at worst.
+func (r *Relay) quiesce(prev *peerSet) {
+	for _, j := range r.jobs {
+		for j.set.Load() == prev {
+			time.Sleep(20 * time.Microsecond)
+		}
+	}
+}
+
+// Peers returns the peers that get copies now: the configured or last set
+// without duplicates and without the node's own addresses. The caller must
+// not modify it.
+func (r *Relay) Peers() []netip.Addr { return r.set.Load().addrs }
+
+// writePeerMetrics writes the per-peer series of the peers in force, so
+// series are bounded by the current set: a peer that left has none.
+func (r *Relay) writePeerMetrics(w io.Writer) {
+	s := r.set.Load()
+	for _, st := range s.state {
+		metrics.WriteCounterUint64(w, "go_pmtud_sent_packets_peer"+st.labels, st.sent.Load())
+	}
+	for _, st := range s.state {
+		metrics.WriteCounterUint64(w, "go_pmtud_sent_error_peer_total"+st.labels, st.errors.Load())
+	}
+	if r.cfg.Mode == ModeUDP {
+		for _, st := range s.state {
+			metrics.WriteCounterUint64(w, "go_pmtud_relay_unreachable_total"+st.labels, st.unreachable.Load())
+		}
+	}
+}
