@@ -15,14 +15,14 @@ import (
 type relayMetrics struct {
 	set *metrics.Set
 
-	recv       *metrics.Counter
-	sent       *metrics.Counter
-	errors     *metrics.Counter
-	overruns   *metrics.Counter
-	lost       *metrics.Counter
-	malformed  *metrics.Counter
-	dropped    [dropReasonCount]*metrics.Counter
-	duration   *metrics.PrometheusHistogram
+	recv      *metrics.Counter
+	sent      *metrics.Counter
+	errors    *metrics.Counter
+	overruns  *metrics.Counter
+	lost      *metrics.Counter
+	malformed *metrics.Counter
+	dropped   [dropReasonCount]*metrics.Counter
+	duration  *metrics.PrometheusHistogram
 	// sendErrors counts copies the kernel refused, all peers, including
 	// peers that have left since.
 	sendErrors atomic.Uint64
