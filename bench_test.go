@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -45,11 +46,119 @@ func sinkPeers(tb testing.TB, p int) (*netlab.NS, []netip.Addr) {
 	tb.Cleanup(func() { unix.Close(fd) })
 	ns.MustRun(tb, "ip", "link", "set", "sink0", "up")
 	ns.MustRun(tb, "ip", "addr", "add", "198.18.50.1/24", "dev", "sink0")
+	if p <= 245 {
+		peers := make([]netip.Addr, p)
+		for i := range peers {
+			peers[i] = netip.AddrFrom4([4]byte{198, 18, 50, byte(10 + i)})
+		}
+		return ns, peers
+	}
+	ns.MustRun(tb, "ip", "route", "add", "198.18.64.0/18", "dev", "sink0")
+	return ns, manyPeers(p)
+}
+
+// manyPeers returns p addresses from 198.18.64.0/18.
+func manyPeers(p int) []netip.Addr {
 	peers := make([]netip.Addr, p)
 	for i := range peers {
-		peers[i] = netip.AddrFrom4([4]byte{198, 18, 50, byte(10 + i)})
+		peers[i] = netip.AddrFrom4([4]byte{198, 18, byte(64 + i>>8), byte(i)})
 	}
-	return ns, peers
+	return peers
+}
+
+// TestFanoutSplitsLargePeerSets: with 1,000 and 1,500 peers (one payload's
+// messages fill or overflow one sendmmsg call of at most 1,024), every
+// peer gets every payload of a 64-payload batch, with no error, and the
+// fan-out allocates nothing per batch.
+func TestFanoutSplitsLargePeerSets(t *testing.T) {
+	for _, p := range []int{1000, 1500} {
+		t.Run(fmt.Sprintf("P=%d", p), func(t *testing.T) {
+			ns, peers := sinkPeers(t, p)
+			var fan *fanout
+			if err := ns.Do(func() (err error) {
+				fan, err = newICMPFanout(netip.MustParseAddr("198.18.50.1"), 10, peers)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer fan.close()
+			payloads := benchPayloads(64)
+			fan.send(nil, payloads)
+			for k, n := range fan.sent {
+				if n != 64 || fan.sendErr[k] != 0 {
+					t.Fatalf("peer %d of %d: %d sent, %d errors (last %v); want 64 and none", k, p, n, fan.sendErr[k], fan.lastErrno)
+				}
+			}
+			if allocs := testing.AllocsPerRun(5, func() { fan.send(nil, payloads) }); allocs != 0 {
+				t.Fatalf("a batch to %d peers allocates %.1f times", p, allocs)
+			}
+		})
+	}
+}
+
+// BenchmarkPeerSet measures a 5,000-peer set: building it from the
+// previous one (50 peers replaced, so state carries over for the rest),
+// swapping it into a running relay with two workers (each rebuilds its
+// sendmmsg messages for the next batch), and the memory a set holds.
+func BenchmarkPeerSet(b *testing.B) {
+	const p = 5000
+	base := manyPeers(p + 50)
+	setA, setB := base[:p], base[50:]
+	cfg := Config{NodeName: "bench", Source: netip.MustParseAddr("198.18.50.1"), TTL: 10}
+	b.Run("build/P=5000", func(b *testing.B) {
+		prev := newPeerSet(&cfg, nil, setA)
+		b.ReportAllocs()
+		for i := range b.N {
+			next := setB
+			if i%2 == 1 {
+				next = setA
+			}
+			prev = newPeerSet(&cfg, prev, next)
+		}
+	})
+	b.Run("memory/P=5000", func(b *testing.B) {
+		var keep []*peerSet
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		for range b.N {
+			keep = append(keep, newPeerSet(&cfg, nil, setA))
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(len(keep)), "heap-B/set")
+		runtime.KeepAlive(keep)
+	})
+	b.Run("swap/P=5000", func(b *testing.B) {
+		ns, _ := sinkPeers(b, 1)
+		c := cfg
+		c.Peers, c.Workers, c.NFLOG = setA, 2, nl.Config{Group: 33}
+		var r *Relay
+		if err := ns.Do(func() (err error) {
+			r, err = New(c, nil)
+			return err
+		}); err != nil {
+			b.Fatal(err)
+		}
+		defer r.Close()
+		j := newJob()
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := range b.N {
+			next := setB
+			if i%2 == 1 {
+				next = setA
+			}
+			if ch, err := r.SetPeers(next); err != nil || ch.Added != 50 {
+				b.Fatalf("SetPeers: %+v, %v", ch, err)
+			}
+			// The next batch of each worker rebuilds its messages.
+			for _, w := range r.workers {
+				w.use(r.acquire(j))
+			}
+			j.set.Store(nil)
+		}
+	})
 }
 
 // benchPayloads returns n distinct frag-needed ICMP messages of a typical

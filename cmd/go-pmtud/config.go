@@ -18,39 +18,48 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/go-pmtud/go-pmtud"
+	"github.com/go-pmtud/go-pmtud/internal/peers"
 	"github.com/go-pmtud/go-pmtud/nl"
 	"github.com/go-pmtud/go-pmtud/wire"
 )
 
 // options are the command line as given, before resolution.
 type options struct {
-	peers          string
-	iface          string
-	nodeName       string
-	group          uint
-	metricsPort    uint
-	metricsAddress string
-	ttl            int
-	ignoreNetworks string
-	logLevel       string
-	relay          string
-	qthreshold     uint
-	timeout        time.Duration
-	bufsize        uint
-	workers        int
-	cpus           string
-	relayPort      uint
-	relayKeyFile   string
-	tunName        string
-	tunAddress     string
-	dedupWindow    time.Duration
-	split          string
-	rateLimit      int
+	peers           string
+	peersFile       string
+	peersFrom       string
+	kubeconfig      string
+	nodeSelector    string
+	nodeAddressType string
+	iface           string
+	nodeName        string
+	group           uint
+	metricsPort     uint
+	metricsAddress  string
+	ttl             int
+	ignoreNetworks  string
+	logLevel        string
+	relay           string
+	qthreshold      uint
+	timeout         time.Duration
+	bufsize         uint
+	workers         int
+	cpus            string
+	relayPort       uint
+	relayKeyFile    string
+	tunName         string
+	tunAddress      string
+	dedupWindow     time.Duration
+	split           string
+	rateLimit       int
 }
 
 // settings is the resolved configuration of one run.
 type settings struct {
-	relay       pmtud.Config
+	relay pmtud.Config
+	// The peer source, when not --peers: a file, or the Kubernetes API.
+	peersFile   string
+	kube        *peers.KubernetesConfig
 	metricsAddr string // host:port, empty to serve no metrics
 	logLevel    slog.Level
 }
@@ -68,7 +77,12 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	// Errors are reported by the caller in one line; the usage is printed
 	// only when asked for.
 	fs.SetOutput(io.Discard)
-	fs.StringVar(&o.peers, "peers", "", "comma-separated IPv4 addresses of the peer nodes that get a copy of every ICMP (own addresses are removed)")
+	fs.StringVar(&o.peers, "peers", "", "comma-separated IPv4 addresses of the peer nodes that get a copy of every ICMP (own addresses are removed); one of --peers, --peers-file, --peers-from")
+	fs.StringVar(&o.peersFile, "peers-file", "", "file of peer addresses (separated by commas, blank space or newlines; # comments), read again when it changes, as a mounted ConfigMap does")
+	fs.StringVar(&o.peersFrom, "peers-from", "", "kubernetes: the peers are the Node objects' addresses, followed through the API")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "with --peers-from kubernetes: kubeconfig file (default: the in-cluster service account)")
+	fs.StringVar(&o.nodeSelector, "node-selector", "", "with --peers-from kubernetes: label selector of the nodes that are peers (default: all)")
+	fs.StringVar(&o.nodeAddressType, "node-address-type", "InternalIP", "with --peers-from kubernetes: the node address type that is a peer's address: InternalIP or ExternalIP")
 	fs.StringVar(&o.iface, "iface", "", "cluster interface: copies leave from its first IPv4 address that is not link-local (default: the interface of the default route)")
 	fs.StringVar(&o.nodeName, "nodename", "", "node name for the metrics' node label (default $NODE_NAME, then the hostname)")
 	fs.UintVar(&o.group, "nflog-group", 33, "NFLOG group the iptables rule logs to (0..65535)")
@@ -93,7 +107,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stderr)
-			fmt.Fprintln(stderr, "Usage: go-pmtud --peers IP,IP,... [flags]; every flag also as PMTUD_<NAME>")
+			fmt.Fprintln(stderr, "Usage: go-pmtud (--peers IP,IP,... | --peers-file PATH | --peers-from kubernetes) [flags]; every flag also as PMTUD_<NAME>")
 			fs.PrintDefaults()
 			return o, err
 		}
@@ -137,8 +151,8 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 	if c.Mode, err = pmtud.ParseMode(o.relay); err != nil {
 		return s, fmt.Errorf("--relay: %w", err)
 	}
-	if c.Peers, err = parseAddrs(o.peers); err != nil {
-		return s, fmt.Errorf("--peers: %w", err)
+	if err := resolvePeers(o, &s); err != nil {
+		return s, err
 	}
 	if c.IgnoreNetworks, err = parsePrefixes(o.ignoreNetworks); err != nil {
 		return s, fmt.Errorf("--ignore-networks: %w", err)
@@ -253,6 +267,52 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 		s.metricsAddr = net.JoinHostPort(c.Source.String(), strconv.Itoa(int(o.metricsPort)))
 	}
 	return s, c.Validate()
+}
+
+// resolvePeers checks that exactly one peer source is given and fills in
+// its settings: the static list, the file's path or the Kubernetes
+// selection.
+func resolvePeers(o options, s *settings) error {
+	given := 0
+	for _, v := range []string{o.peers, o.peersFile, o.peersFrom} {
+		if v != "" {
+			given++
+		}
+	}
+	switch {
+	case given == 0:
+		return errors.New("no peers: give --peers IP,IP,..., --peers-file PATH or --peers-from kubernetes")
+	case given > 1:
+		return errors.New("give exactly one of --peers, --peers-file and --peers-from")
+	case o.peersFrom != "" && o.peersFrom != "kubernetes":
+		return fmt.Errorf("--peers-from %q: the only source is kubernetes", printable(o.peersFrom))
+	}
+	if o.peersFrom == "" {
+		for _, f := range []struct{ name, v, unset string }{
+			{"--kubeconfig", o.kubeconfig, ""}, {"--node-selector", o.nodeSelector, ""}, {"--node-address-type", o.nodeAddressType, "InternalIP"},
+		} {
+			if f.v != f.unset {
+				return fmt.Errorf("%s applies only with --peers-from kubernetes", f.name)
+			}
+		}
+	}
+	var err error
+	switch {
+	case o.peers != "":
+		if s.relay.Peers, err = parseAddrs(o.peers); err != nil {
+			return fmt.Errorf("--peers: %w", err)
+		}
+	case o.peersFile != "":
+		s.peersFile = o.peersFile
+		s.relay.DynamicPeers = true
+	default:
+		if o.nodeAddressType != "InternalIP" && o.nodeAddressType != "ExternalIP" {
+			return fmt.Errorf("--node-address-type %q: want InternalIP or ExternalIP", printable(o.nodeAddressType))
+		}
+		s.kube = &peers.KubernetesConfig{Kubeconfig: o.kubeconfig, NodeSelector: o.nodeSelector, AddressType: o.nodeAddressType}
+		s.relay.DynamicPeers = true
+	}
+	return nil
 }
 
 func parseAddrs(s string) ([]netip.Addr, error) {

@@ -137,6 +137,29 @@ func TestResolve(t *testing.T) {
 		{name: "log level", args: []string{"--peers", "198.18.0.11", "--log-level", "loud"}, env: env(), wantErr: "--log-level"},
 		{name: "metrics address", args: []string{"--peers", "198.18.0.11", "--metrics-address", "nope"}, env: env(), wantErr: "--metrics-address"},
 		{name: "bad environment", args: nil, env: env("PMTUD_TTL", "ten"), wantErr: `invalid value "ten" for PMTUD_TTL`},
+		{name: "two peer sources", args: []string{"--peers", "198.18.0.11", "--peers-file", "/etc/peers"}, env: env(), wantErr: "exactly one of --peers, --peers-file and --peers-from"},
+		{name: "peers and kubernetes from the environment", args: []string{"--peers", "198.18.0.11"}, env: env("PMTUD_PEERS_FROM", "kubernetes"), wantErr: "exactly one"},
+		{name: "unknown peer source", args: []string{"--peers-from", "consul"}, env: env(), wantErr: `--peers-from "consul": the only source is kubernetes`},
+		{name: "selector without kubernetes", args: []string{"--peers", "198.18.0.11", "--node-selector", "a=b"}, env: env(), wantErr: "--node-selector applies only with --peers-from kubernetes"},
+		{name: "kubeconfig without kubernetes", args: []string{"--peers-file", "/etc/peers", "--kubeconfig", "/k"}, env: env(), wantErr: "--kubeconfig applies only"},
+		{name: "address type", args: []string{"--peers-from", "kubernetes", "--node-address-type", "Hostname"}, env: env(), wantErr: `--node-address-type "Hostname": want InternalIP or ExternalIP`},
+		{
+			name: "peers file", args: []string{"--peers-file", "/etc/go-pmtud/peers"}, env: env(),
+			check: func(t *testing.T, s settings) {
+				if s.peersFile != "/etc/go-pmtud/peers" || !s.relay.DynamicPeers || s.kube != nil || len(s.relay.Peers) != 0 {
+					t.Errorf("settings %+v, want the file as the dynamic source", s)
+				}
+			},
+		},
+		{
+			name: "kubernetes from the environment", args: nil,
+			env: env("PMTUD_PEERS_FROM", "kubernetes", "PMTUD_NODE_SELECTOR", "pmtud=on", "PMTUD_NODE_ADDRESS_TYPE", "ExternalIP", "PMTUD_KUBECONFIG", "/k"),
+			check: func(t *testing.T, s settings) {
+				if k := s.kube; k == nil || k.NodeSelector != "pmtud=on" || k.AddressType != "ExternalIP" || k.Kubeconfig != "/k" || !s.relay.DynamicPeers {
+					t.Errorf("kubernetes settings %+v, relay dynamic %v", k, s.relay.DynamicPeers)
+				}
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -161,11 +184,20 @@ func TestResolve(t *testing.T) {
 }
 
 func TestBadConfigurationExitsWithUsageStatus(t *testing.T) {
+	dir := t.TempDir()
+	badPeers, v6Peers := dir+"/bad", dir+"/v6"
+	os.WriteFile(badPeers, []byte("198.18.0.11\nnode-b\n"), 0o644)
+	os.WriteFile(v6Peers, []byte("2001:db8::2\n"), 0o644)
 	for _, args := range [][]string{
 		{"--peers", "not-an-ip"},
 		{"--ttl", "x"},
 		{"--peers", "198.18.0.11", "--iface", "no-such-interface-0"},
 		{"stray-argument"},
+		{"--peers-file", "/nonexistent/peers"},
+		{"--peers-file", badPeers},
+		{"--peers-file", v6Peers},
+		{"--peers-from", "kubernetes", "--kubeconfig", "/nonexistent/kubeconfig"},
+		{"--peers-from", "kubernetes", "--node-selector", "a b c", "--kubeconfig", "/nonexistent/kubeconfig"},
 	} {
 		var stderr bytes.Buffer
 		if code := run(args, env(), &stderr); code != exitUsage {

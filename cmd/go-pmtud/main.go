@@ -50,6 +50,11 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		return exitUsage
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: s.logLevel}))
+	src, err := openSource(&s, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "go-pmtud: invalid configuration: %v\n", err)
+		return exitUsage
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -67,7 +72,10 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		log.Info("--ignore-networks is empty: only ICMPs from peers and own addresses are recognised as copies")
 	}
 	log.Info("go-pmtud started", "node", c.NodeName, "relay", c.Mode, "source", c.Source,
-		"peers", relay.Peers(), "nflog_group", c.NFLOG.Group, "ttl", c.TTL, "workers", max(c.Workers, 1), "cpus", c.CPUs, "ignore_networks", c.IgnoreNetworks)
+		"peer_source", src.name, "peers", len(relay.Peers()), "nflog_group", c.NFLOG.Group, "ttl", c.TTL, "workers", max(c.Workers, 1), "cpus", c.CPUs, "ignore_networks", c.IgnoreNetworks)
+	if len(relay.Peers()) <= 32 {
+		log.Info("peers", "addrs", relay.Peers())
+	}
 
 	var srv *http.Server
 	if s.metricsAddr != "" {
@@ -83,6 +91,13 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 			relay.WritePrometheus(w)
 		})
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if err := src.ready(); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			io.WriteString(w, "ok\n")
+		})
 		srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -92,7 +107,22 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		log.Info("serving metrics", "addr", ln.Addr().String())
 	}
 
-	err = relay.Run(ctx)
+	srcDone := make(chan error, 1)
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		err := src.run(runCtx, relay)
+		if err != nil {
+			log.Error("peer source failed", "source", src.name, "err", err)
+			cancel() // a daemon whose peers can no longer follow the cluster stops
+		}
+		srcDone <- err
+	}()
+	err = relay.Run(runCtx)
+	cancel()
+	if e := <-srcDone; e != nil {
+		err = errors.Join(err, e)
+	}
 	if srv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		srv.Shutdown(sctx)

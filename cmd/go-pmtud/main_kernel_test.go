@@ -1,15 +1,8 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"errors"
-	"io"
-	"net"
-	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -32,69 +25,16 @@ func TestDaemonServesMetricsAndStopsOnSIGTERM(t *testing.T) {
 	if err := netlab.InstallNFLOGRule(node, 33); err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(t.TempDir(), "go-pmtud")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	keyFile := filepath.Join(t.TempDir(), "keys")
-	if err := os.WriteFile(keyFile, []byte("1:"+strings.Repeat("5a", 32)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	cmd := exec.Command("ip", "netns", "exec", node.Name(), bin)
-	cmd.Env = append(os.Environ(),
+	bin, keyFile := buildDaemon(t), writeKeyFile(t)
+	d := startDaemon(t, bin, node, netlab.NodeAddr(1),
 		"PMTUD_PEERS="+netlab.NodeAddr(0).String()+","+netlab.NodeAddr(1).String(),
 		"PMTUD_IGNORE_NETWORKS=198.18.1.0/24",
 		"PMTUD_RELAY_KEY_FILE="+keyFile,
 		"NODE_NAME=node-b",
 	)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		cmd.Process.Kill()
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-		}
-	}()
-
-	// The metrics listener lives in the namespace: dial from there.
-	client := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (conn net.Conn, err error) {
-			err = node.Do(func() error {
-				conn, err = (&net.Dialer{Timeout: time.Second}).DialContext(ctx, network, addr)
-				return err
-			})
-			return conn, err
-		},
-	}, Timeout: 2 * time.Second}
-	url := "http://" + net.JoinHostPort(netlab.NodeAddr(1).String(), "30040") + "/metrics"
-	var body string
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := client.Get(url)
-		if err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			body = string(b)
-			break
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("go-pmtud exited early: %v\n%s", err, stderr.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no metrics at %s: %v\n%s", url, err, stderr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+	_, body := d.get("/metrics")
+	if code, ready := d.get("/readyz"); code != 200 {
+		t.Errorf("/readyz = %d %q with a static peer list, want 200", code, ready)
 	}
 	for _, series := range []string{
 		`go_pmtud_recv_packets_total{node="node-b"} 0`,
@@ -115,12 +55,17 @@ func TestDaemonServesMetricsAndStopsOnSIGTERM(t *testing.T) {
 		`go_pmtud_dropped_packets_total{node="node-b",reason="rate_limited"} 0`,
 		`go_pmtud_dropped_packets_total{node="node-b",reason="ipv6_icmp_relay"} 0`,
 		`go_pmtud_peers{node="node-b"} 1`,
+		`go_pmtud_dropped_packets_total{node="node-b",reason="no_peers"} 0`,
+		`go_pmtud_peer_updates_total{node="node-b",result="applied"} 0`,
+		`go_pmtud_peer_updates_total{node="node-b",result="unchanged"} 0`,
+		`go_pmtud_peer_updates_total{node="node-b",result="error"} 0`,
 	} {
 		if !strings.Contains(body, series+"\n") {
 			t.Errorf("/metrics lacks %q", series)
 		}
 	}
 
+	cmd, exited, stderr := d.cmd, d.exited, &d.stderr
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
