@@ -14,3 +14,27 @@ PREROUTING -p icmp --icmp-type fragmentation-needed -j NFLOG --nflog-group {{ .V
 {{- define "go-pmtud.rule6" -}}
 PREROUTING -p ipv6-icmp --icmpv6-type packet-too-big -j NFLOG --nflog-group {{ .Values.nflogGroup }}
 {{- end -}}
+
+{{/*
+Checks the values that decide which objects exist; included by configmap.yaml,
+which every rendering has.
+*/}}
+{{- define "go-pmtud.validate" -}}
+{{- if not (has .Values.peersFrom (list "kubernetes" "file" "static")) }}
+{{- fail (printf "values: peersFrom must be kubernetes, file or static, not %q" (toString .Values.peersFrom)) }}
+{{- end }}
+{{- if and (ne .Values.peersFrom "kubernetes") (not .Values.peers) }}
+{{- fail (printf "values: peersFrom %s needs peers, the nodes' cluster addresses (or use peersFrom: kubernetes)" .Values.peersFrom) }}
+{{- end }}
+{{- if not (has .Values.relay (list "udp" "icmp")) }}
+{{- fail "values: relay must be udp or icmp" }}
+{{- end }}
+{{- end -}}
+
+{{/* The directory the peers ConfigMap is mounted on (peersFrom: file), and the file in it. */}}
+{{- define "go-pmtud.peersDir" -}}
+/etc/go-pmtud-peers
+{{- end -}}
+{{- define "go-pmtud.peersFile" -}}
+{{ include "go-pmtud.peersDir" . }}/peers
+{{- end -}}
