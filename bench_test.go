@@ -99,7 +99,8 @@ func TestFanoutSplitsLargePeerSets(t *testing.T) {
 // BenchmarkPeerSet measures a 5,000-peer set: building it from the
 // previous one (50 peers replaced, so state carries over for the rest),
 // swapping it into a running relay with two workers (each rebuilds its
-// sendmmsg messages for the next batch), and the memory a set holds.
+// sendmmsg messages for the next batch), and the memory a set holds
+// (heap-B/set; with the udp relay each peer has a 1 KiB replay window).
 func BenchmarkPeerSet(b *testing.B) {
 	const p = 5000
 	base := manyPeers(p + 50)
@@ -116,19 +117,23 @@ func BenchmarkPeerSet(b *testing.B) {
 			prev = newPeerSet(&cfg, prev, next)
 		}
 	})
-	b.Run("memory/P=5000", func(b *testing.B) {
-		var keep []*peerSet
-		var before, after runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&before)
-		for range b.N {
-			keep = append(keep, newPeerSet(&cfg, nil, setA))
-		}
-		runtime.GC()
-		runtime.ReadMemStats(&after)
-		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(len(keep)), "heap-B/set")
-		runtime.KeepAlive(keep)
-	})
+	for _, mode := range []Mode{ModeICMP, ModeUDP} {
+		b.Run("memory/"+mode.String()+"/P=5000", func(b *testing.B) {
+			c := cfg
+			c.Mode = mode
+			var keep []*peerSet
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			for range b.N {
+				keep = append(keep, newPeerSet(&c, nil, setA))
+			}
+			runtime.GC()
+			runtime.ReadMemStats(&after)
+			b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(len(keep)), "heap-B/set")
+			runtime.KeepAlive(keep)
+		})
+	}
 	b.Run("swap/P=5000", func(b *testing.B) {
 		ns, _ := sinkPeers(b, 1)
 		c := cfg

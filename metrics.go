@@ -36,11 +36,12 @@ type relayMetrics struct {
 	relayDropped [recvDropReasonCount]*metrics.Counter
 }
 
+// labelEscaper escapes a Prometheus label value. A Replacer is safe for
+// concurrent use and never changes.
+var labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+
 // quote renders a Prometheus label value.
-func quote(v string) string {
-	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
-	return `"` + r.Replace(v) + `"`
-}
+func quote(v string) string { return `"` + labelEscaper.Replace(v) + `"` }
 
 // nodeLabels renders the label set of the per-node series.
 func nodeLabels(node string) string { return `{node=` + quote(node) + `}` }

@@ -41,9 +41,9 @@ type peerState struct {
 	// Copies sent to the peer, copies the kernel refused, and ICMP errors
 	// reported for copies (udp relay).
 	sent, errors, unreachable atomic.Uint64
-	// replay is the peer's replay window. Only the receiver's goroutine
-	// touches it.
-	replay wire.ReplayWindow
+	// replay is the peer's replay window (udp relay only: 1 KiB a peer).
+	// Only the receiver's goroutine touches it.
+	replay *wire.ReplayWindow
 }
 
 // newPeerSet derives a peer set from addrs: without duplicates and without
@@ -74,7 +74,10 @@ func newPeerSet(c *Config, prev *peerSet, addrs []netip.Addr) *peerSet {
 			}
 		}
 		if st == nil {
-			st = &peerState{labels: fmt.Sprintf("{node=%s,peer=%s}", quote(c.NodeName), quote(a.String()))}
+			st = &peerState{labels: "{node=" + quote(c.NodeName) + ",peer=" + quote(a.String()) + "}"}
+			if c.Mode == ModeUDP {
+				st.replay = new(wire.ReplayWindow)
+			}
 		}
 		s.index[a] = len(s.addrs)
 		s.addrs = append(s.addrs, a)

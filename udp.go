@@ -306,7 +306,7 @@ func (rv *receiver) handle(i int) RecvDropReason {
 	if !ok || sa.Family != unix.AF_INET {
 		return RecvNotPeer
 	}
-	window := &rv.set.state[k].replay
+	window := rv.set.state[k].replay
 	d := rv.bufs[i*recvBufLen : i*recvBufLen+int(m.Len)]
 	env, err := rv.opener.Open(d, src)
 	if err != nil {
