@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/go-pmtud/go-pmtud/bench/netlab"
+	"github.com/go-pmtud/go-pmtud/internal/transport"
 	"github.com/go-pmtud/go-pmtud/nl"
 	"github.com/go-pmtud/go-pmtud/wire"
 )
@@ -74,22 +75,23 @@ func TestFanoutSplitsLargePeerSets(t *testing.T) {
 	for _, p := range []int{1000, 1500} {
 		t.Run(fmt.Sprintf("P=%d", p), func(t *testing.T) {
 			ns, peers := sinkPeers(t, p)
-			var fan *fanout
+			var fan *transport.Fanout
 			if err := ns.Do(func() (err error) {
-				fan, err = newICMPFanout(netip.MustParseAddr("198.18.50.1"), 10, peers)
+				fan, err = transport.NewICMP(netip.MustParseAddr("198.18.50.1"), 10, peers)
 				return err
 			}); err != nil {
 				t.Fatal(err)
 			}
-			defer fan.close()
+			defer fan.Close()
 			payloads := benchPayloads(64)
-			fan.send(nil, payloads)
-			for k, n := range fan.sent {
-				if n != 64 || fan.sendErr[k] != 0 {
-					t.Fatalf("peer %d of %d: %d sent, %d errors (last %v); want 64 and none", k, p, n, fan.sendErr[k], fan.lastErrno)
+			fan.Send(nil, payloads)
+			tally := fan.Tally()
+			for k, n := range tally.Sent {
+				if n != 64 || tally.Errors[k] != 0 {
+					t.Fatalf("peer %d of %d: %d sent, %d errors (last %v); want 64 and none", k, p, n, tally.Errors[k], tally.LastErrno)
 				}
 			}
-			if allocs := testing.AllocsPerRun(5, func() { fan.send(nil, payloads) }); allocs != 0 {
+			if allocs := testing.AllocsPerRun(5, func() { fan.Send(nil, payloads) }); allocs != 0 {
 				t.Fatalf("a batch to %d peers allocates %.1f times", p, allocs)
 			}
 		})
@@ -207,23 +209,23 @@ func BenchmarkFanoutSendto(b *testing.B) {
 
 func benchSendmmsg(b *testing.B, p int) {
 	ns, peers := sinkPeers(b, p)
-	var fan *fanout
+	var fan *transport.Fanout
 	if err := ns.Do(func() (err error) {
-		fan, err = newICMPFanout(netip.MustParseAddr("198.18.50.1"), 10, peers)
+		fan, err = transport.NewICMP(netip.MustParseAddr("198.18.50.1"), 10, peers)
 		return err
 	}); err != nil {
 		b.Fatal(err)
 	}
-	defer fan.close()
+	defer fan.Close()
 	payloads := benchPayloads(64)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
-		fan.send(nil, payloads)
+		fan.Send(nil, payloads)
 	}
 	reportPackets(b, len(payloads)*p)
-	if fan.lastErrno != 0 {
-		b.Fatalf("send error: %v", fan.lastErrno)
+	if e := fan.Tally().LastErrno; e != 0 {
+		b.Fatalf("send error: %v", e)
 	}
 }
 
@@ -235,7 +237,7 @@ func benchSendto(b *testing.B, p int) {
 		if err != nil {
 			return err
 		}
-		return unix.SetsockoptInt(fd, unix.SOL_RAW, icmpFilter, -1)
+		return unix.SetsockoptInt(fd, unix.SOL_RAW, 1 /* ICMP_FILTER, include/uapi/linux/icmp.h */, -1)
 	}); err != nil {
 		b.Fatal(err)
 	}
@@ -378,9 +380,8 @@ func BenchmarkReceiveInject(b *testing.B) {
 	}
 	pkts := [][]byte{wire.AppendIPv4(nil, netlab.RouterLoopback, netlab.Anycast, unix.IPPROTO_ICMP, 64, benchPayloads(1)[0])}
 	pkt := pkts[0]
-	rv.names[0] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: sender.As4()}
-	rv.msgs[0].Len = uint32(wire.EnvelopeLen + len(pkt))
-	hdr := (*[wire.EnvelopeLen]byte)(rv.bufs[:wire.EnvelopeLen])
+	d := datagramFor(rv, sender, wire.EnvelopeLen+len(pkt))
+	hdr := (*[wire.EnvelopeLen]byte)(d.buf[:wire.EnvelopeLen])
 	rv.stamp(time.Now())
 	b.ReportAllocs()
 	b.SetBytes(int64(len(pkt)))
@@ -389,7 +390,7 @@ func BenchmarkReceiveInject(b *testing.B) {
 		b.StopTimer()
 		// The sender's work, not measured: a new packet, sealed.
 		renumber(pkts, uint32(i))
-		copy(rv.bufs[wire.EnvelopeLen:], pkt)
+		copy(d.buf[wire.EnvelopeLen:], pkt)
 		sealer.Seal(hdr, pkt)
 		b.StartTimer()
 		if reason := rv.handle(0); reason != 0 {

@@ -15,6 +15,15 @@
 // with as few sendmmsg calls as the kernel allows. Nothing on that path
 // allocates in steady state; TestRelayAllocs proves it.
 //
+// # Peers
+//
+// Everything derived from the peers (addresses, loop guard, per-peer
+// counters and replay windows) is one immutable peer set behind an atomic
+// pointer. SetPeers swaps it while packets flow: a batch keeps the set it
+// started with, and SetPeers returns once no batch holds the old one.
+// Sources of peer sets (a file, the Kubernetes API) live in internal/peers;
+// the sockets in internal/transport, the TUN device in internal/tun.
+//
 // # Loop safety
 //
 // A copy must never be copied again, or N nodes that list each other would

@@ -15,6 +15,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/go-pmtud/go-pmtud/internal/transport"
+	"github.com/go-pmtud/go-pmtud/internal/tun"
 	"github.com/go-pmtud/go-pmtud/nl"
 	"github.com/go-pmtud/go-pmtud/wire"
 )
@@ -50,11 +52,12 @@ type Relay struct {
 	seq     *wire.Sequence // udp relay: one numbering for all sealers
 	pre     *preparer      // SplitPeer: the reader's
 	workers []*worker
-	tun     *tunDevice // udp relay only
-	recv    *receiver  // udp relay only
-	jobs    []*job     // the pool, every job
-	free    chan *job  // jobs ready to be read into
-	work    chan *job  // SplitBatch: jobs ready to be handled
+	open    resources
+	tun     injector  // udp relay only
+	recv    *receiver // udp relay only
+	jobs    []*job    // the pool, every job
+	free    chan *job // jobs ready to be read into
+	work    chan *job // SplitBatch: jobs ready to be handled
 
 	lastLog   time.Time // of the reader's warnings
 	dedup     *dedup
@@ -99,23 +102,37 @@ type preparer struct {
 }
 
 // worker sends jobs with its own socket, to all peers (SplitBatch) or to
-// its share of them, addrs[base:base+len(fan.peers)] (SplitPeer).
+// its share of them (SplitPeer).
 type worker struct {
 	r       *Relay
 	i, n    int       // worker i of n
 	cpu     int       // -1: not pinned
 	pre     *preparer // SplitBatch only
 	in      chan *job // SplitPeer only
-	fan     *fanout
+	fan     sender
 	set     *peerSet // the set fan's messages are built for
-	base    int      // index of fan.peers[0] in set.addrs
+	base    int      // index of fan's first peer in set.addrs
+	npeers  int      // fan's peers: set.addrs[base:base+npeers]
 	lastLog time.Time
 }
 
 // New validates cfg and opens the NFLOG subscription and the send socket,
 // in the network namespace of the calling thread. The caller must Run or
 // Close the Relay.
-func New(cfg Config, log *slog.Logger) (*Relay, error) {
+func New(cfg Config, log *slog.Logger) (*Relay, error) { return newRelay(cfg, log, nil) }
+
+// resources opens what a Relay needs from the kernel: system is the real
+// thing; tests without root substitute fakes (a nil reader or listener
+// means none: such a Relay is driven by its test, not Run).
+type resources interface {
+	sender(c *Config) (sender, error)
+	tun(c *Config) (injector, error)
+	listen(c *Config) (*transport.Listener, error)
+	nflog(c *Config) (*nl.Reader, error)
+}
+
+// newRelay is New with the kernel resources of res; nil means system.
+func newRelay(cfg Config, log *slog.Logger, res resources) (*Relay, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -152,6 +169,10 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) {
 		free: make(chan *job, 2*n+1),
 		work: make(chan *job, 2*n+1),
 	}
+	if res == nil {
+		res = system{stopping: &r.stopping}
+	}
+	r.open = res
 	r.set.Store(newPeerSet(&r.cfg, nil, cfg.Peers))
 	r.m = newRelayMetrics(cfg.NodeName, cfg.Mode, func() int { return len(r.set.Load().addrs) })
 	r.m.set.RegisterMetricsWriter(r.writePeerMetrics)
@@ -183,7 +204,7 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) {
 		r.workers = append(r.workers, w)
 	}
 	var err error
-	if r.reader, err = nl.Listen(cfg.NFLOG); err != nil {
+	if r.reader, err = res.nflog(&r.cfg); err != nil {
 		r.closeWorkers()
 		return nil, err
 	}
@@ -224,17 +245,66 @@ func (r *Relay) newWorker(i, n int) (*worker, error) {
 			return nil, err
 		}
 	}
+	fan, err := r.open.sender(c)
+	if err != nil {
+		return nil, err
+	}
+	w.fan = fan
+	w.use(set)
+	return w, nil
+}
+
+// sender is a transport's send half: it sends each payload of a batch (with
+// its header, if any) to every peer of its last SetPeers, and tallies the
+// outcome per peer. A *transport.Fanout, or a fake in tests.
+type sender interface {
+	SetPeers(peers []netip.Addr) // allocates only for a larger set than any before
+	Send(heads, payloads [][]byte)
+	Tally() *transport.Tally
+	Close() error
+}
+
+var _ sender = (*transport.Fanout)(nil)
+
+// system opens the relay's kernel resources; tests substitute fakes
+// (see Relay.open).
+type system struct{ stopping *atomic.Bool }
+
+// tun creates the udp relay's TUN device.
+func (system) tun(c *Config) (injector, error) {
+	d, err := tun.Open(c.TUNName, c.TUNAddr)
+	if err != nil {
+		return nil, fmt.Errorf("pmtud: %w", err)
+	}
+	return d, nil
+}
+
+// listen opens the udp relay's receive socket.
+func (system) listen(c *Config) (*transport.Listener, error) {
+	l, err := transport.Listen(c.Source, c.RelayPort)
+	if err != nil {
+		return nil, fmt.Errorf("pmtud: %w", err)
+	}
+	return l, nil
+}
+
+// nflog subscribes to the NFLOG group.
+func (system) nflog(c *Config) (*nl.Reader, error) { return nl.Listen(c.NFLOG) }
+
+// sender opens a worker's send socket for the relay mode.
+func (s system) sender(c *Config) (sender, error) {
+	var f *transport.Fanout
 	var err error
 	if c.Mode == ModeICMP {
-		w.fan, err = newICMPFanout(c.Source, c.TTL, nil)
+		f, err = transport.NewICMP(c.Source, c.TTL, nil)
 	} else {
-		w.fan, err = newUDPFanout(c.Source, c.TTL, nil, c.RelayPort)
+		f, err = transport.NewUDP(c.Source, c.TTL, nil, c.RelayPort)
 	}
-	if w.fan != nil {
-		w.fan.stopping = &r.stopping
-		w.use(set)
+	if err != nil {
+		return nil, fmt.Errorf("pmtud: %w", err)
 	}
-	return w, err
+	f.StopRetries(s.stopping)
+	return f, nil
 }
 
 // use rebuilds the worker's messages for the peer set s, unless they are
@@ -250,8 +320,8 @@ func (w *worker) use(s *peerSet) {
 		lo, hi := w.i*len(peers)/w.n, (w.i+1)*len(peers)/w.n
 		peers, base = peers[lo:hi], lo
 	}
-	w.fan.setPeers(peers)
-	w.set, w.base = s, base
+	w.fan.SetPeers(peers)
+	w.set, w.base, w.npeers = s, base, len(peers)
 }
 
 // openUDP creates the udp relay's TUN device and receive socket.
@@ -261,19 +331,25 @@ func (r *Relay) openUDP() error {
 	if err != nil {
 		return fmt.Errorf("pmtud: relay keys: %w", err)
 	}
-	if r.tun, err = openTUN(c.TUNName, c.TUNAddr); err != nil {
+	if r.tun, err = r.open.tun(c); err != nil {
 		return err
 	}
-	r.policy.tunIndex = uint32(r.tun.index)
-	if r.recv, err = newReceiver(r, c.Source, c.RelayPort, r.tun, opener); err != nil {
-		r.tun.close()
+	r.policy.tunIndex = uint32(r.tun.Index())
+	l, err := r.open.listen(c)
+	if err != nil {
+		r.tun.Close()
 		r.tun = nil
 		return err
 	}
-	// The kernel counts the drops; the series reads its count at scrape time.
-	r.m.set.NewGauge("go_pmtud_relay_socket_drops_total"+nodeLabels(c.NodeName), func() float64 {
-		return float64(r.recv.socketDrops())
-	})
+	r.recv = &receiver{r: r, l: l, tun: r.tun, opener: opener}
+	if l != nil {
+		r.recv.in = l
+		// The kernel counts the drops; the series reads its count at
+		// scrape time.
+		r.m.set.NewGauge("go_pmtud_relay_socket_drops_total"+nodeLabels(c.NodeName), func() float64 {
+			return float64(l.Drops())
+		})
+	}
 	if len(c.Keys) == 0 {
 		r.log.Warn("the udp relay is unauthenticated: datagrams are accepted from the peers' addresses, unverified; give --relay-key-file")
 	}
@@ -512,35 +588,31 @@ func (p *preparer) prepare(j *job) {
 // send fans the job's payloads out to the worker's peers in the job's peer
 // set and moves the per-peer tallies into the metrics.
 func (w *worker) send(j *job) {
-	r, fan := w.r, w.fan
+	r := w.r
 	w.use(j.set.Load())
-	fan.send(j.heads, j.payloads)
-	state := w.set.state[w.base : w.base+len(fan.peers)]
+	w.fan.Send(j.heads, j.payloads)
+	t := w.fan.Tally()
+	state := w.set.state[w.base : w.base+w.npeers]
 	var total uint64
 	for k, st := range state {
-		if n := fan.sent[k]; n > 0 {
+		if n := t.Sent[k]; n > 0 {
 			st.sent.Add(n)
 			total += n
 		}
-		if n := fan.sendErr[k]; n > 0 {
+		if n := t.Errors[k]; n > 0 {
 			st.errors.Add(n)
 			r.m.sendErrors.Add(n)
 			r.m.errors.AddInt64(int64(n))
 		}
-		if n := fan.unreachable[k]; n > 0 {
+		if n := t.Unreachable[k]; n > 0 {
 			st.unreachable.Add(n)
 		}
 	}
 	r.m.sent.AddInt64(int64(total))
-	clear(fan.sent)
-	clear(fan.sendErr)
-	clear(fan.unreachable)
-	if fan.lastErrno != 0 {
-		if throttled(&w.lastLog) {
-			r.log.Warn("send to peer failed (repeats are counted in go_pmtud_sent_error_peer_total)", "peer", fan.peers[fan.lastPeer], "err", fan.lastErrno)
-		}
-		fan.lastErrno = 0
+	if t.LastErrno != 0 && throttled(&w.lastLog) {
+		r.log.Warn("send to peer failed (repeats are counted in go_pmtud_sent_error_peer_total)", "peer", w.set.addrs[w.base+t.LastPeer], "err", t.LastErrno)
 	}
+	t.Reset()
 }
 
 // throttled reports whether a recurring hot-path warning may be logged now:
@@ -563,7 +635,7 @@ func throttled(last *time.Time) bool {
 func (r *Relay) Close() error {
 	r.closing.Store(true)
 	r.stopping.Store(true)
-	if r.running.Load() {
+	if r.running.Load() && r.reader != nil {
 		return r.reader.Close()
 	}
 	return r.teardown()
@@ -572,7 +644,11 @@ func (r *Relay) Close() error {
 // teardown closes the reader and every socket, once.
 func (r *Relay) teardown() error {
 	r.closeOnce.Do(func() {
-		r.closeErr = errors.Join(r.reader.Close(), r.closeWorkers())
+		var err error
+		if r.reader != nil {
+			err = r.reader.Close()
+		}
+		r.closeErr = errors.Join(err, r.closeWorkers())
 	})
 	return r.closeErr
 }
@@ -580,13 +656,13 @@ func (r *Relay) teardown() error {
 func (r *Relay) closeWorkers() error {
 	var errs []error
 	for _, w := range r.workers {
-		errs = append(errs, w.fan.close())
+		errs = append(errs, w.fan.Close())
 	}
 	if r.recv != nil {
 		errs = append(errs, r.recv.close())
 	}
 	if r.tun != nil {
-		errs = append(errs, r.tun.close())
+		errs = append(errs, r.tun.Close())
 	}
 	return errors.Join(errs...)
 }
@@ -640,7 +716,9 @@ func (r *Relay) Stats() Stats {
 	}
 	if r.m.relayRecv != nil {
 		s.RelayReceived = r.m.relayRecv.Get()
-		s.SocketDrops = r.recv.socketDrops()
+		if r.recv.l != nil {
+			s.SocketDrops = r.recv.l.Drops()
+		}
 		s.Injected = r.m.injected.Get()
 		s.RelayDropped = make(map[RecvDropReason]uint64)
 		for _, d := range RecvDropReasons() {

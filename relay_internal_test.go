@@ -135,15 +135,14 @@ func TestReceiveAllocs(t *testing.T) {
 	pkt := pkts[0]
 	// Datagram 0 as recvmmsg would leave it, sealed afresh each time so the
 	// replay window accepts it, and renumbered so the dedup table does.
-	rv.names[0] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: sender.As4()}
-	rv.msgs[0].Len = uint32(wire.EnvelopeLen + len(pkt))
-	hdr := (*[wire.EnvelopeLen]byte)(rv.bufs[:wire.EnvelopeLen])
+	d := datagramFor(rv, sender, wire.EnvelopeLen+len(pkt))
+	hdr := (*[wire.EnvelopeLen]byte)(d.buf[:wire.EnvelopeLen])
 	rv.stamp(time.Now())
 	n := uint32(0)
 	receive := func() {
 		n++
 		renumber(pkts, n)
-		copy(rv.bufs[wire.EnvelopeLen:], pkt)
+		copy(d.buf[wire.EnvelopeLen:], pkt)
 		sealer.Seal(hdr, pkt)
 		if reason := rv.handle(0); reason != 0 {
 			t.Fatalf("datagram dropped: %v", reason)
@@ -153,6 +152,23 @@ func TestReceiveAllocs(t *testing.T) {
 	if allocs := testing.AllocsPerRun(100, receive); allocs != 0 {
 		t.Fatalf("the receive path allocates %.1f times per datagram, want 0", allocs)
 	}
+}
+
+// testDatagram is a receive batch of one datagram that a test fills in
+// place, as recvmmsg would.
+type testDatagram struct {
+	src netip.Addr
+	buf []byte
+}
+
+func (d *testDatagram) Datagram(int) (netip.Addr, []byte, bool) { return d.src, d.buf, false }
+
+// datagramFor makes rv's batch one datagram of n bytes from src and
+// returns it for the test to fill.
+func datagramFor(rv *receiver, src netip.Addr, n int) *testDatagram {
+	d := &testDatagram{src: src, buf: make([]byte, n)}
+	rv.in = d
+	return d
 }
 
 func testKeys(mode Mode) []wire.Key {
@@ -176,10 +192,9 @@ func TestUnauthenticatedSkipsReplayWindow(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rv.names[0] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: sender.As4()}
-		rv.msgs[0].Len = uint32(wire.EnvelopeLen + len(pkt))
-		copy(rv.bufs[wire.EnvelopeLen:], pkt)
-		s.Seal((*[wire.EnvelopeLen]byte)(rv.bufs[:wire.EnvelopeLen]), pkt)
+		d := datagramFor(rv, sender, wire.EnvelopeLen+len(pkt))
+		copy(d.buf[wire.EnvelopeLen:], pkt)
+		s.Seal((*[wire.EnvelopeLen]byte)(d.buf[:wire.EnvelopeLen]), pkt)
 		rv.stamp(time.Now())
 		return rv.handle(0)
 	}
@@ -315,8 +330,8 @@ func TestIPv6OffIsCounted(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer r.Close()
-		if r.tun.ipv6 == ipv6Off {
-			t.Fatalf("IPv6 off: %v; the TUN device takes IPv6: %v", ipv6Off, r.tun.ipv6)
+		if r.tun.IPv6() == ipv6Off {
+			t.Fatalf("IPv6 off: %v; the TUN device takes IPv6: %v", ipv6Off, r.tun.IPv6())
 		}
 		rv := r.recv
 		sealer, err := wire.NewSealer(&testKey, wire.NewSequence(time.Now()), netlab.NodeAddr(1))
@@ -324,10 +339,9 @@ func TestIPv6OffIsCounted(t *testing.T) {
 			t.Fatal(err)
 		}
 		deliver := func(pkt []byte) RecvDropReason {
-			rv.names[0] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: netlab.NodeAddr(1).As4()}
-			rv.msgs[0].Len = uint32(wire.EnvelopeLen + len(pkt))
-			copy(rv.bufs[wire.EnvelopeLen:], pkt)
-			sealer.Seal((*[wire.EnvelopeLen]byte)(rv.bufs[:wire.EnvelopeLen]), pkt)
+			d := datagramFor(rv, netlab.NodeAddr(1), wire.EnvelopeLen+len(pkt))
+			copy(d.buf[wire.EnvelopeLen:], pkt)
+			sealer.Seal((*[wire.EnvelopeLen]byte)(d.buf[:wire.EnvelopeLen]), pkt)
 			rv.stamp(time.Now())
 			return rv.handle(0)
 		}

@@ -1,4 +1,10 @@
-package pmtud
+// Package transport is how copies travel between nodes: the send half
+// (Fanout: one payload to every peer with sendmmsg, over a raw ICMP socket
+// for the icmp relay or a UDP socket for the udp relay) and the udp
+// relay's receive half (Listener: relay datagrams in batches with
+// recvmmsg). It owns the sockets and their buffers; what to send and what
+// a received datagram means is the caller's.
+package transport
 
 import (
 	"encoding/binary"
@@ -33,7 +39,7 @@ const (
 	icmpFragNeededCode = 4
 )
 
-// fanout sends each payload of a batch to every peer, with sendmmsg over
+// Fanout sends each payload of a batch to every peer, with sendmmsg over
 // one socket. The messages are prebuilt once: message i*P+j points at
 // payload i's iovecs and at peer j's sockaddr, so per batch only the
 // iovecs change. A message has one iovec (the payload) or two (a header,
@@ -45,9 +51,9 @@ const (
 // would wake the poller (measured: 8 µs per packet instead of 3.3 on the
 // development VM).
 //
-// A fanout is owned by one goroutine; close it only when that goroutine
+// A Fanout is owned by one goroutine; close it only when that goroutine
 // no longer sends.
-type fanout struct {
+type Fanout struct {
 	fd   int
 	port uint16 // destination port; 0 for raw sockets
 
@@ -66,47 +72,61 @@ type fanout struct {
 	stopping *atomic.Bool
 	errs     []uint64 // per peer, this group
 
-	// The last send error and its peer, kept as values (not a formatted
-	// error) so a dead peer costs no allocation.
-	lastErrno syscall.Errno
-	lastPeer  int
-
-	// Totals per peer, for the metrics; reset by the caller.
-	sent    []uint64
-	sendErr []uint64
+	tally Tally
 
 	// The udp relay's socket has IP_RECVERR: an ICMP error that a peer's
 	// kernel sends back for an earlier datagram (port unreachable: no
 	// go-pmtud listening) fails the next send once and queues a report
-	// naming that peer. unreachable counts the destination-unreachable
-	// reports per peer; reset by the caller. resentAt is the message last
-	// sent again after such a failure.
-	recvErr     bool
-	resentAt    int
-	errName     unix.RawSockaddrInet4
-	errCtl      [128]byte
-	unreachable []uint64
+	// naming that peer; Tally.Unreachable counts them. resentAt is the
+	// message last sent again after such a failure.
+	recvErr  bool
+	resentAt int
+	errName  unix.RawSockaddrInet4
+	errCtl   [128]byte
 }
 
-// newICMPFanout opens a raw IPPROTO_ICMP socket bound to src, with TTL ttl,
-// that receives nothing, and prepares messages to peers.
-func newICMPFanout(src netip.Addr, ttl int, peers []netip.Addr) (*fanout, error) {
+// Tally is what a Fanout's sends came to, per peer (index k is the k-th
+// peer given to SetPeers) since the caller last called Reset.
+type Tally struct {
+	Sent   []uint64 // copies the kernel took
+	Errors []uint64 // copies the kernel refused (after retries)
+	// Unreachable counts ICMP destination-unreachable reports for earlier
+	// copies (udp only: port unreachable means no go-pmtud listening).
+	Unreachable []uint64
+	// The last send error and its peer, kept as values (not a formatted
+	// error) so a dead peer costs no allocation; LastErrno 0: none.
+	LastErrno syscall.Errno
+	LastPeer  int
+}
+
+// Reset zeroes the tally. It allocates nothing.
+func (t *Tally) Reset() {
+	clear(t.Sent)
+	clear(t.Errors)
+	clear(t.Unreachable)
+	t.LastErrno, t.LastPeer = 0, 0
+}
+
+// NewICMP opens a raw IPPROTO_ICMP socket bound to src, with TTL ttl, that
+// receives nothing, and prepares messages to peers (see SetPeers): each
+// payload is an ICMP message, re-originated from src.
+func NewICMP(src netip.Addr, ttl int, peers []netip.Addr) (*Fanout, error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
 	if err != nil {
-		return nil, fmt.Errorf("pmtud: raw ICMP socket: %w", err)
+		return nil, fmt.Errorf("transport: raw ICMP socket: %w", err)
 	}
 	setup := func() error {
 		// Without the filter a raw ICMP socket queues a copy of every ICMP
 		// the node receives, and nobody reads it: block all 32 types.
 		if err := unix.SetsockoptInt(fd, unix.SOL_RAW, icmpFilter, -1); err != nil {
-			return fmt.Errorf("pmtud: set ICMP_FILTER: %w", err)
+			return fmt.Errorf("transport: set ICMP_FILTER: %w", err)
 		}
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TTL, ttl); err != nil {
-			return fmt.Errorf("pmtud: set IP_TTL %d: %w", ttl, err)
+			return fmt.Errorf("transport: set IP_TTL %d: %w", ttl, err)
 		}
 		sa := &unix.SockaddrInet4{Addr: src.As4()}
 		if err := unix.Bind(fd, sa); err != nil {
-			return fmt.Errorf("pmtud: bind raw socket to %v: %w", src, err)
+			return fmt.Errorf("transport: bind raw socket to %v: %w", src, err)
 		}
 		return nil
 	}
@@ -117,28 +137,70 @@ func newICMPFanout(src netip.Addr, ttl int, peers []netip.Addr) (*fanout, error)
 	return newFanout(fd, "icmp", peers, 0, 1)
 }
 
+// NewUDP opens a UDP socket bound to src (any port) whose messages carry a
+// header (an envelope) and a payload (the router's packet) to port on
+// every peer. A peer's ICMP errors for earlier datagrams are read and
+// counted in Tally.Unreachable.
+func NewUDP(src netip.Addr, ttl int, peers []netip.Addr, port uint16) (*Fanout, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return nil, fmt.Errorf("transport: UDP socket: %w", err)
+	}
+	setup := func() error {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TTL, ttl); err != nil {
+			return fmt.Errorf("transport: set IP_TTL %d: %w", ttl, err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: src.As4()}); err != nil {
+			return fmt.Errorf("transport: bind UDP socket to %v: %w", src, err)
+		}
+		// A peer without go-pmtud answers with port unreachable; without
+		// IP_RECVERR an unconnected socket never hears of it.
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR, 1); err != nil {
+			return fmt.Errorf("transport: set IP_RECVERR: %w", err)
+		}
+		// Nothing reads the socket's receive queue, and error reports share
+		// its budget: a stray datagram to its port must not fill it and
+		// crowd them out. A filter that returns 0 drops everything.
+		drop := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
+		if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &unix.SockFprog{Len: 1, Filter: &drop[0]}); err != nil {
+			return fmt.Errorf("transport: attach drop-all filter: %w", err)
+		}
+		return nil
+	}
+	if err := setup(); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	f, err := newFanout(fd, "udp", peers, port, 2)
+	if f != nil {
+		f.recvErr = true
+	}
+	return f, err
+}
+
 // newFanout takes ownership of the blocking socket fd and prepares messages
 // to peers; port is the destination port (0 for raw sockets), parts the
 // iovecs per message (2: header and payload).
-func newFanout(fd int, name string, peers []netip.Addr, port uint16, parts int) (*fanout, error) {
+func newFanout(fd int, name string, peers []netip.Addr, port uint16, parts int) (*Fanout, error) {
 	// A send that waits longer than this for buffer space gives up and is
 	// retried, then counted: a wedged device must not wedge the worker.
 	tv := unix.NsecToTimeval(sendTimeout.Nanoseconds())
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("pmtud: %s socket: set SO_SNDTIMEO: %w", name, err)
+		return nil, fmt.Errorf("transport: %s socket: set SO_SNDTIMEO: %w", name, err)
 	}
-	f := &fanout{fd: fd, port: port, parts: parts}
-	f.setPeers(peers)
+	f := &Fanout{fd: fd, port: port, parts: parts}
+	f.SetPeers(peers)
 	return f, nil
 }
 
-// setPeers prebuilds the messages to peers, which the fanout keeps (the
-// caller must not modify them). It reuses the fanout's buffers and
-// allocates only when a set needs larger ones than any before; call it
-// when the peer set changes, not per batch. With more than maxMmsg peers a
-// group is one payload, whose messages sendmmsg takes in several calls.
-func (f *fanout) setPeers(peers []netip.Addr) {
+// SetPeers prebuilds the messages to peers, which the Fanout keeps (the
+// caller must not modify them), and resizes the Tally to them. It reuses
+// the Fanout's buffers and allocates only when a set needs larger ones
+// than any before; call it when the peer set changes, not per batch. With
+// more than maxMmsg peers a group is one payload, whose messages sendmmsg
+// takes in several calls.
+func (f *Fanout) SetPeers(peers []netip.Addr) {
 	p := len(peers)
 	group := 0 // payloads per group: one sendmmsg's worth
 	if p > 0 {
@@ -149,9 +211,10 @@ func (f *fanout) setPeers(peers []netip.Addr) {
 	f.iovs = resize(f.iovs, group*f.parts)
 	f.msgs = resize(f.msgs, group*p)
 	f.errs = resize(f.errs, p)
-	f.sent = resize(f.sent, p)
-	f.sendErr = resize(f.sendErr, p)
-	f.unreachable = resize(f.unreachable, p)
+	f.tally.Sent = resize(f.tally.Sent, p)
+	f.tally.Errors = resize(f.tally.Errors, p)
+	f.tally.Unreachable = resize(f.tally.Unreachable, p)
+	f.tally.LastErrno, f.tally.LastPeer = 0, 0
 	for j, a := range peers {
 		f.addrs[j] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
 		// sin_port is in network byte order.
@@ -179,12 +242,22 @@ func resize[T any](s []T, n int) []T {
 	return s
 }
 
-// send sends every payload, preceded by its header when the fanout has two
+// Peers returns the peers of the last SetPeers.
+func (f *Fanout) Peers() []netip.Addr { return f.peers }
+
+// Tally returns the Fanout's per-peer tally, which Send adds to; the caller
+// reads and resets it between sends.
+func (f *Fanout) Tally() *Tally { return &f.tally }
+
+// StopRetries makes sends give up retrying once stopping is true: a relay
+// that shuts down must not wait on a wedged device.
+func (f *Fanout) StopRetries(stopping *atomic.Bool) { f.stopping = stopping }
+
+// Send sends every payload, preceded by its header when the Fanout has two
 // parts (heads[i] goes with payloads[i]; heads is nil otherwise), to every
 // peer. It blocks while the socket buffer is full and allocates nothing.
-// Failures are counted per peer in f.sendErr (the last one in f.lastErrno),
-// successes in f.sent.
-func (f *fanout) send(heads, payloads [][]byte) {
+// Outcomes are added to the Tally.
+func (f *Fanout) Send(heads, payloads [][]byte) {
 	p := len(f.peers)
 	if p == 0 {
 		return // no peers: nothing to send
@@ -212,15 +285,15 @@ func (f *fanout) send(heads, payloads [][]byte) {
 }
 
 // account adds the outcome of a group of g payloads to the totals.
-func (f *fanout) account(g int) {
-	for j := range f.sent {
-		f.sent[j] += uint64(g) - f.errs[j]
-		f.sendErr[j] += f.errs[j]
+func (f *Fanout) account(g int) {
+	for j := range f.tally.Sent {
+		f.tally.Sent[j] += uint64(g) - f.errs[j]
+		f.tally.Errors[j] += f.errs[j]
 	}
 }
 
 // sendmmsg sends msgs[off:end], resuming after partial sends.
-func (f *fanout) sendmmsg() {
+func (f *Fanout) sendmmsg() {
 	p := len(f.peers)
 	for f.off < f.end {
 		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(f.fd),
@@ -261,7 +334,7 @@ func (f *fanout) sendmmsg() {
 		// and go on with the next, so one unreachable peer never stops
 		// the others.
 		f.errs[f.off%p]++
-		f.lastErrno, f.lastPeer = errno, f.off%p
+		f.tally.LastErrno, f.tally.LastPeer = errno, f.off%p
 		f.off++
 		f.retries = 0
 	}
@@ -273,7 +346,7 @@ func (f *fanout) sendmmsg() {
 // socket sets no other option that adds control messages, so each entry
 // carries one: a cmsghdr and struct sock_extended_err
 // (include/uapi/linux/errqueue.h). It allocates nothing.
-func (f *fanout) readReports() {
+func (f *Fanout) readReports() {
 	eeLen := int(unsafe.Sizeof(unix.SockExtendedErr{}))
 	for range maxReports {
 		var msg unix.Msghdr
@@ -296,17 +369,17 @@ func (f *fanout) readReports() {
 		}
 		for k := range f.addrs {
 			if f.addrs[k].Addr == f.errName.Addr {
-				f.unreachable[k]++
+				f.tally.Unreachable[k]++
 				break
 			}
 		}
 	}
 }
 
-// close closes the socket. Call it once, when nothing sends any more.
-func (f *fanout) close() error {
+// Close closes the socket. Call it once, when nothing sends any more.
+func (f *Fanout) Close() error {
 	if err := unix.Close(f.fd); err != nil {
-		return fmt.Errorf("pmtud: close socket: %w", err)
+		return fmt.Errorf("transport: close socket: %w", err)
 	}
 	return nil
 }

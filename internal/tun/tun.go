@@ -1,4 +1,9 @@
-package pmtud
+// Package tun creates and owns the TUN device through which the udp relay
+// injects the router's packets received from peers: the kernel then
+// handles each one as if it had arrived from the router. It sets the
+// device up so that the kernel accepts what is written (rp_filter,
+// forwarding, IPv6 without a link-local address) and deletes it on Close.
+package tun
 
 import (
 	"errors"
@@ -11,10 +16,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// tunDevice is the TUN device the udp relay writes received packets into:
-// the kernel then handles each one as if it had arrived from the router.
-// The relay creates it, owns it, and it disappears when the relay closes.
-type tunDevice struct {
+// Device is a TUN device the udp relay writes received packets into. The
+// relay creates it, owns it, and it disappears when Close is called.
+type Device struct {
 	// file wraps the descriptor so that a close racing a write cannot
 	// hand the write a reused descriptor number.
 	file  *os.File
@@ -28,17 +32,17 @@ type tunDevice struct {
 // name the paths under it.
 const sysctlRoot = "/proc/sys/net"
 
-// openTUN creates TUN device name (no packet information header), makes the
+// Open creates TUN device name (no packet information header), makes the
 // kernel accept packets written into it, and brings it up. When
 // net.ipv4.conf.all.rp_filter is not 0, addr becomes the device's /32
 // address: loose mode on the device then accepts packets only when the
 // device has an address (measured on Linux 6.18).
-func openTUN(name string, addr netip.Addr) (*tunDevice, error) {
+func Open(name string, addr netip.Addr) (*Device, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("pmtud: open /dev/net/tun: %w", err)
+		return nil, fmt.Errorf("tun: open /dev/net/tun: %w", err)
 	}
-	t := &tunDevice{fd: fd, name: name}
+	t := &Device{fd: fd, name: name}
 	if err := t.setup(addr); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -47,19 +51,19 @@ func openTUN(name string, addr netip.Addr) (*tunDevice, error) {
 	return t, nil
 }
 
-func (t *tunDevice) setup(addr netip.Addr) error {
+func (t *Device) setup(addr netip.Addr) error {
 	ifr, err := unix.NewIfreq(t.name)
 	if err != nil {
-		return fmt.Errorf("pmtud: TUN name %q: %w", t.name, err)
+		return fmt.Errorf("tun: TUN name %q: %w", t.name, err)
 	}
 	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
 	if err := unix.IoctlIfreq(t.fd, unix.TUNSETIFF, ifr); err != nil {
-		return fmt.Errorf("pmtud: create TUN device %s: %w", t.name, err)
+		return fmt.Errorf("tun: create TUN device %s: %w", t.name, err)
 	}
 	t.name = ifr.Name() // the kernel may have expanded a %d
 	ifi, err := net.InterfaceByName(t.name)
 	if err != nil {
-		return fmt.Errorf("pmtud: TUN device %s: %w", t.name, err)
+		return fmt.Errorf("tun: TUN device %s: %w", t.name, err)
 	}
 	t.index = ifi.Index
 
@@ -79,7 +83,7 @@ func (t *tunDevice) setup(addr netip.Addr) error {
 	if all != "0" {
 		rp = "2"
 		if !addr.IsValid() {
-			return fmt.Errorf("pmtud: net.ipv4.conf.all.rp_filter is %s: the TUN device needs an address (--tun-address) for loose reverse-path filtering to accept injected packets", all)
+			return fmt.Errorf("tun: net.ipv4.conf.all.rp_filter is %s: the TUN device needs an address (--tun-address) for loose reverse-path filtering to accept injected packets", all)
 		}
 	}
 	if err := writeSysctl("ipv4/conf/"+t.name+"/rp_filter", rp); err != nil {
@@ -93,7 +97,7 @@ func (t *tunDevice) setup(addr netip.Addr) error {
 
 	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("pmtud: socket for TUN ioctls: %w", err)
+		return fmt.Errorf("tun: socket for TUN ioctls: %w", err)
 	}
 	defer unix.Close(s)
 	if rp == "2" {
@@ -111,18 +115,18 @@ func (t *tunDevice) setup(addr netip.Addr) error {
 				return err
 			}
 			if err := unix.IoctlIfreq(s, op.req, ifr); err != nil {
-				return fmt.Errorf("pmtud: set %s %v/32 on %s: %w", op.what, addr, t.name, err)
+				return fmt.Errorf("tun: set %s %v/32 on %s: %w", op.what, addr, t.name, err)
 			}
 		}
 	}
 	// A write to a TUN device that is down fails with EIO.
 	ifr, _ = unix.NewIfreq(t.name)
 	if err := unix.IoctlIfreq(s, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("pmtud: get flags of %s: %w", t.name, err)
+		return fmt.Errorf("tun: get flags of %s: %w", t.name, err)
 	}
 	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP | unix.IFF_NOARP)
 	if err := unix.IoctlIfreq(s, unix.SIOCSIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("pmtud: bring %s up: %w", t.name, err)
+		return fmt.Errorf("tun: bring %s up: %w", t.name, err)
 	}
 	return nil
 }
@@ -162,16 +166,28 @@ func setupTUN6(name string) (bool, error) {
 	return true, nil
 }
 
-// write injects one IPv4 or IPv6 packet. It allocates nothing.
-func (t *tunDevice) write(pkt []byte) error {
+// Name returns the device's name, as the kernel gave it.
+func (t *Device) Name() string { return t.name }
+
+// Index returns the device's interface index: NFLOG reports it as the
+// in-interface of the packets injected through it.
+func (t *Device) Index() int { return t.index }
+
+// IPv6 reports whether the device takes IPv6 packets: false where the host
+// has IPv6 off (a written IPv6 packet would be dropped unseen).
+func (t *Device) IPv6() bool { return t.ipv6 }
+
+// Write injects one IPv4 or IPv6 packet. It allocates nothing.
+func (t *Device) Write(pkt []byte) error {
 	_, err := t.file.Write(pkt)
 	return err
 }
 
-// close deletes the device (it is not persistent). It is safe to call twice.
-func (t *tunDevice) close() error {
+// Close deletes the device (it is not persistent). It is safe to call
+// twice.
+func (t *Device) Close() error {
 	if err := t.file.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
-		return fmt.Errorf("pmtud: close TUN %s: %w", t.name, err)
+		return fmt.Errorf("tun: close TUN %s: %w", t.name, err)
 	}
 	return nil
 }
@@ -179,14 +195,14 @@ func (t *tunDevice) close() error {
 func readSysctl(path string) (string, error) {
 	b, err := os.ReadFile(sysctlRoot + "/" + path)
 	if err != nil {
-		return "", fmt.Errorf("pmtud: read %s: %w", sysctlName(path), err)
+		return "", fmt.Errorf("tun: read %s: %w", sysctlName(path), err)
 	}
 	return strings.TrimSpace(string(b)), nil
 }
 
 func writeSysctl(path, value string) error {
 	if err := os.WriteFile(sysctlRoot+"/"+path, []byte(value), 0o644); err != nil {
-		return fmt.Errorf("pmtud: set %s=%s (is /proc/sys read-only? the udp relay needs to configure its TUN device): %w", sysctlName(path), value, err)
+		return fmt.Errorf("tun: set %s=%s (is /proc/sys read-only? the udp relay needs to configure its TUN device): %w", sysctlName(path), value, err)
 	}
 	return nil
 }

@@ -1,0 +1,163 @@
+package transport
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// ListenBatch is how many datagrams one Read may return.
+	ListenBatch = 64
+	// recvBufLen holds the largest UDP datagram there is, so that no
+	// packet a peer may send is cut (Linux quotes 576 bytes; others more).
+	// Only the pages a datagram touches become resident.
+	recvBufLen = 1 << 16
+)
+
+// SK_MEMINFO_VARS and SK_MEMINFO_DROPS (include/uapi/linux/sock_diag.h):
+// the length of SO_MEMINFO's array and the index of the drop count.
+const (
+	skMeminfoVars  = 9
+	skMeminfoDrops = 8
+)
+
+// Listener is the udp relay's receive socket: it reads datagrams in
+// batches of up to ListenBatch with one recvmmsg, into buffers allocated
+// once (4 MiB of address space; only touched pages are resident). It is
+// read by one goroutine; Close may come from any.
+type Listener struct {
+	file *os.File
+	rc   syscall.RawConn
+
+	bufs  []byte // ListenBatch * recvBufLen
+	iovs  []unix.Iovec
+	names []unix.RawSockaddrInet4
+	msgs  []unix.Mmsghdr
+
+	// The read in progress: recvFn's outputs.
+	n      int
+	errno  syscall.Errno
+	recvFn func(fd uintptr) bool
+}
+
+// Listen binds a UDP socket to src:port, with an 8 MiB receive buffer to
+// absorb a storm's bursts from many peers (SO_RCVBUFFORCE where allowed).
+func Listen(src netip.Addr, port uint16) (*Listener, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return nil, fmt.Errorf("transport: UDP socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: src.As4(), Port: int(port)}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("transport: bind relay port %v:%d: %w", src, port, err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20); err != nil {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
+	}
+	file := os.NewFile(uintptr(fd), "pmtud-relay")
+	rc, err := file.SyscallConn()
+	if err != nil {
+		file.Close()
+		return nil, fmt.Errorf("transport: relay socket: %w", err)
+	}
+	l := &Listener{
+		file:  file,
+		rc:    rc,
+		bufs:  make([]byte, ListenBatch*recvBufLen),
+		iovs:  make([]unix.Iovec, ListenBatch),
+		names: make([]unix.RawSockaddrInet4, ListenBatch),
+		msgs:  make([]unix.Mmsghdr, ListenBatch),
+	}
+	for i := range l.msgs {
+		l.iovs[i].Base = &l.bufs[i*recvBufLen]
+		l.iovs[i].SetLen(recvBufLen)
+		h := &l.msgs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&l.names[i]))
+		h.Iov = &l.iovs[i]
+		h.SetIovlen(1)
+	}
+	l.recvFn = l.recvmmsg
+	return l, nil
+}
+
+// recvmmsg is the RawConn read callback: one recvmmsg call for up to
+// ListenBatch datagrams; false waits for the socket to become readable.
+func (l *Listener) recvmmsg(fd uintptr) bool {
+	for i := range l.msgs {
+		l.msgs[i].Hdr.Namelen = unix.SizeofSockaddrInet4
+		l.msgs[i].Hdr.Flags = 0
+	}
+	for {
+		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd,
+			uintptr(unsafe.Pointer(&l.msgs[0])), uintptr(len(l.msgs)), 0, 0, 0)
+		switch errno {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		l.n, l.errno = int(n), errno
+		return true
+	}
+}
+
+// ErrClosed is returned by Read once the Listener is closed.
+var ErrClosed = errors.New("transport: listener closed")
+
+// Read waits for datagrams and returns how many the batch holds; Datagram
+// returns each until the next Read. It returns ErrClosed once the Listener
+// is closed, and a socket error (a syscall.Errno) as it comes, after
+// which Read may be called again. It allocates nothing.
+func (l *Listener) Read() (int, error) {
+	if err := l.rc.Read(l.recvFn); err != nil {
+		return 0, ErrClosed
+	}
+	if l.errno != 0 {
+		return 0, l.errno
+	}
+	return l.n, nil
+}
+
+// Datagram returns datagram i of the batch Read returned: its source (the
+// zero Addr if it is not IPv4), its bytes (a view into the Listener's
+// buffer, valid until the next Read) and whether it was longer than the
+// buffer and cut.
+func (l *Listener) Datagram(i int) (src netip.Addr, b []byte, truncated bool) {
+	m, sa := &l.msgs[i], &l.names[i]
+	if sa.Family == unix.AF_INET {
+		src = netip.AddrFrom4(sa.Addr)
+	}
+	return src, l.bufs[i*recvBufLen : i*recvBufLen+int(m.Len)], m.Hdr.Flags&unix.MSG_TRUNC != 0
+}
+
+// Drops returns how many datagrams the kernel dropped because the
+// socket's receive buffer was full (SO_MEMINFO's drop count, kept by the
+// kernel for the socket's life: a counter). It makes one getsockopt call;
+// 0 once the socket is closed.
+func (l *Listener) Drops() uint64 {
+	var info [skMeminfoVars]uint32
+	n := uint32(len(info) * 4)
+	var errno syscall.Errno
+	if err := l.rc.Control(func(fd uintptr) {
+		_, _, errno = unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO,
+			uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&n)), 0)
+	}); err != nil || errno != 0 || n < (skMeminfoDrops+1)*4 {
+		return 0
+	}
+	return uint64(info[skMeminfoDrops])
+}
+
+// Close closes the socket, which ends a Read in progress. It is safe to
+// call twice.
+func (l *Listener) Close() error {
+	if err := l.file.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+		return fmt.Errorf("transport: close relay socket: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,232 @@
+package pmtud
+
+import (
+	"bytes"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-pmtud/go-pmtud/internal/transport"
+	"github.com/go-pmtud/go-pmtud/nl"
+	"github.com/go-pmtud/go-pmtud/wire"
+)
+
+// fakeResources gives a Relay fake kernel resources, so its logic runs
+// without root: senders that record what they would send, a TUN device
+// that records what is written, no NFLOG reader and no relay socket. Such
+// a Relay is driven with process and receiver.handle, not Run.
+type fakeResources struct {
+	senders []*fakeSender
+	dev     *fakeTUN
+}
+
+func (f *fakeResources) sender(*Config) (sender, error) {
+	s := &fakeSender{}
+	f.senders = append(f.senders, s)
+	return s, nil
+}
+
+func (f *fakeResources) tun(*Config) (injector, error) {
+	f.dev = &fakeTUN{ipv6: true}
+	return f.dev, nil
+}
+
+func (*fakeResources) listen(*Config) (*transport.Listener, error) { return nil, nil }
+func (*fakeResources) nflog(*Config) (*nl.Reader, error)           { return nil, nil }
+
+// copyTo is one copy a fakeSender was asked to send.
+type copyTo struct {
+	peer      netip.Addr
+	datagram  []byte // header and payload, as the peer would receive them
+	peerIndex int
+}
+
+// fakeSender records every copy, as a peer would receive it.
+type fakeSender struct {
+	peers  []netip.Addr
+	tally  transport.Tally
+	copies []copyTo
+}
+
+func (s *fakeSender) SetPeers(peers []netip.Addr) {
+	s.peers = peers
+	s.tally = transport.Tally{Sent: make([]uint64, len(peers)), Errors: make([]uint64, len(peers)), Unreachable: make([]uint64, len(peers))}
+}
+
+func (s *fakeSender) Send(heads, payloads [][]byte) {
+	for i, p := range payloads {
+		for k, a := range s.peers {
+			var d []byte
+			if heads != nil {
+				d = append(d, heads[i]...)
+			}
+			s.copies = append(s.copies, copyTo{peer: a, datagram: append(d, p...), peerIndex: k})
+			s.tally.Sent[k]++
+		}
+	}
+}
+
+func (s *fakeSender) Tally() *transport.Tally { return &s.tally }
+func (s *fakeSender) Close() error            { return nil }
+
+// fakeTUN records the packets written into it.
+type fakeTUN struct {
+	ipv6    bool
+	written [][]byte
+}
+
+func (t *fakeTUN) Write(p []byte) error { t.written = append(t.written, bytes.Clone(p)); return nil }
+func (t *fakeTUN) IPv6() bool           { return t.ipv6 }
+func (t *fakeTUN) Name() string         { return "fake0" }
+func (t *fakeTUN) Index() int           { return 99 }
+func (t *fakeTUN) Close() error         { return nil }
+
+var (
+	fakeA = netip.MustParseAddr("198.18.1.10")
+	fakeB = netip.MustParseAddr("198.18.1.11")
+	fakeC = netip.MustParseAddr("198.18.1.12")
+	fakeD = netip.MustParseAddr("198.18.1.13")
+)
+
+// newFakeRelay is a udp relay on node src, with keys, on fake resources.
+func newFakeRelay(t *testing.T, src netip.Addr, peers ...netip.Addr) (*Relay, *fakeResources) {
+	t.Helper()
+	res := &fakeResources{}
+	r, err := newRelay(Config{
+		NodeName: "fake", Mode: ModeUDP, Source: src, Peers: peers, TTL: 10,
+		Keys: []wire.Key{testKey}, DynamicPeers: true,
+	}, nil, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r, res
+}
+
+// TestRelayLogicWithFakes runs the relay's logic without root: node A
+// seals each accepted ICMP for its peers of the moment, drops the rest by
+// reason, follows a peer-set change from the next batch on (the series of
+// a peer that left disappear), and node B's receive side opens A's
+// datagrams, injects each router packet once and refuses replays and
+// non-peers.
+func TestRelayLogicWithFakes(t *testing.T) {
+	a, resA := newFakeRelay(t, fakeA, fakeB, fakeC)
+	b, resB := newFakeRelay(t, fakeB, fakeA)
+
+	good := distinctFragNeeded(3)
+	fromPeer := append([]byte(nil), good[0]...)
+	copy(fromPeer[12:16], fakeC.AsSlice()) // the outer source: a peer
+	fixIPv4Checksum(fromPeer)
+	badSum := append([]byte(nil), good[1]...)
+	badSum[22] ^= 0xff
+
+	j := newJob()
+	for _, p := range [][]byte{good[0], good[1], fromPeer, badSum, good[0]} {
+		j.batch.Packets = append(j.batch.Packets, nl.Packet{Payload: p})
+	}
+	process(a, j)
+	j.set.Store(nil)
+	st := a.Stats()
+	if st.Sent != 4 || st.Dropped[DropFromPeer] != 1 || st.Dropped[DropReason(wire.ErrBadChecksum)] != 1 || st.Dropped[DropDuplicate] != 1 {
+		t.Fatalf("A's stats %+v: want 2 ICMPs × 2 peers sent, one from_peer, one bad_checksum, one duplicate", st)
+	}
+	sent := resA.senders[0].copies
+	if len(sent) != 4 || sent[0].peer != fakeB || sent[1].peer != fakeC {
+		t.Fatalf("A sent %d copies (%+v), want 4: each ICMP to B, then C", len(sent), sent)
+	}
+
+	// B receives A's copies meant for B: each injected once, verbatim.
+	deliver := func(from netip.Addr, d []byte) RecvDropReason {
+		b.recv.in = &testDatagram{src: from, buf: d}
+		b.recv.stamp(time.Now())
+		return b.recv.handle(0)
+	}
+	for _, c := range sent {
+		if c.peer != fakeB {
+			continue
+		}
+		if got := deliver(fakeA, c.datagram); got != 0 {
+			t.Fatalf("B dropped A's datagram: %v", got)
+		}
+		if got := deliver(fakeA, c.datagram); got != RecvReplayed {
+			t.Fatalf("B took a replay as %v, want replayed", got)
+		}
+		if got := deliver(fakeD, c.datagram); got != RecvNotPeer {
+			t.Fatalf("B took a datagram from a non-peer as %v, want not_peer", got)
+		}
+	}
+	if w := resB.dev.written; len(w) != 2 || !bytes.Equal(w[0], good[0]) || !bytes.Equal(w[1], good[1]) {
+		t.Fatalf("B injected %d packets, want the router's 2, verbatim", len(w))
+	}
+
+	// C leaves, D joins: the next batch goes to B and D only, and C's
+	// series are gone while B's carry on.
+	if ch, err := a.SetPeers([]netip.Addr{fakeA, fakeB, fakeD}); err != nil || ch != (PeerChange{Added: 1, Removed: 1, Peers: 2}) {
+		t.Fatalf("SetPeers = %+v, %v", ch, err)
+	}
+	j.batch.Packets = j.batch.Packets[:0]
+	j.batch.Packets = append(j.batch.Packets, nl.Packet{Payload: good[2]}, nl.Packet{Payload: fromPeer})
+	process(a, j)
+	j.set.Store(nil)
+	// C's address left the loop guard with C: its copy is now relayed
+	// like any router's (the dedup window catches it coming back).
+	sent = resA.senders[0].copies[4:]
+	if len(sent) != 4 || sent[0].peer != fakeB || sent[1].peer != fakeD || sent[2].peer != fakeB || sent[3].peer != fakeD {
+		t.Fatalf("after the change A sent %d copies, want both packets to B and D only", len(sent))
+	}
+	if st := a.Stats(); st.Dropped[DropFromPeer] != 1 {
+		t.Fatalf("A's from_peer drops: %d, want still 1", st.Dropped[DropFromPeer])
+	}
+	var m strings.Builder
+	a.WritePrometheus(&m)
+	for _, want := range []string{
+		`go_pmtud_sent_packets_peer{node="fake",peer="198.18.1.11"} 4`,
+		`go_pmtud_sent_packets_peer{node="fake",peer="198.18.1.13"} 2`,
+		`go_pmtud_peers{node="fake"} 2`,
+		`go_pmtud_peer_updates_total{node="fake",result="applied"} 1`,
+	} {
+		if !strings.Contains(m.String(), want+"\n") {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	if strings.Contains(m.String(), `peer="198.18.1.12"`) {
+		t.Errorf("metrics still have series of C, which left:\n%s", m.String())
+	}
+
+	// Bad sets leave the one in force and count as errors; the same set
+	// again is unchanged.
+	if _, err := a.SetPeers([]netip.Addr{fakeB, netip.MustParseAddr("2001:db8::1")}); err == nil {
+		t.Fatal("SetPeers took an IPv6 peer")
+	}
+	if ch, err := a.SetPeers([]netip.Addr{fakeD, fakeB, fakeB}); err != nil || ch.Added+ch.Removed != 0 {
+		t.Fatalf("the same set again: %+v, %v; want no change", ch, err)
+	}
+	m.Reset()
+	a.WritePrometheus(&m)
+	for _, want := range []string{
+		`go_pmtud_peer_updates_total{node="fake",result="error"} 1`,
+		`go_pmtud_peer_updates_total{node="fake",result="unchanged"} 1`,
+	} {
+		if !strings.Contains(m.String(), want+"\n") {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+
+	// B without peers: what it would relay is counted as no_peers.
+	if _, err := b.SetPeers(nil); err != nil {
+		t.Fatal(err)
+	}
+	j.batch.Packets = append(j.batch.Packets[:0], nl.Packet{Payload: distinctFragNeeded(9)[8]})
+	process(b, j)
+	if st := b.Stats(); st.Dropped[DropNoPeers] != 1 || st.Sent != 0 {
+		t.Fatalf("B without peers: %+v, want one no_peers drop", st)
+	}
+}
+
+// fixIPv4Checksum recomputes the IPv4 header checksum of p.
+func fixIPv4Checksum(p []byte) {
+	p[10], p[11] = 0, 0
+	c := wire.Checksum(p[:20])
+	p[10], p[11] = byte(c>>8), byte(c)
+}
