@@ -58,13 +58,18 @@ type daemon struct {
 	stopErr  error
 }
 
-// startDaemon starts bin in the node namespace with the topology's peers and
-// extra flags, and waits until its /metrics answers. Its stderr goes to a
-// file in dir, shown when it fails.
-func startDaemon(bin string, t *topology, extra []string, dir string) (*daemon, error) {
-	peers := make([]string, len(t.peers))
-	for i, a := range t.peers {
-		peers[i] = a.String()
+// startDaemon starts bin in the node namespace with the topology's peers
+// (--peers, or --peers-file peersFile if that is not empty) and extra flags,
+// and waits until its /metrics answers. Its stderr goes to a file in dir,
+// shown when it fails.
+func startDaemon(bin string, t *topology, peersFile string, extra []string, dir string) (*daemon, error) {
+	peerArgs := []string{"--peers-file", peersFile}
+	if peersFile == "" {
+		peers := make([]string, len(t.peers))
+		for i, a := range t.peers {
+			peers[i] = a.String()
+		}
+		peerArgs = []string{"--peers", strings.Join(peers, ",")}
 	}
 	bin, err := filepath.Abs(bin)
 	if err == nil {
@@ -74,13 +79,13 @@ func startDaemon(bin string, t *topology, extra []string, dir string) (*daemon, 
 		return nil, fmt.Errorf("resolve go-pmtud path: %w", err)
 	}
 	metricsAddr := netip.AddrPortFrom(nodeAddr, metricsPort).String()
-	args := append([]string{bin,
-		"--peers", strings.Join(peers, ","),
+	args := append(append([]string{bin}, peerArgs...),
 		"--iface", "eth0",
 		"--nodename", "load",
 		"--nflog-group", strconv.Itoa(nflogGroup),
 		"--metrics-address", metricsAddr,
-	}, extra...)
+	)
+	args = append(args, extra...)
 	d := &daemon{
 		bin:     bin,
 		logPath: filepath.Join(dir, "go-pmtud.log"),
@@ -196,12 +201,16 @@ type counters struct {
 	// datagrams dropped, and the drops by reason.
 	relayRecv, injected, relayDropped float64
 	relayDrops                        map[string]float64
+	// Peer-set updates (go_pmtud_peer_updates_total) by result: applied,
+	// unchanged, error.
+	peersApplied, peersUnchanged, peersError float64
 }
 
 // Metric names the harness reads.
 const (
 	metricDropped      = "go_pmtud_dropped_packets_total"
 	metricRelayDropped = "go_pmtud_relay_dropped_total"
+	metricPeerUpdates  = "go_pmtud_peer_updates_total"
 )
 
 // metrics fetches and sums the daemon's counters.
@@ -214,7 +223,7 @@ func (d *daemon) metrics() (counters, error) {
 	if resp.StatusCode != http.StatusOK {
 		return counters{}, fmt.Errorf("fetch go-pmtud metrics: %s", resp.Status)
 	}
-	sums, reasons, err := sumMetrics(resp.Body)
+	sums, labelled, err := sumMetrics(resp.Body)
 	if err != nil {
 		return counters{}, fmt.Errorf("read go-pmtud metrics: %w", err)
 	}
@@ -225,11 +234,15 @@ func (d *daemon) metrics() (counters, error) {
 		dropped:      sums[metricDropped],
 		lost:         sums["go_pmtud_nflog_lost_packets_total"],
 		overruns:     sums["go_pmtud_nflog_overruns_total"],
-		fromTUN:      reasons[metricDropped]["from_tun"],
+		fromTUN:      labelled[metricDropped]["from_tun"],
 		relayRecv:    sums["go_pmtud_relay_received_total"],
 		injected:     sums["go_pmtud_relay_injected_total"],
 		relayDropped: sums[metricRelayDropped],
-		relayDrops:   reasons[metricRelayDropped],
+		relayDrops:   labelled[metricRelayDropped],
+
+		peersApplied:   labelled[metricPeerUpdates]["applied"],
+		peersUnchanged: labelled[metricPeerUpdates]["unchanged"],
+		peersError:     labelled[metricPeerUpdates]["error"],
 	}, nil
 }
 
@@ -244,16 +257,18 @@ func (c counters) sub(o counters) counters {
 		dropped: c.dropped - o.dropped, lost: c.lost - o.lost, overruns: c.overruns - o.overruns,
 		fromTUN: c.fromTUN - o.fromTUN, relayRecv: c.relayRecv - o.relayRecv,
 		injected: c.injected - o.injected, relayDropped: c.relayDropped - o.relayDropped,
-		relayDrops: drops,
+		relayDrops:   drops,
+		peersApplied: c.peersApplied - o.peersApplied, peersUnchanged: c.peersUnchanged - o.peersUnchanged,
+		peersError: c.peersError - o.peersError,
 	}
 }
 
 // sumMetrics reads the Prometheus text format and sums every sample by
-// metric name, across label sets; reasons holds the samples that have a
-// reason label, summed by metric name and reason.
-func sumMetrics(r io.Reader) (sums map[string]float64, reasons map[string]map[string]float64, err error) {
+// metric name, across label sets; labelled holds the samples that have a
+// reason or a result label, summed by metric name and that label's value.
+func sumMetrics(r io.Reader) (sums map[string]float64, labelled map[string]map[string]float64, err error) {
 	sums = map[string]float64{}
-	reasons = map[string]map[string]float64{}
+	labelled = map[string]map[string]float64{}
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		line := sc.Text()
@@ -268,25 +283,33 @@ func sumMetrics(r io.Reader) (sums map[string]float64, reasons map[string]map[st
 			return nil, nil, fmt.Errorf("parse sample %q: %w", line, err)
 		}
 		sums[name] += v
-		if reason, ok := reasonLabel(labels); ok {
-			if reasons[name] == nil {
-				reasons[name] = map[string]float64{}
+		for _, key := range []string{"reason", "result"} {
+			if value, ok := labelValue(labels, key); ok {
+				if labelled[name] == nil {
+					labelled[name] = map[string]float64{}
+				}
+				labelled[name][value] += v
+				break
 			}
-			reasons[name][reason] += v
 		}
 	}
-	return sums, reasons, sc.Err()
+	return sums, labelled, sc.Err()
 }
 
-// reasonLabel returns the value of the reason label in labels, the text
-// after a sample's "{".
-func reasonLabel(labels string) (string, bool) {
-	i := strings.Index(labels, `reason="`)
-	if i < 0 {
-		return "", false
+// labelValue returns the value of label key in labels, the text after a
+// sample's "{".
+func labelValue(labels, key string) (string, bool) {
+	for rest := labels; ; {
+		i := strings.Index(rest, key+`="`)
+		if i < 0 {
+			return "", false
+		}
+		if i == 0 || rest[i-1] == ',' || rest[i-1] == '{' || rest[i-1] == ' ' {
+			v, _, ok := strings.Cut(rest[i+len(key)+2:], `"`)
+			return v, ok
+		}
+		rest = rest[i+len(key)+2:]
 	}
-	v, _, ok := strings.Cut(labels[i+len(`reason="`):], `"`)
-	return v, ok
 }
 
 // pid returns the daemon's process ID.

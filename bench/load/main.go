@@ -45,6 +45,26 @@
 // for the highest one go-pmtud holds, in short runs, instead of the
 // throughput phase.
 //
+// With -swap-every DURATION the daemon takes --peers-file instead of
+// --peers: DIR/peers in a directory laid out as the kubelet lays out a
+// mounted ConfigMap (DIR/peers -> ..data/peers, ..data -> a timestamped
+// directory). While each throughput or sweep run injects, a goroutine
+// updates it the kubelet's way every DURATION (a new timestamped
+// directory, a symlink ..data_tmp to it renamed over ..data), alternating
+// between the P peers and the same with the last one replaced by a spare
+// address the sink also holds (198.18.1.(100+P)). The sets differ by one
+// peer, so the daemon applies every swap (go_pmtud_peer_updates_total
+// {result="applied"}, reported beside the swaps written), and both count
+// alike at the sink, whose counter takes every packet from the node: a run
+// with swaps still expects P copies per ICMP. -compare-swap DURATION runs
+// the throughput phase (or the sweep) twice on the same daemon and
+// namespaces, first without swaps, then with a swap every DURATION, and
+// prints both and the ratio of their throughput (within 5 % or not).
+//
+// Every injected ICMP quotes its own TCP sequence number, so no two are
+// alike and the daemon's dedup window (1 s by default) drops none of them:
+// the runs measure the fan-out, not dedup, at any rate.
+//
 // With -receive the harness measures the udp relay's receive side instead:
 //
 //	sink: peer 198.18.1.100 ──(198.18.1.0/24)──► node: go-pmtud --relay udp ──► TUN pmtud0 ──► 198.18.100.1 on lo
@@ -76,6 +96,8 @@
 //	sudo go run ./bench/load -peers 16 -rate 50000 -duration 5s
 //	sudo go run ./bench/load -peers 1 -rate 300000 -drop-logged
 //	sudo go run ./bench/load -peers 16 -sweep
+//	sudo go run ./bench/load -peers 16 -rate 12000 -duration 5s -compare-swap 100ms
+//	sudo go run ./bench/load -peers 16 -sweep -swap-every 100ms
 //	sudo go run ./bench/load -receive -rate 50000 -duration 5s
 //	sudo go run ./bench/load -receive -sweep
 //
@@ -91,6 +113,7 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -112,13 +135,25 @@ type options struct {
 	daemonArgs  []string
 	daemonBin   string
 	dropLogged  bool
+	// swapEvery swaps the daemon's peers file during every run;
+	// compareSwap measures twice, without swaps and with a swap every
+	// compareSwap. 0 is off.
+	swapEvery   time.Duration
+	compareSwap time.Duration
 }
+
+// swapInterval returns the interval of the peers-file swaps, 0 if the
+// daemon takes --peers.
+func (o options) swapInterval() time.Duration { return max(o.swapEvery, o.compareSwap) }
 
 // Bounds that keep a run short and inside the address plan.
 const (
 	maxPeers    = 150 // peer i is 198.18.1.(100+i)
 	maxDuration = time.Minute
 	maxRate     = 5e6
+	// minSwapInterval bounds -swap-every: each swap writes a directory
+	// and renames a symlink, and the daemon re-reads the file.
+	minSwapInterval = time.Millisecond
 )
 
 func main() {
@@ -164,6 +199,8 @@ func parseOptions(args []string) (options, error) {
 	fs.StringVar(&daemonArgs, "daemon-args", "", "extra go-pmtud flags, space-separated (e.g. \"--workers 2\")")
 	fs.StringVar(&o.daemonBin, "daemon-bin", "", "go-pmtud binary to run (default: build ./cmd/go-pmtud)")
 	fs.BoolVar(&o.dropLogged, "drop-logged", false, "drop the injected ICMPs in the node right after the NFLOG rule, so the node's kernel does not route and deliver them: a cheaper packet source for the daemon (the injector's CPU pays for the node's receive path)")
+	fs.DurationVar(&o.swapEvery, "swap-every", 0, "start go-pmtud with --peers-file in a ConfigMap-style directory and, during each run, swap the file the kubelet's way every DURATION between the P peers and the same with the last replaced by a spare address the sink holds (0: off, --peers)")
+	fs.DurationVar(&o.compareSwap, "compare-swap", 0, "measure the run (or sweep) twice on the same daemon, without swaps and with a swap every DURATION as -swap-every does, and print both and their ratio (0: off)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -188,6 +225,16 @@ func parseOptions(args []string) (options, error) {
 		return o, fmt.Errorf("-latency-rate %v is outside [0, 10000]", o.latRate)
 	case o.quote < minQuote || o.quote > 1400:
 		return o, fmt.Errorf("-quote %d is outside %d..1400", o.quote, minQuote)
+	case o.swapEvery != 0 && o.compareSwap != 0:
+		return o, errors.New("give -swap-every or -compare-swap, not both")
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"-swap-every", o.swapEvery}, {"-compare-swap", o.compareSwap}} {
+		if d.v != 0 && (d.v < minSwapInterval || d.v > maxDuration) {
+			return o, fmt.Errorf("%s %v is outside [%v, %v]", d.name, d.v, minSwapInterval, maxDuration)
+		}
 	}
 	for _, d := range []struct {
 		name string
@@ -207,7 +254,7 @@ func receiveOptions(fs *flag.FlagSet, o *options) error {
 	var err error
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
-		case "peers", "relay", "latency-rate", "latency-duration", "drop-logged":
+		case "peers", "relay", "latency-rate", "latency-duration", "drop-logged", "swap-every", "compare-swap":
 			if err == nil {
 				err = fmt.Errorf("-%s does not apply to -receive", f.Name)
 			}
@@ -272,7 +319,7 @@ func run(o options, cl *cleanups) error {
 		}
 	}
 	progress("building namespaces: router, node, sink with %d peer addresses", o.peers)
-	t, err := buildTopology(o.peers, o.dropLogged, dir, cl)
+	t, err := buildTopology(o.peers, o.swapInterval() > 0, o.dropLogged, dir, cl)
 	if err != nil {
 		return err
 	}
@@ -314,22 +361,39 @@ func runForward(r *report, t *topology, bin, dir string, cl *cleanups) error {
 		return err
 	}
 
+	var cm *configMap
+	peersFile := ""
+	if o.swapInterval() > 0 {
+		if cm, err = newConfigMap(filepath.Join(dir, "peers"), peerList(t.peers)); err != nil {
+			return err
+		}
+		peersFile = cm.path()
+	}
 	progress("starting go-pmtud in %s", t.node.Name())
-	d, err := startDaemon(bin, t, append(o.relay.daemonFlags(), o.daemonArgs...), dir)
+	d, err := startDaemon(bin, t, peersFile, append(o.relay.daemonFlags(), o.daemonArgs...), dir)
 	if err != nil {
 		return err
 	}
 	cl.add(func() { d.stop() })
 
 	p := forwardPath(t, inj)
-	if o.sweep {
-		start := max(1000, math.Round(r.ceiling.rate/float64(o.peers)/4/1000)*1000)
-		if r.sweep, err = sweepRates(p, d, o, start); err != nil {
+	swapped := p
+	if cm != nil {
+		swapped.swap = newSwapper(cm, t, o.swapInterval())
+	}
+	switch {
+	case o.compareSwap > 0:
+		progress("compare: without swaps")
+		if r.load, r.sweep, err = measureForward(p, d, o, r.ceiling); err != nil {
 			return err
 		}
-	} else {
-		progress("throughput: %.0f ICMP/s for %v", o.rate, o.duration)
-		if r.load, err = measureLoad(p, d, o.rate, o.duration); err != nil {
+		progress("compare: with a swap of the peers file every %v", o.compareSwap)
+		r.swapped = new(outcome)
+		if r.swapped.load, r.swapped.sweep, err = measureForward(swapped, d, o, r.ceiling); err != nil {
+			return err
+		}
+	default:
+		if r.load, r.sweep, err = measureForward(swapped, d, o, r.ceiling); err != nil {
 			return err
 		}
 	}
@@ -339,6 +403,18 @@ func runForward(r *report, t *topology, bin, dir string, cl *cleanups) error {
 		r.latency, r.latencyErr = measureLatency(t, inj, o.relay, o.latRate, o.latDuration)
 	}
 	return stopDaemon(r, d)
+}
+
+// measureForward runs the throughput phase on p, or the sweep with -sweep.
+func measureForward(p path, d *daemon, o options, c ceiling) (l load, s sweep, err error) {
+	if o.sweep {
+		start := max(1000, math.Round(c.rate/float64(o.peers)/4/1000)*1000)
+		s, err = sweepRates(p, d, o, start)
+		return l, s, err
+	}
+	progress("throughput: %.0f ICMP/s for %v%s", o.rate, o.duration, swapNote(p.swap))
+	l, err = measureLoad(p, d, o.rate, o.duration)
+	return l, s, err
 }
 
 // receiveSweepStart is the first rate of a -receive sweep, in datagrams
@@ -368,7 +444,7 @@ func runReceive(r *report, t *topology, bin, dir string, cl *cleanups) error {
 	r.sender = snd
 
 	progress("starting go-pmtud in %s: udp relay, peer %v", t.node.Name(), senderAddr)
-	d, err := startDaemon(bin, t, append(receiveDaemonFlags(keyFile), o.daemonArgs...), dir)
+	d, err := startDaemon(bin, t, "", append(receiveDaemonFlags(keyFile), o.daemonArgs...), dir)
 	if err != nil {
 		return err
 	}

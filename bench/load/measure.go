@@ -40,6 +40,9 @@ type path struct {
 	fanout int
 	// kernel reads the receive mode's kernel counters; nil elsewhere.
 	kernel func() (kernelCounters, error)
+	// swap, if not nil, swaps the daemon's peers file while the input is
+	// sent (-swap-every, -compare-swap).
+	swap *swapper
 }
 
 // forwardPath is the replication path: inj injects ICMPs at the node, the
@@ -67,6 +70,10 @@ type load struct {
 	cpu     cpuSample      // CPU time used during the run
 	window  time.Duration  // the run: injection, draining and the probe
 	backlog uint64         // packets the kernel dropped from full per-CPU backlogs, machine-wide
+	// swapEvery is the interval of the peers-file swaps during the
+	// injection, 0 without; swaps is how many were written.
+	swapEvery time.Duration
+	swaps     uint64
 }
 
 // outRate returns the outputs per second counted while the injection ran:
@@ -105,8 +112,9 @@ func (l load) cpuPerMillion() float64 {
 // by more than 3%.
 func (l load) injectorLimited() bool { return l.inj.rate() < 0.97*l.target }
 
-// measureLoad sends p's input at rate for dur, waits until the daemon has
-// drained, and returns what went in and came out.
+// measureLoad sends p's input at rate for dur, swapping the daemon's peers
+// file meanwhile if p says so, waits until the daemon has drained, and
+// returns what went in and came out.
 func measureLoad(p path, d *daemon, rate float64, dur time.Duration) (load, error) {
 	l := load{target: rate, peers: p.fanout}
 	if p.prepare != nil {
@@ -118,7 +126,18 @@ func measureLoad(p path, d *daemon, rate float64, dur time.Duration) (load, erro
 	if err != nil {
 		return l, err
 	}
-	if l.inj, err = p.send(rate, dur); err != nil {
+	var sw *swapping
+	if p.swap != nil {
+		l.swapEvery = p.swap.every
+		sw = p.swap.start()
+	}
+	l.inj, err = p.send(rate, dur)
+	if sw != nil {
+		var swErr error
+		l.swaps, swErr = sw.stop()
+		err = errors.Join(err, swErr)
+	}
+	if err != nil {
 		return l, err
 	}
 	atEnd, err := p.count()
@@ -306,7 +325,7 @@ func sweepRates(p path, d *daemon, o options, start float64) (sweep, error) {
 	s := sweep{best: -1}
 	deadline := time.Now().Add(sweepBudget)
 	try := func(rate float64) (bool, error) {
-		progress("sweep: %.0f %s for %v", rate, p.unit, o.sweepStep)
+		progress("sweep: %.0f %s for %v%s", rate, p.unit, o.sweepStep, swapNote(p.swap))
 		l, err := measureLoad(p, d, rate, o.sweepStep)
 		if err != nil {
 			return false, err

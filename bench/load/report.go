@@ -30,7 +30,20 @@ type report struct {
 	// sender is the receive mode's peer sender, for its datagram size and
 	// how many datagrams it sealed in the send loop.
 	sender *peerSender
+	// swapped is -compare-swap's run with swaps; load and sweep then hold
+	// the run without.
+	swapped *outcome
 }
+
+// outcome is a throughput run or a sweep.
+type outcome struct {
+	load  load
+	sweep sweep
+}
+
+// swapTolerance is how far the throughput with swaps may fall below the
+// one without for -compare-swap to call it even: 5%.
+const swapTolerance = 0.05
 
 // print writes the report, one figure per line, in a fixed format that can
 // be pasted into the README.
@@ -47,12 +60,19 @@ func (r *report) print(w io.Writer) {
 	}
 	line("scene", "P=%d peers, %d-byte packets (ICMP quoting %d bytes), --relay %s, daemon flags: %s%s",
 		o.peers, offQuoted+o.quote, o.quote, o.relay, daemonFlags(o.daemonArgs), dropNote(o.dropLogged))
+	line("flows", "every ICMP quotes its own TCP sequence number (source port cycling over 64512): no two alike, the dedup window (default 1 s) never drops one")
+	if every := o.swapInterval(); every > 0 {
+		line("peers", "--peers-file in a ConfigMap-style directory (..data symlink renamed over by the kubelet's steps); swapped every %v during the injection between the P peers and the same with %v replaced by the spare %v (the sink counts both alike)",
+			every, peerAddr(o.peers-1), peerAddr(o.peers))
+	}
 	c := r.ceiling
 	line("ceiling", "%.0f packets/s (plain sendmmsg, 1 %s socket, 1024/call, %.2f s)", c.rate, o.relay.socketKind(), c.elapsed.Seconds())
 	line("ceiling CPU", "%.2f s per million packets (the sending thread, kernel included); other processes %.2f s",
 		c.cpuPerMillion(), c.others.Seconds())
-	if o.sweep {
-		r.printSweep(line)
+	if r.swapped != nil {
+		r.printCompare(line)
+	} else if o.sweep {
+		r.printSweep(line, r.sweep)
 	} else {
 		r.printLoad(line, r.load)
 	}
@@ -85,6 +105,64 @@ func (r *report) printLoad(line func(string, string, ...any), l load) {
 	if l.backlog > 0 {
 		line("backlog drops", "%d (netdev_max_backlog overflows, machine-wide)", l.backlog)
 	}
+	if l.swapEvery > 0 {
+		line("peer swaps", "%s", swapsNote(l))
+	}
+}
+
+// swapsNote says how many peers-file swaps run l made and how many the
+// daemon applied.
+func swapsNote(l load) string {
+	m := l.daemon
+	return fmt.Sprintf("%d written (every %v, over %.2f s of injection), %.0f applied by the daemon (go_pmtud_peer_updates_total{result=\"applied\"}; unchanged %.0f, error %.0f)",
+		l.swaps, l.swapEvery, l.inj.elapsed.Seconds(), m.peersApplied, m.peersUnchanged, m.peersError)
+}
+
+// printCompare writes -compare-swap's two runs (or sweeps), without and
+// with swaps, and how they compare.
+func (r *report) printCompare(line func(string, string, ...any)) {
+	o, w := r.opts, r.swapped
+	line("run", "1 of 2: no swaps (the peers file stays as it is)")
+	if o.sweep {
+		r.printSweep(line, r.sweep)
+	} else {
+		r.printLoad(line, r.load)
+	}
+	line("run", "2 of 2: a swap of the peers file every %v", o.compareSwap)
+	if o.sweep {
+		r.printSweep(line, w.sweep)
+	} else {
+		r.printLoad(line, w.load)
+	}
+	if o.sweep {
+		without, _, ok1 := r.sweep.result(line, "injector")
+		with, _, ok2 := w.sweep.result(line, "injector")
+		if !ok1 || !ok2 {
+			return
+		}
+		ratio := with.inj.rate() / without.inj.rate()
+		line("swaps vs none", "%.0f vs %.0f ICMP/s held (%.0f vs %.0f packets/s replicated): %.1f %%, %s; swaps at the held rate %s",
+			with.inj.rate(), without.inj.rate(), with.outRate(), without.outRate(), 100*ratio, evenVerdict(ratio, r.sweep.limited || w.sweep.limited), swapsNote(with))
+		return
+	}
+	without, with := r.load, w.load
+	ratio := with.outRate() / without.outRate()
+	line("swaps vs none", "%.0f vs %.0f packets/s replicated during the injection: %.1f %%, %s; loss %.3f %% vs %.3f %% (%s vs %s); daemon CPU %.2f vs %.2f s per million",
+		with.outRate(), without.outRate(), 100*ratio, evenVerdict(ratio, false), 100*with.loss(), 100*without.loss(),
+		verdict(with, "injector"), verdict(without, "injector"), with.cpuPerMillion(), without.cpuPerMillion())
+}
+
+// evenVerdict says whether ratio, throughput with swaps over without, is
+// within swapTolerance; limited says the injector bounded a sweep.
+func evenVerdict(ratio float64, limited bool) string {
+	v := fmt.Sprintf("within %.0f %%", 100*swapTolerance)
+	if ratio < 1-swapTolerance {
+		v = fmt.Sprintf("NOT within %.0f %%", 100*swapTolerance)
+	}
+	if limited {
+		v += " (injector limited: a lower bound on both)"
+	}
+	return v
 }
 
 // verdict says how a sweep step ended; source names what sent the input.
@@ -115,13 +193,15 @@ func (s sweep) result(line func(string, string, ...any), source string) (load, s
 	return s.steps[s.best], prefix, true
 }
 
-// printSweep writes the sweep's steps and its result.
-func (r *report) printSweep(line func(string, string, ...any)) {
-	s := r.sweep
+// printSweep writes sweep s's steps and its result.
+func (r *report) printSweep(line func(string, string, ...any), s sweep) {
 	for _, l := range s.steps {
-		verdict := verdict(l, "injector")
-		line("sweep step", "target %7.0f ICMP/s: injected %7.0f/s, arrived %8.0f/s, loss %.3f %%, lag %4.0f ms, nflog lost %.0f, other CPU %.2f s, %s",
-			l.target, l.inj.rate(), l.outRate(), 100*l.loss(), ms(l.lag().Seconds()), l.daemon.lost, l.cpu.others().Seconds(), verdict)
+		swaps := ""
+		if l.swapEvery > 0 {
+			swaps = fmt.Sprintf(", swaps %d, applied %.0f", l.swaps, l.daemon.peersApplied)
+		}
+		line("sweep step", "target %7.0f ICMP/s: injected %7.0f/s, arrived %8.0f/s, loss %.3f %%, lag %4.0f ms, nflog lost %.0f, other CPU %.2f s%s, %s",
+			l.target, l.inj.rate(), l.outRate(), 100*l.loss(), ms(l.lag().Seconds()), l.daemon.lost, l.cpu.others().Seconds(), swaps, verdict(l, "injector"))
 	}
 	b, prefix, ok := s.result(line, "injector")
 	if !ok {

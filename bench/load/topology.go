@@ -36,13 +36,18 @@ func peerAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 1, byt
 type topology struct {
 	router, node, sink *netlab.NS
 	peers              []netip.Addr
+	// spare is an address beyond the P peers that the sink also holds
+	// (peer P's), the one a swap puts in place of the last peer; invalid
+	// without swaps.
+	spare netip.Addr
 }
 
 // buildTopology creates the router, node and sink namespaces, with p peer
-// addresses in the sink, and registers their removal with cl. dir holds the
-// sink's nft ruleset file. With dropLogged the node drops the injected ICMPs
-// right after logging them (see dropLoggedRule).
-func buildTopology(p int, dropLogged bool, dir string, cl *cleanups) (*topology, error) {
+// addresses in the sink (and the spare address, with spare), and registers
+// their removal with cl. dir holds the sink's nft ruleset file. With
+// dropLogged the node drops the injected ICMPs right after logging them
+// (see dropLoggedRule).
+func buildTopology(p int, spare, dropLogged bool, dir string, cl *cleanups) (*topology, error) {
 	lab, err := netlab.New("pmtud-load")
 	if err != nil {
 		return nil, err
@@ -69,6 +74,9 @@ func buildTopology(p int, dropLogged bool, dir string, cl *cleanups) (*topology,
 	}
 	for i := range p {
 		t.peers = append(t.peers, peerAddr(i))
+	}
+	if spare {
+		t.spare = peerAddr(p)
 	}
 	if err := t.address(); err != nil {
 		return nil, err
@@ -108,12 +116,21 @@ func (t *topology) address() error {
 			return err
 		}
 	}
-	for _, a := range t.peers {
+	for _, a := range t.sinkAddrs() {
 		if _, err := t.sink.Run("ip", "addr", "add", a.String()+"/32", "dev", "eth0"); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// sinkAddrs returns the peer addresses the sink holds: the P peers and the
+// spare, if any.
+func (t *topology) sinkAddrs() []netip.Addr {
+	if t.spare.IsValid() {
+		return append(t.peers[:len(t.peers):len(t.peers)], t.spare)
+	}
+	return t.peers
 }
 
 // resolveNeighbours installs permanent neighbour entries for every
@@ -131,7 +148,7 @@ func (t *topology) resolveNeighbours() error {
 	if err := setNeighbour(t.router, "eth0", nodeUplink, nodeMAC); err != nil {
 		return err
 	}
-	for _, a := range append([]netip.Addr{sinkAddr}, t.peers...) {
+	for _, a := range append([]netip.Addr{sinkAddr}, t.sinkAddrs()...) {
 		if err := setNeighbour(t.node, "eth0", a, sinkMAC); err != nil {
 			return err
 		}
