@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -32,10 +33,21 @@ type peerSet struct {
 	// addresses) to the reason they are dropped. A map lookup on a
 	// netip.Addr hashes a 24-byte value and allocates nothing.
 	guard map[netip.Addr]DropReason
+	// retired holds the state of up to maxRetired peers that left, the
+	// latest last: a peer that comes back gets its counters and replay
+	// window back, so datagrams it sent before it left cannot be replayed
+	// into a fresh window.
+	retired []*peerState
 }
+
+// maxRetired bounds peerSet.retired: 1,024 departed peers' state (about
+// 1 MiB with replay windows) is far more than a cluster churns between a
+// node's leaving and its return.
+const maxRetired = 1024
 
 // peerState is what a relay keeps per peer across peer-set changes.
 type peerState struct {
+	addr netip.Addr
 	// labels is the series' label set, {node="…",peer="…"}, rendered once.
 	labels string
 	// Copies sent to the peer, copies the kernel refused, and ICMP errors
@@ -71,10 +83,12 @@ func newPeerSet(c *Config, prev *peerSet, addrs []netip.Addr) *peerSet {
 		if prev != nil {
 			if k, ok := prev.index[a]; ok {
 				st = prev.state[k]
+			} else if k := slices.IndexFunc(prev.retired, func(r *peerState) bool { return r.addr == a }); k >= 0 {
+				st = prev.retired[k]
 			}
 		}
 		if st == nil {
-			st = &peerState{labels: "{node=" + quote(c.NodeName) + ",peer=" + quote(a.String()) + "}"}
+			st = &peerState{addr: a, labels: "{node=" + quote(c.NodeName) + ",peer=" + quote(a.String()) + "}"}
 			if c.Mode == ModeUDP {
 				st.replay = new(wire.ReplayWindow)
 			}
@@ -87,6 +101,21 @@ func newPeerSet(c *Config, prev *peerSet, addrs []netip.Addr) *peerSet {
 	// Own addresses win over peers: the same address in both lists is ours.
 	for a := range own {
 		s.guard[a] = DropFromSelf
+	}
+	if prev != nil {
+		for _, st := range prev.retired {
+			if _, back := s.index[st.addr]; !back {
+				s.retired = append(s.retired, st)
+			}
+		}
+		for _, st := range prev.state {
+			if _, stays := s.index[st.addr]; !stays {
+				s.retired = append(s.retired, st)
+			}
+		}
+		if n := len(s.retired); n > maxRetired {
+			s.retired = slices.Clone(s.retired[n-maxRetired:])
+		}
 	}
 	return s
 }

@@ -109,7 +109,7 @@ func newFakeRelay(t *testing.T, src netip.Addr, peers ...netip.Addr) (*Relay, *f
 // reason, follows a peer-set change from the next batch on (the series of
 // a peer that left disappear), and node B's receive side opens A's
 // datagrams, injects each router packet once and refuses replays and
-// non-peers.
+// non-peers, also after A left B's peers and came back.
 func TestRelayLogicWithFakes(t *testing.T) {
 	a, resA := newFakeRelay(t, fakeA, fakeB, fakeC)
 	b, resB := newFakeRelay(t, fakeB, fakeA)
@@ -158,6 +158,20 @@ func TestRelayLogicWithFakes(t *testing.T) {
 	}
 	if w := resB.dev.written; len(w) != 2 || !bytes.Equal(w[0], good[0]) || !bytes.Equal(w[1], good[1]) {
 		t.Fatalf("B injected %d packets, want the router's 2, verbatim", len(w))
+	}
+	// A leaves B's peers and comes back: its replay window comes back
+	// with it, so a datagram A sent before is still refused.
+	if _, err := b.SetPeers(nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := deliver(fakeA, sent[0].datagram); got != RecvNotPeer {
+		t.Fatalf("B took a datagram from A, no peer now, as %v, want not_peer", got)
+	}
+	if _, err := b.SetPeers([]netip.Addr{fakeA}); err != nil {
+		t.Fatal(err)
+	}
+	if got := deliver(fakeA, sent[0].datagram); got != RecvReplayed {
+		t.Fatalf("B took an old datagram from A, back as a peer, as %v, want replayed", got)
 	}
 
 	// C leaves, D joins: the next batch goes to B and D only, and C's

@@ -191,50 +191,51 @@ func TestReportsUnreachableOnceBeforeSync(t *testing.T) {
 func TestFollowsNodes(t *testing.T) {
 	t.Parallel()
 	api := sharedAPI(t)
+	c := api.unique("follows")
 	ctx := t.Context()
-	sel := map[string]string{"pmtud.test/case": "follows"}
-	api.createNode(t, "follows-a", sel, nil, internal("198.18.1.1"), internal("2001:db8::1"))
-	api.createNode(t, "follows-b", sel, nil, internal("198.18.1.2"), internal("198.18.1.3"), external("198.18.101.2"))
-	api.createNode(t, "follows-c", sel, nil, external("198.18.101.3")) // no InternalIP
-	api.createNode(t, "follows-d", sel, nil, internal("2001:db8::4"))  // IPv6 only
-	api.createNode(t, "other-e", nil, nil, internal("198.18.1.99"))    // not selected
+	sel := map[string]string{"pmtud.test/case": c}
+	api.createNode(t, c+"-a", sel, nil, internal("198.18.1.1"), internal("2001:db8::1"))
+	api.createNode(t, c+"-b", sel, nil, internal("198.18.1.2"), internal("198.18.1.3"), external("198.18.101.2"))
+	api.createNode(t, c+"-c", sel, nil, external("198.18.101.3"))    // no InternalIP
+	api.createNode(t, c+"-d", sel, nil, internal("2001:db8::4"))     // IPv6 only
+	api.createNode(t, c+"-other", nil, nil, internal("198.18.1.99")) // not selected
 
-	rec := runSource(t, KubernetesConfig{Kubeconfig: api.admin, NodeSelector: "pmtud.test/case=follows"}, nil)
+	rec := runSource(t, KubernetesConfig{Kubeconfig: api.admin, NodeSelector: "pmtud.test/case=" + c}, nil)
 	want := addrs("198.18.1.1", "198.18.1.2", "198.18.1.3")
 	rec.waitSet(t, want)
 	if first := rec.all()[0]; first.Err != nil || !slices.Equal(first.Addrs, want) {
 		t.Fatalf("first update %v, want the full initial set %v", first, want)
 	}
 
-	api.createNode(t, "follows-f", sel, nil, internal("198.18.1.6"))
+	api.createNode(t, c+"-f", sel, nil, internal("198.18.1.6"))
 	rec.waitSet(t, addrs("198.18.1.1", "198.18.1.2", "198.18.1.3", "198.18.1.6"))
 
-	api.setAddrs(t, "follows-a", internal("198.18.1.11"))
+	api.setAddrs(t, c+"-a", internal("198.18.1.11"))
 	rec.waitSet(t, addrs("198.18.1.2", "198.18.1.3", "198.18.1.6", "198.18.1.11"))
 
-	api.setAddrs(t, "follows-d", internal("198.18.1.4"), internal("2001:db8::4"))
+	api.setAddrs(t, c+"-d", internal("198.18.1.4"), internal("2001:db8::4"))
 	rec.waitSet(t, addrs("198.18.1.2", "198.18.1.3", "198.18.1.4", "198.18.1.6", "198.18.1.11"))
 
-	if err := api.client.CoreV1().Nodes().Delete(ctx, "follows-b", metav1.DeleteOptions{}); err != nil {
+	if err := api.client.CoreV1().Nodes().Delete(ctx, c+"-b", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	rec.waitSet(t, addrs("198.18.1.4", "198.18.1.6", "198.18.1.11"))
 
 	// A finalizer keeps the object after the delete, with a DeletionTimestamp.
-	api.createNode(t, "follows-g", sel, []string{"pmtud.test/hold"}, internal("198.18.1.7"))
+	api.createNode(t, c+"-g", sel, []string{"pmtud.test/hold"}, internal("198.18.1.7"))
 	rec.waitSet(t, addrs("198.18.1.4", "198.18.1.6", "198.18.1.7", "198.18.1.11"))
-	if err := api.client.CoreV1().Nodes().Delete(ctx, "follows-g", metav1.DeleteOptions{}); err != nil {
+	if err := api.client.CoreV1().Nodes().Delete(ctx, c+"-g", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	rec.waitSet(t, addrs("198.18.1.4", "198.18.1.6", "198.18.1.11"))
-	n, err := api.client.CoreV1().Nodes().Get(ctx, "follows-g", metav1.GetOptions{})
+	n, err := api.client.CoreV1().Nodes().Get(ctx, c+"-g", metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("follows-g after the delete: %v; want it kept by its finalizer", err)
 	}
 	if n.DeletionTimestamp == nil {
 		t.Fatal("follows-g has no DeletionTimestamp after the delete")
 	}
-	api.patch(t, "follows-g", "", `{"metadata":{"finalizers":null}}`)
+	api.patch(t, c+"-g", "", `{"metadata":{"finalizers":null}}`)
 
 	for _, u := range rec.all() {
 		if u.Err != nil {
@@ -248,16 +249,17 @@ func TestFollowsNodes(t *testing.T) {
 func TestNodeSelector(t *testing.T) {
 	t.Parallel()
 	api := sharedAPI(t)
-	api.createNode(t, "selector-a", map[string]string{"pmtud.test/case": "selector", "pmtud.test/role": "edge"}, nil, internal("198.18.2.1"))
-	api.createNode(t, "selector-b", map[string]string{"pmtud.test/case": "selector"}, nil, internal("198.18.2.2"))
+	c := api.unique("selector")
+	api.createNode(t, c+"-a", map[string]string{"pmtud.test/case": c, "pmtud.test/role": "edge"}, nil, internal("198.18.2.1"))
+	api.createNode(t, c+"-b", map[string]string{"pmtud.test/case": c}, nil, internal("198.18.2.2"))
 
-	rec := runSource(t, KubernetesConfig{Kubeconfig: api.admin, NodeSelector: "pmtud.test/case=selector,pmtud.test/role in (edge)"}, nil)
+	rec := runSource(t, KubernetesConfig{Kubeconfig: api.admin, NodeSelector: "pmtud.test/case=" + c + ",pmtud.test/role in (edge)"}, nil)
 	rec.waitSet(t, addrs("198.18.2.1"))
 
-	api.patch(t, "selector-b", "", `{"metadata":{"labels":{"pmtud.test/role":"edge"}}}`)
+	api.patch(t, c+"-b", "", `{"metadata":{"labels":{"pmtud.test/role":"edge"}}}`)
 	rec.waitSet(t, addrs("198.18.2.1", "198.18.2.2"))
 
-	api.patch(t, "selector-a", "", `{"metadata":{"labels":{"pmtud.test/role":null}}}`)
+	api.patch(t, c+"-a", "", `{"metadata":{"labels":{"pmtud.test/role":null}}}`)
 	rec.waitSet(t, addrs("198.18.2.2"))
 }
 
@@ -265,14 +267,15 @@ func TestNodeSelector(t *testing.T) {
 func TestExternalIP(t *testing.T) {
 	t.Parallel()
 	api := sharedAPI(t)
-	sel := map[string]string{"pmtud.test/case": "external"}
-	api.createNode(t, "external-a", sel, nil, internal("198.18.3.1"), external("198.18.103.1"), external("2001:db8::103:1"))
-	api.createNode(t, "external-b", sel, nil, internal("198.18.3.2"))
+	c := api.unique("external")
+	sel := map[string]string{"pmtud.test/case": c}
+	api.createNode(t, c+"-a", sel, nil, internal("198.18.3.1"), external("198.18.103.1"), external("2001:db8::103:1"))
+	api.createNode(t, c+"-b", sel, nil, internal("198.18.3.2"))
 
-	rec := runSource(t, KubernetesConfig{Kubeconfig: api.admin, NodeSelector: "pmtud.test/case=external", AddressType: "ExternalIP"}, nil)
+	rec := runSource(t, KubernetesConfig{Kubeconfig: api.admin, NodeSelector: "pmtud.test/case=" + c, AddressType: "ExternalIP"}, nil)
 	rec.waitSet(t, addrs("198.18.103.1"))
 
-	api.setAddrs(t, "external-b", internal("198.18.3.2"), external("198.18.103.2"))
+	api.setAddrs(t, c+"-b", internal("198.18.3.2"), external("198.18.103.2"))
 	rec.waitSet(t, addrs("198.18.103.1", "198.18.103.2"))
 }
 
@@ -282,36 +285,37 @@ func TestExternalIP(t *testing.T) {
 func TestRBACNodesReadOnly(t *testing.T) {
 	t.Parallel()
 	api := sharedAPI(t)
+	c := api.unique("rbac")
 	ctx := t.Context()
-	c := api.client
-	const ns, sa, role = "pmtud-test", "go-pmtud", "pmtud-test-node-reader"
-	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+	cs := api.client
+	ns, sa, role := c, "go-pmtud", c+"-node-reader"
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
+	if _, err := cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
+	if _, err := cs.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: role},
 		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}}},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	exp := int64(3600)
-	tr, err := c.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authv1.TokenRequest{Spec: authv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
+	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authv1.TokenRequest{Spec: authv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	api.createNode(t, "rbac-a", map[string]string{"pmtud.test/case": "rbac"}, nil, internal("198.18.4.1"))
+	api.createNode(t, c+"-a", map[string]string{"pmtud.test/case": c}, nil, internal("198.18.4.1"))
 
 	kc := writeKubeconfig(t, t.TempDir(), "sa", api.url, tr.Status.Token)
-	rec := runSource(t, KubernetesConfig{Kubeconfig: kc, NodeSelector: "pmtud.test/case=rbac"}, nil)
+	rec := runSource(t, KubernetesConfig{Kubeconfig: kc, NodeSelector: "pmtud.test/case=" + c}, nil)
 	rec.waitFor(t, waitLong, "an Update with Err (forbidden)", func(us []Update) bool { return len(us) > 0 })
 	if us := rec.all(); len(us) != 1 || us[0].Err == nil || !strings.Contains(us[0].Err.Error(), "forbidden") {
 		t.Fatalf("updates before the binding = %v, want one Err saying forbidden", us)
 	}
 
-	if _, err := c.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
 		ObjectMeta: metav1.ObjectMeta{Name: role},
 		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role},
 		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: ns, Name: sa}},
@@ -319,7 +323,7 @@ func TestRBACNodesReadOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec.waitSet(t, addrs("198.18.4.1"))
-	api.createNode(t, "rbac-b", map[string]string{"pmtud.test/case": "rbac"}, nil, internal("198.18.4.2"))
+	api.createNode(t, c+"-b", map[string]string{"pmtud.test/case": c}, nil, internal("198.18.4.2"))
 	rec.waitSet(t, addrs("198.18.4.1", "198.18.4.2"))
 }
 
@@ -332,12 +336,13 @@ func TestKeepsSetWhileAPIServerDown(t *testing.T) {
 	t.Parallel()
 	api := startAPI(t)
 	t.Cleanup(api.close)
-	sel := map[string]string{"pmtud.test/case": "outage"}
-	api.createNode(t, "outage-a", sel, nil, internal("198.18.5.1"))
-	api.createNode(t, "outage-b", sel, nil, internal("198.18.5.2"))
+	c := api.unique("outage")
+	sel := map[string]string{"pmtud.test/case": c}
+	api.createNode(t, c+"-a", sel, nil, internal("198.18.5.1"))
+	api.createNode(t, c+"-b", sel, nil, internal("198.18.5.2"))
 
 	var failures atomic.Int32
-	rec := runSource(t, KubernetesConfig{Kubeconfig: api.admin, NodeSelector: "pmtud.test/case=outage"}, func(err error) {
+	rec := runSource(t, KubernetesConfig{Kubeconfig: api.admin, NodeSelector: "pmtud.test/case=" + c}, func(err error) {
 		if err != nil {
 			failures.Add(1)
 		}
@@ -369,7 +374,7 @@ func TestKeepsSetWhileAPIServerDown(t *testing.T) {
 		t.Errorf("%d 'watching nodes again' lines, want 1:\n%s", n, rec.logs.String())
 	}
 
-	api.setAddrs(t, "outage-b", internal("198.18.5.3"))
+	api.setAddrs(t, c+"-b", internal("198.18.5.3"))
 	rec.waitSet(t, addrs("198.18.5.1", "198.18.5.3"))
 }
 
@@ -539,6 +544,8 @@ type kubeAPI struct {
 	kasBin  string
 	kasArgs []string
 
+	seq atomic.Int32 // for unique
+
 	mu        sync.Mutex
 	etcd      *exec.Cmd
 	kas       *exec.Cmd
@@ -567,7 +574,7 @@ func sharedAPI(t *testing.T) *kubeAPI {
 		shared.api, shared.err = newKubeAPI(kas)
 	})
 	if shared.skip != "" {
-		t.Skip(shared.skip)
+		skipOrFail(t, shared.skip)
 	}
 	if shared.err != nil {
 		t.Fatal(shared.err)
@@ -580,13 +587,24 @@ func startAPI(t *testing.T) *kubeAPI {
 	t.Helper()
 	kas, skip := findBinaries()
 	if skip != "" {
-		t.Skip(skip)
+		skipOrFail(t, skip)
 	}
 	api, err := newKubeAPI(kas)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return api
+}
+
+// skipOrFail skips the test for the reason skip, or fails it where
+// PMTUD_REQUIRE_KUBE_APISERVER is set (CI sets it): there the Kubernetes
+// source must not go untested.
+func skipOrFail(t *testing.T, skip string) {
+	t.Helper()
+	if os.Getenv("PMTUD_REQUIRE_KUBE_APISERVER") != "" {
+		t.Fatal("PMTUD_REQUIRE_KUBE_APISERVER is set: " + skip)
+	}
+	t.Skip(skip)
 }
 
 // findBinaries returns the kube-apiserver binary's path, or why the test
@@ -726,6 +744,13 @@ func (a *kubeAPI) startKAS() error {
 		last = fmt.Sprintf("%s: %s", resp.Status, body)
 	}
 	return fmt.Errorf("kube-apiserver not ready after 120 s: %s\n%s", last, a.logTail("kube-apiserver.log"))
+}
+
+// unique returns a name for a test's objects that no other test (nor
+// another run with -count) uses: tests that share a server select their
+// nodes by a label with this value.
+func (a *kubeAPI) unique(base string) string {
+	return fmt.Sprintf("%s-%d", base, a.seq.Add(1))
 }
 
 // stopAPIServer kills kube-apiserver (etcd stays up).
