@@ -175,7 +175,7 @@ func benchPayloads(n int) [][]byte {
 	for i := range out {
 		tcp := make([]byte, 576-20-8-20)
 		tcp[0], tcp[1] = byte(i>>8), byte(i)
-		quoted := wire.AppendIPv4(nil, netlab.Anycast, netlab.ClientAddr, unix.IPPROTO_TCP, 63, tcp)
+		quoted := wire.AppendQuote(nil, netlab.Anycast, netlab.ClientAddr, unix.IPPROTO_TCP, 63, 1500, tcp)
 		out[i] = wire.AppendFragNeeded(nil, 1400, quoted)
 	}
 	return out

@@ -66,7 +66,7 @@ func TestRelayAllocs(t *testing.T) {
 	}{{ModeICMP, SplitBatch}, {ModeUDP, SplitBatch}, {ModeUDP, SplitPeer}} {
 		t.Run(tc.mode.String()+"/"+tc.split.String(), func(t *testing.T) {
 			r, _ := newTestRelaySplit(t, tc.mode, tc.split, 2, 1, testKeys(tc.mode)...)
-			quoted := wire.AppendIPv4(nil, netlab.Anycast, netlab.ClientAddr, unix.IPPROTO_TCP, 63, make([]byte, 8))
+			quoted := wire.AppendQuote(nil, netlab.Anycast, netlab.ClientAddr, unix.IPPROTO_TCP, 63, 1500, make([]byte, 8))
 			fromPeer := wire.AppendIPv4(nil, netlab.NodeAddr(2), netlab.Anycast, unix.IPPROTO_ICMP, 64, wire.AppendFragNeeded(nil, 1400, quoted))
 			ignored := wire.AppendIPv4(nil, netip.MustParseAddr("198.19.254.1"), netlab.Anycast, unix.IPPROTO_ICMP, 64, wire.AppendFragNeeded(nil, 1400, quoted))
 			good := distinctFragNeeded(64)
@@ -186,7 +186,7 @@ func TestUnauthenticatedSkipsReplayWindow(t *testing.T) {
 	rv := r.recv
 	sender := netlab.NodeAddr(1)
 	deliver := func(start time.Time, sport uint16) RecvDropReason {
-		quoted := wire.AppendIPv4(nil, netlab.Anycast, netlab.ClientAddr, unix.IPPROTO_TCP, 63, []byte{byte(sport >> 8), byte(sport), 0x1f, 0x90, 0, 0, 0, 1})
+		quoted := wire.AppendQuote(nil, netlab.Anycast, netlab.ClientAddr, unix.IPPROTO_TCP, 63, 1500, []byte{byte(sport >> 8), byte(sport), 0x1f, 0x90, 0, 0, 0, 1})
 		pkt := wire.AppendIPv4(nil, netlab.RouterLoopback, netlab.Anycast, unix.IPPROTO_ICMP, 64, wire.AppendFragNeeded(nil, 1400, quoted))
 		s, err := wire.NewSealer(nil, wire.NewSequence(start), sender)
 		if err != nil {
@@ -212,7 +212,7 @@ func distinctFragNeeded(n int) [][]byte {
 	out := make([][]byte, n)
 	for i := range out {
 		tcp := []byte{byte(i >> 8), byte(i), 0x1f, 0x90, 0, 0, 0, 0}
-		quoted := wire.AppendIPv4(nil, netlab.Anycast, netlab.ClientAddr, unix.IPPROTO_TCP, 63, tcp)
+		quoted := wire.AppendQuote(nil, netlab.Anycast, netlab.ClientAddr, unix.IPPROTO_TCP, 63, 1500, tcp)
 		out[i] = wire.AppendIPv4(nil, netlab.RouterLoopback, netlab.Anycast, unix.IPPROTO_ICMP, 64, wire.AppendFragNeeded(nil, 1400, quoted))
 	}
 	return out

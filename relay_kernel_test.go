@@ -136,7 +136,7 @@ func (s *icmpSink) collect(t *testing.T, wait time.Duration) []received {
 // address to the client, as a router quotes it.
 func quotedTCP(sport uint16) []byte {
 	tcp := []byte{byte(sport >> 8), byte(sport), 0x1f, 0x90, 0, 0, 0, 1}
-	return wire.AppendIPv4(nil, netlab.Anycast, netlab.ClientAddr, unix.IPPROTO_TCP, 63, tcp)
+	return wire.AppendQuote(nil, netlab.Anycast, netlab.ClientAddr, unix.IPPROTO_TCP, 63, 1500, tcp)
 }
 
 // fragNeeded returns a router's "fragmentation needed" from src to the
@@ -212,11 +212,16 @@ func testReplicatesVerbatimICMP(t *testing.T, workers int, split pmtud.Split) {
 	portUnreach[20+1] = 3
 	setChecksum(portUnreach[20:])
 	rejected := map[pmtud.DropReason][]byte{
-		pmtud.DropIgnoredNetwork:              fragNeeded(netip.MustParseAddr("198.19.254.7"), 1400, 40006),
-		pmtud.DropFromPeer:                    fragNeeded(netlab.NodeAddr(2), 1400, 40007),
-		pmtud.DropFromSelf:                    fragNeeded(netlab.NodeAddr(1), 1400, 40008),
-		pmtud.DropReason(wire.ErrBadChecksum): badChecksum,
-		pmtud.DropReason(wire.ErrBadInner):    shortInner,
+		pmtud.DropIgnoredNetwork:                fragNeeded(netip.MustParseAddr("198.19.254.7"), 1400, 40006),
+		pmtud.DropFromPeer:                      fragNeeded(netlab.NodeAddr(2), 1400, 40007),
+		pmtud.DropFromSelf:                      fragNeeded(netlab.NodeAddr(1), 1400, 40008),
+		pmtud.DropReason(wire.ErrBadChecksum):   badChecksum,
+		pmtud.DropReason(wire.ErrBadInner):      shortInner,
+		pmtud.DropReason(wire.ErrMTUZero):       fragNeeded(netlab.RouterLoopback, 0, 40009),
+		pmtud.DropReason(wire.ErrMTUTooSmall):   fragNeeded(netlab.RouterLoopback, 68, 40010),
+		pmtud.DropReason(wire.ErrMTUNotSmaller): fragNeeded(netlab.RouterLoopback, 1500, 40011),
+		pmtud.DropReason(wire.ErrNoDF): wire.AppendIPv4(nil, netlab.RouterLoopback, netlab.Anycast, unix.IPPROTO_ICMP, 64,
+			wire.AppendFragNeeded(nil, 1400, func() []byte { q := quotedTCP(40012); q[6] = 0; return q }())),
 	}
 
 	inj := newInjector(t, c.Router)

@@ -257,7 +257,7 @@ func TestForwardedCopiesAreNotRelayedAgain(t *testing.T) {
 				relays = append(relays, startRelay(t, node, cfg))
 			}
 			b := netlab.NodeAddr(1)
-			quoted := wire.AppendIPv4(nil, b, netlab.ClientAddr, 6, 63, []byte{0x9c, 0x40, 0x1f, 0x90, 0, 0, 0, 1})
+			quoted := wire.AppendQuote(nil, b, netlab.ClientAddr, 6, 63, 1500, []byte{0x9c, 0x40, 0x1f, 0x90, 0, 0, 0, 1})
 			pkt := wire.AppendIPv4(nil, netlab.RouterLoopback, b, 1, 64, wire.AppendFragNeeded(nil, 1400, quoted))
 			newInjector(t, c.Router).send(t, b, pkt)
 

@@ -22,7 +22,7 @@ func routerICMP(sport uint16) []byte {
 	tcp := make([]byte, 576-20-8-20)
 	binary.BigEndian.PutUint16(tcp, sport)
 	binary.BigEndian.PutUint16(tcp[2:], 8080)
-	quoted := wire.AppendIPv4(nil, netip.MustParseAddr("198.18.100.1"), netip.MustParseAddr("198.18.2.2"), 6, 63, tcp)
+	quoted := wire.AppendQuote(nil, netip.MustParseAddr("198.18.100.1"), netip.MustParseAddr("198.18.2.2"), 6, 63, 1500, tcp)
 	return wire.AppendIPv4(nil, netip.MustParseAddr("198.19.255.1"), netip.MustParseAddr("198.18.100.1"), 1, 64,
 		wire.AppendFragNeeded(nil, 1400, quoted))
 }

@@ -37,6 +37,24 @@ func AppendIPv4(b []byte, src, dst netip.Addr, proto, ttl uint8, payload []byte)
 	return append(b, payload...)
 }
 
+// AppendQuote appends to b the start of an IPv4 packet as an ICMP error
+// quotes it: a header as AppendIPv4 builds it (DF set) that claims a total
+// length of total bytes, followed by head, the first bytes of its payload.
+// It allocates only when b lacks the capacity, and panics if total is
+// outside 20+len(head)..65535.
+func AppendQuote(b []byte, src, dst netip.Addr, proto, ttl uint8, total int, head []byte) []byte {
+	if total < ipv4HeaderLen+len(head) || total > 0xffff {
+		panic("wire: AppendQuote: total length out of range")
+	}
+	start := len(b)
+	b = AppendIPv4(b, src, dst, proto, ttl, head)
+	h := b[start : start+ipv4HeaderLen]
+	binary.BigEndian.PutUint16(h[2:], uint16(total))
+	h[10], h[11] = 0, 0
+	binary.BigEndian.PutUint16(h[10:], Checksum(h))
+	return b
+}
+
 // AppendFragNeeded appends to b an ICMP Destination Unreachable /
 // Fragmentation Needed message (type 3, code 4) announcing next-hop mtu and
 // quoting orig in full, with its checksum computed, and returns the extended

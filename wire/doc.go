@@ -38,20 +38,29 @@
 //     present. Linux's ICMP handler needs exactly that to find the socket
 //     the error is for (the ports live in those 8 bytes); a shorter quote
 //     would be dropped by every peer.
+//   - A sane MTU, because one forged message becomes P and each lowers a
+//     route for 10 minutes: not 0 (ErrMTUZero: only pre-RFC 1191 routers
+//     send it, and there is nothing to learn), not below 552
+//     (ErrMTUTooSmall: Linux's default min_pmtu, to which it would clamp;
+//     a forger's MTU 68 would still cost every node's route to the client
+//     its full size), and smaller than the quoted packet's total length
+//     (ErrMTUNotSmaller: otherwise the packet would have fit). The quoted
+//     packet must have DF set (ErrNoDF): routers fragment a packet without
+//     it instead of reporting it.
 //
-// Deliberately not validated: the quoted packet's total length and header
-// checksum (routers quote a truncated copy, RFC 792 the header plus 64 bits,
-// RFC 1812 as much as fits in 576 bytes, and some rewrite the quoted header
-// without fixing its checksum; the kernel ignores both), and the MTU value
-// (what to do with an MTU of 0 or below the minimum is the receiving
-// kernel's policy, not a property of the packet; Linux never lowers an IPv6
-// path MTU below 1280).
+// Deliberately not validated: the quoted packet's header checksum and
+// whether its total length matches what is quoted (routers quote a
+// truncated copy, RFC 792 the header plus 64 bits, RFC 1812 as much as fits
+// in 576 bytes, and some rewrite the quoted header without fixing its
+// checksum; the kernel ignores both). Outer IP options are valid and stay.
 //
 // An IPv6 Packet Too Big is checked the same way, less what IPv6 does not
 // have (a header checksum, fragmentation by routers): version 6, a payload
 // length within the buffer, next header ICMPv6 with no extension headers,
 // type 2 code 0, the ICMPv6 checksum over the pseudo-header and the
-// message, and a quoted IPv6 header plus 8 bytes. Its checksum covers the
+// message, a quoted IPv6 header plus 8 bytes, and an MTU of at least 1280
+// (RFC 8200's minimum link MTU; Linux ignores a smaller one) and smaller
+// than the quoted packet (40 bytes plus its payload length). Its checksum covers the
 // outer addresses, so unlike ICMPv4 it is valid only between the router and
 // the original destination: the udp relay carries it unchanged, the icmp
 // relay cannot re-originate it.

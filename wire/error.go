@@ -35,6 +35,24 @@ const (
 	// ErrNotIPv6: ParsePacketTooBig was given a version nibble other
 	// than 6.
 	ErrNotIPv6
+	// ErrMTUZero: an IPv4 next-hop MTU of 0. Only routers older than RFC
+	// 1191 (1990) send it; there is no MTU to learn, and a forger gets the
+	// receiving kernel to guess one.
+	ErrMTUZero
+	// ErrMTUTooSmall: a next-hop MTU below the family's floor: 552 for
+	// IPv4 (Linux's default net.ipv4.route.min_pmtu, which it would clamp
+	// to anyway; a forged tiny MTU would lower the route to the client to
+	// 552 bytes for 10 minutes), 1280 for IPv6 (the minimum link MTU of
+	// RFC 8200; Linux ignores such a Packet Too Big).
+	ErrMTUTooSmall
+	// ErrMTUNotSmaller: the MTU is not smaller than the quoted packet's
+	// length (IPv4 total length; IPv6 40 + payload length): that packet
+	// would have fit, so the message is forged or broken.
+	ErrMTUNotSmaller
+	// ErrNoDF: the quoted IPv4 packet does not have DF set. A router
+	// fragments such a packet instead of dropping it; no genuine
+	// "fragmentation needed" quotes one.
+	ErrNoDF
 	// ErrorCount is one more than the last Error, for iterating over all of
 	// them: for e := Error(1); e < ErrorCount; e++.
 	ErrorCount
@@ -50,6 +68,10 @@ var errorLabels = [ErrorCount]string{
 	ErrBadChecksum:   "bad_checksum",
 	ErrBadInner:      "bad_inner",
 	ErrNotIPv6:       "not_ipv6",
+	ErrMTUZero:       "mtu_zero",
+	ErrMTUTooSmall:   "mtu_too_small",
+	ErrMTUNotSmaller: "mtu_not_smaller",
+	ErrNoDF:          "no_df",
 }
 
 // String returns e's metric label, such as "bad_checksum". It allocates only

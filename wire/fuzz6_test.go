@@ -86,5 +86,10 @@ func wellFormedTooBig(b []byte) bool {
 		return false
 	}
 	q := msg[8:]
-	return len(q) >= 48 && q[0]>>4 == 6
+	if len(q) < 48 || q[0]>>4 != 6 {
+		return false
+	}
+	// A sane MTU: at least IPv6's minimum link MTU, and smaller than the
+	// quoted packet, which did not fit.
+	return body.MTU >= 1280 && body.MTU < 40+int(binary.BigEndian.Uint16(q[4:6]))
 }

@@ -15,6 +15,12 @@ const (
 
 	icmpDestUnreach = 3 // ICMP_DEST_UNREACH
 	icmpFragNeeded  = 4 // ICMP_FRAG_NEEDED
+
+	// minMTU4 is Linux's default net.ipv4.route.min_pmtu (512 + 20 + 20,
+	// net/ipv4/route.c); minMTU6 is IPV6_MIN_MTU (include/linux/ipv6.h),
+	// the minimum link MTU of RFC 8200.
+	minMTU4 = 552
+	minMTU6 = 1280
 )
 
 // IP protocol numbers (IANA; IPPROTO_* in include/uapi/linux/in.h).
@@ -106,8 +112,19 @@ func ParseFragNeeded(b []byte) (FragNeeded, error) {
 		ICMP:   icmp,
 	}
 	// Inner is filled in place: returning a Flow by value costs a copy.
-	if !parseQuoted(&f.Inner, icmp[icmpHeaderLen:]) {
+	q := icmp[icmpHeaderLen:]
+	if !parseQuoted(&f.Inner, q) {
 		return FragNeeded{}, ErrBadInner
+	}
+	switch qlen := uint32(binary.BigEndian.Uint16(q[2:4])); {
+	case f.MTU == 0:
+		return FragNeeded{}, ErrMTUZero
+	case f.MTU < minMTU4:
+		return FragNeeded{}, ErrMTUTooSmall
+	case f.MTU >= qlen:
+		return FragNeeded{}, ErrMTUNotSmaller
+	case binary.BigEndian.Uint16(q[6:8])&ipv4FlagDF == 0:
+		return FragNeeded{}, ErrNoDF
 	}
 	return f, nil
 }

@@ -78,8 +78,15 @@ func ParsePacketTooBig(b []byte) (FragNeeded, error) {
 		Packet: pkt,
 		ICMP:   icmp,
 	}
-	if !parseQuoted6(&f.Inner, icmp[icmpHeaderLen:]) {
+	q := icmp[icmpHeaderLen:]
+	if !parseQuoted6(&f.Inner, q) {
 		return FragNeeded{}, ErrBadInner
+	}
+	switch {
+	case f.MTU < minMTU6:
+		return FragNeeded{}, ErrMTUTooSmall
+	case f.MTU >= ipv6HeaderLen+uint32(binary.BigEndian.Uint16(q[4:6])):
+		return FragNeeded{}, ErrMTUNotSmaller
 	}
 	return f, nil
 }

@@ -96,7 +96,7 @@ func tooBigCases() []parseCase {
 		{name: "v6 udp, minimal quote", pkt: tooBig(1280, quote(original6(17), 48)), mtu: 1280, length: 96, inner: flow6(17, servicePort, clientPort)},
 		{name: "v6 odd quote", pkt: tooBig(1280, quote(original6(17), 49)), mtu: 1280, length: 97, inner: flow6(17, servicePort, clientPort)},
 		{name: "v6 inner behind an extension header has no ports", pkt: tooBig(1280, quote(original6(44), 48)), mtu: 1280, length: 96, inner: flow6(44, 0, 0)},
-		{name: "v6 mtu beyond 16 bits", pkt: tooBig(70000, quote(original6(6), 48)), mtu: 70000, length: 96, inner: tcp},
+		{name: "v6 mtu 1499, one below the quoted length", pkt: tooBig(1499, quote(original6(6), 48)), mtu: 1499, length: 96, inner: tcp},
 		{name: "v6 padding after the payload is ignored", pkt: append(bytes.Clone(ok), 0, 0, 0, 0), mtu: 1400, length: 1280, inner: tcp},
 		// Rejected.
 		{name: "v6 empty", pkt: nil, err: wire.ErrTruncated},
@@ -115,6 +115,10 @@ func tooBigCases() []parseCase {
 		{name: "v6 code 1", pkt: fixICMP6(edit6(ok, func(p []byte) { p[41] = 1 })), err: wire.ErrNotFragNeeded},
 		{name: "v6 bad checksum", pkt: edit6(ok, func(p []byte) { p[100] ^= 1 }), err: wire.ErrBadChecksum},
 		{name: "v6 checksum of another destination", pkt: edit6(ok, func(p []byte) { p[39] ^= 1 }), err: wire.ErrBadChecksum},
+		{name: "v6 mtu 1279", pkt: tooBig(1279, quote(original6(6), 48)), err: wire.ErrMTUTooSmall},
+		{name: "v6 mtu 0", pkt: tooBig(0, quote(original6(6), 48)), err: wire.ErrMTUTooSmall},
+		{name: "v6 mtu 1500, the quoted length", pkt: tooBig(1500, quote(original6(6), 48)), err: wire.ErrMTUNotSmaller},
+		{name: "v6 mtu beyond 16 bits", pkt: tooBig(70000, quote(original6(6), 48)), err: wire.ErrMTUNotSmaller},
 		{name: "v6 inner is ipv4", pkt: tooBig(1280, quote(original(6), 48)), err: wire.ErrBadInner},
 		{name: "v6 inner short", pkt: tooBig(1280, quote(original6(6), 47)), err: wire.ErrBadInner},
 	}

@@ -134,9 +134,8 @@ func parseCases() []parseCase {
 			pkt:  fragNeeded(1280, quote(editIP(original(17), func(p []byte) { p[6] |= 0x20 }), 28)),
 			mtu:  1280, length: 56, inner: flow(17, servicePort, clientPort),
 		},
-		{name: "mtu 0", pkt: fragNeeded(0, quote(original(6), 28)), mtu: 0, length: 56, inner: tcp},
-		{name: "mtu 68", pkt: fragNeeded(68, quote(original(6), 28)), mtu: 68, length: 56, inner: tcp},
-		{name: "mtu 65535", pkt: fragNeeded(65535, quote(original(6), 28)), mtu: 65535, length: 56, inner: tcp},
+		{name: "mtu 552, the floor", pkt: fragNeeded(552, quote(original(6), 28)), mtu: 552, length: 56, inner: tcp},
+		{name: "mtu 1499, one below the quoted length", pkt: fragNeeded(1499, quote(original(6), 28)), mtu: 1499, length: 56, inner: tcp},
 		{name: "outer options", pkt: withOptions(ok, routerAlert), mtu: 1400, length: 580, inner: tcp},
 		{name: "outer options, 40 bytes", pkt: withOptions(ok, make([]byte, 40)), mtu: 1400, length: 616, inner: tcp},
 		{
@@ -192,6 +191,15 @@ func parseCases() []parseCase {
 		{name: "icmp checksum", pkt: func() []byte { p := bytes.Clone(ok); p[23] ^= 1; return p }(), err: wire.ErrBadChecksum},
 		{name: "mtu changed", pkt: func() []byte { p := bytes.Clone(ok); p[27]--; return p }(), err: wire.ErrBadChecksum},
 		{name: "last quoted byte changed", pkt: func() []byte { p := bytes.Clone(ok); p[575] ^= 0x80; return p }(), err: wire.ErrBadChecksum},
+
+		// ErrMTUZero, ErrMTUTooSmall, ErrMTUNotSmaller, ErrNoDF.
+		{name: "mtu 0", pkt: fragNeeded(0, quote(original(6), 28)), err: wire.ErrMTUZero},
+		{name: "mtu 68", pkt: fragNeeded(68, quote(original(6), 28)), err: wire.ErrMTUTooSmall},
+		{name: "mtu 551", pkt: fragNeeded(551, quote(original(6), 28)), err: wire.ErrMTUTooSmall},
+		{name: "mtu 1500, the quoted length", pkt: fragNeeded(1500, quote(original(6), 28)), err: wire.ErrMTUNotSmaller},
+		{name: "mtu 65535", pkt: fragNeeded(65535, quote(original(6), 28)), err: wire.ErrMTUNotSmaller},
+		{name: "quoted length 28", pkt: fragNeeded(1400, wire.AppendIPv4(nil, service, client, 6, 64, make([]byte, 8))), err: wire.ErrMTUNotSmaller},
+		{name: "quoted packet without DF", pkt: fragNeeded(1400, quote(editIP(original(6), func(p []byte) { p[6] = 0 }), 28)), err: wire.ErrNoDF},
 
 		// ErrBadInner.
 		{name: "nothing quoted", pkt: fragNeeded(1400, nil), err: wire.ErrBadInner},

@@ -74,6 +74,16 @@ func ParseFragNeededXNet(b []byte) (src, dst netip.Addr, mtu uint16, err error) 
 	if err != nil || inner.Version != 4 || len(body.Data) < inner.Len+8 {
 		return src, dst, 0, wire.ErrBadInner
 	}
+	switch mtu := int(binary.BigEndian.Uint16(raw[6:8])); {
+	case mtu == 0:
+		return src, dst, 0, wire.ErrMTUZero
+	case mtu < 552:
+		return src, dst, 0, wire.ErrMTUTooSmall
+	case mtu >= inner.TotalLen:
+		return src, dst, 0, wire.ErrMTUNotSmaller
+	case inner.Flags&ipv4.DontFragment == 0:
+		return src, dst, 0, wire.ErrNoDF
+	}
 	return addr(h.Src), addr(h.Dst), binary.BigEndian.Uint16(raw[6:8]), nil
 }
 
