@@ -136,6 +136,11 @@ type Config struct {
 	// IgnoreNetworks: ICMPs whose outer source lies inside one of them are
 	// never replicated.
 	IgnoreNetworks []netip.Prefix
+	// TrustedSources, when set, are the only networks whose ICMPs are
+	// relayed (the routers' addresses); others are counted as
+	// untrusted_source. The udp relay's receiver applies it, as the rest
+	// of the policy, to the packet in each datagram too.
+	TrustedSources []netip.Prefix
 	// TTL of the copies, 1..255.
 	TTL int
 	// NFLOG is the subscription to the kernel's log group.
@@ -155,6 +160,12 @@ type Config struct {
 	// every peer), with a burst of one second's worth; 0 means no limit.
 	// What exceeds it is dropped and counted as rate_limited.
 	RateLimit int
+	// SourceRateLimit caps the ICMPs relayed per second from any one outer
+	// source address (a router), with a burst of one second's worth,
+	// checked before RateLimit, so one flooding source cannot use up the
+	// node's budget; 0 means no limit. What exceeds it is counted as
+	// source_rate_limited.
+	SourceRateLimit int
 
 	// The udp relay's settings; ignored in ModeICMP.
 
@@ -238,6 +249,9 @@ func (c *Config) Validate() error {
 	if c.RateLimit < 0 || c.RateLimit > MaxRateLimit {
 		return fmt.Errorf("rate limit %d is outside 0..%d ICMPs per second", c.RateLimit, MaxRateLimit)
 	}
+	if c.SourceRateLimit < 0 || c.SourceRateLimit > MaxRateLimit {
+		return fmt.Errorf("source rate limit %d is outside 0..%d ICMPs per second", c.SourceRateLimit, MaxRateLimit)
+	}
 	if c.DedupWindow > time.Minute {
 		return fmt.Errorf("dedup window %v is longer than a minute", c.DedupWindow)
 	}
@@ -249,6 +263,11 @@ func (c *Config) Validate() error {
 	for _, n := range c.IgnoreNetworks {
 		if !n.IsValid() {
 			return fmt.Errorf("ignore network %v is not a valid prefix", n)
+		}
+	}
+	for _, n := range c.TrustedSources {
+		if !n.IsValid() {
+			return fmt.Errorf("trusted source network %v is not a valid prefix", n)
 		}
 	}
 	return nil

@@ -10,7 +10,8 @@ import (
 // Config and read-only afterwards, so the hot path takes no lock; the loop
 // guard, which follows the peers, is the peer set's.
 type policy struct {
-	ignore []netip.Prefix // few in practice: a linear scan beats a trie
+	ignore  []netip.Prefix // few in practice: a linear scan beats a trie
+	trusted []netip.Prefix // when set, the only sources relayed
 	// tunIndex is the udp relay's TUN device: packets logged as arriving
 	// on it were injected by go-pmtud. 0: no TUN.
 	tunIndex uint32
@@ -27,5 +28,13 @@ func (p *policy) check(f *wire.FragNeeded, s *peerSet) DropReason {
 			return DropIgnoredNetwork
 		}
 	}
-	return 0
+	if len(p.trusted) == 0 {
+		return 0
+	}
+	for _, n := range p.trusted {
+		if n.Contains(f.Src) {
+			return 0
+		}
+	}
+	return DropUntrustedSource
 }

@@ -29,6 +29,12 @@ const (
 	// DropNoPeers: the peer set in force is empty (a peer source has not
 	// produced one yet, or the cluster has no other node).
 	DropNoPeers
+	// DropSourceRateLimited: relaying it would exceed its outer source's
+	// budget, Config.SourceRateLimit.
+	DropSourceRateLimited
+	// DropUntrustedSource: Config.TrustedSources is set and the outer
+	// source lies outside it.
+	DropUntrustedSource
 	// dropReasonCount bounds the enum for iteration.
 	dropReasonCount
 )
@@ -56,6 +62,10 @@ func (r DropReason) String() string {
 		return "rate_limited"
 	case DropNoPeers:
 		return "no_peers"
+	case DropSourceRateLimited:
+		return "source_rate_limited"
+	case DropUntrustedSource:
+		return "untrusted_source"
 	}
 	if r > 0 && r < DropReason(wire.ErrorCount) {
 		return wire.Error(r).String()

@@ -61,10 +61,11 @@ type Relay struct {
 
 	lastLog   time.Time // of the reader's warnings
 	dedup     *dedup
-	limit     *limiter    // nil: no rate limit
-	closing   atomic.Bool // Close was called: a closed reader is no failure
-	stopping  atomic.Bool // Close was called or Run's context ended: no send retries
-	running   atomic.Bool // Run is active: it tears down, Close only stops it
+	limit     *limiter       // nil: no rate limit
+	srcLimit  *sourceLimiter // nil: no per-source limit
+	closing   atomic.Bool    // Close was called: a closed reader is no failure
+	stopping  atomic.Bool    // Close was called or Run's context ended: no send retries
+	running   atomic.Bool    // Run is active: it tears down, Close only stops it
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -159,11 +160,12 @@ func newRelay(cfg Config, log *slog.Logger, res resources) (*Relay, error) {
 	}
 	n := max(cfg.Workers, 1)
 	r := &Relay{
-		cfg:    cfg,
-		log:    log,
-		policy: policy{ignore: cfg.IgnoreNetworks},
-		dedup:  newDedup(cfg.DedupWindow),
-		limit:  newLimiter(cfg.RateLimit),
+		cfg:      cfg,
+		log:      log,
+		policy:   policy{ignore: cfg.IgnoreNetworks, trusted: cfg.TrustedSources},
+		dedup:    newDedup(cfg.DedupWindow),
+		limit:    newLimiter(cfg.RateLimit),
+		srcLimit: newSourceLimiter(cfg.SourceRateLimit),
 		// Two jobs per worker keep every worker busy while the reader fills
 		// the next one; one more is in the reader's hands.
 		free: make(chan *job, 2*n+1),
@@ -518,10 +520,14 @@ func (p *preparer) prepare(j *job) {
 	set := r.acquire(j)
 	j.start = time.Now()
 	now := r.dedup.now(j.start)
-	var lnow int64
+	var lnow, snow int64
 	if r.limit != nil {
 		lnow = r.limit.now(j.start)
 	}
+	if r.srcLimit != nil {
+		snow = int64(j.start.Sub(r.dedup.epoch))
+	}
+	limited := r.limit != nil || r.srcLimit != nil
 	r.m.recv.Add(len(b.Packets))
 	if b.Lost > 0 {
 		r.m.lost.AddInt64(int64(b.Lost))
@@ -555,12 +561,19 @@ func (p *preparer) prepare(j *job) {
 			continue
 		}
 		key := r.dedup.key(f.Src, f.Dst, f.ICMP)
-		// With a rate limit, an ICMP is remembered only once it is
+		// With rate limits, an ICMP is remembered only once it is
 		// relayed: copies coming back use no budget, and one dropped for
-		// the limit may pass when it comes again.
-		if r.limit != nil && !r.dedup.contains(key, now) && !r.limit.allow(lnow) {
-			r.m.dropped[DropRateLimited].Inc()
-			continue
+		// a limit may pass when it comes again. The source's budget comes
+		// first, so a flooding source does not use up the node's.
+		if limited && !r.dedup.contains(key, now) {
+			if r.srcLimit != nil && !r.srcLimit.allow(f.Src, snow) {
+				r.m.dropped[DropSourceRateLimited].Inc()
+				continue
+			}
+			if r.limit != nil && !r.limit.allow(lnow) {
+				r.m.dropped[DropRateLimited].Inc()
+				continue
+			}
 		}
 		if r.dedup.seen(key, now) {
 			r.m.dropped[DropDuplicate].Inc()

@@ -244,3 +244,61 @@ func fixIPv4Checksum(p []byte) {
 	c := wire.Checksum(p[:20])
 	p[10], p[11] = byte(c>>8), byte(c)
 }
+
+// TestPolicyOnBothSides: with trusted sources set, node A relays only the
+// routers' ICMPs (untrusted_source for the rest), and node B's receiver
+// applies its own policy to the packet in a datagram: a packet whose
+// source is untrusted, ignored, a peer or B itself is refused by reason,
+// even when sealed by a genuine peer.
+func TestPolicyOnBothSides(t *testing.T) {
+	res := &fakeResources{}
+	routers := []netip.Prefix{netip.MustParsePrefix("198.19.255.0/24")}
+	a, err := newRelay(Config{NodeName: "a", Mode: ModeUDP, Source: fakeA, Peers: []netip.Addr{fakeB}, TTL: 10,
+		Keys: []wire.Key{testKey}, TrustedSources: routers}, nil, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := newRelay(Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: []netip.Addr{fakeA, fakeC}, TTL: 10,
+		Keys: []wire.Key{testKey}, TrustedSources: routers, IgnoreNetworks: []netip.Prefix{netip.MustParsePrefix("198.19.255.128/25")}}, nil, &fakeResources{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	from := func(src netip.Addr, sport int) []byte {
+		p := distinctFragNeeded(sport + 1)[sport]
+		copy(p[12:16], src.AsSlice())
+		fixIPv4Checksum(p)
+		return p
+	}
+	j := newJob()
+	j.batch.Packets = append(j.batch.Packets, nl.Packet{Payload: from(netip.MustParseAddr("198.19.255.1"), 1)}, nl.Packet{Payload: from(netip.MustParseAddr("203.0.113.1"), 2)})
+	process(a, j)
+	if st := a.Stats(); st.Sent != 1 || st.Dropped[DropUntrustedSource] != 1 {
+		t.Fatalf("A: %+v; want the router's ICMP relayed and the other untrusted_source", st)
+	}
+	// What A would seal for B if it had no policy: each source in turn.
+	sealer, err := wire.NewSealer(&testKey, wire.NewSequence(time.Now()), fakeA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, tc := range []struct {
+		src  netip.Addr
+		want RecvDropReason
+	}{
+		{netip.MustParseAddr("198.19.255.1"), 0},
+		{netip.MustParseAddr("203.0.113.1"), RecvInnerUntrustedSource},
+		{netip.MustParseAddr("198.19.255.200"), RecvInnerIgnoredNetwork},
+		{fakeC, RecvInnerFromPeer},
+		{fakeB, RecvInnerFromSelf},
+	} {
+		pkt := from(tc.src, 10+i)
+		var hdr [wire.EnvelopeLen]byte
+		sealer.Seal(&hdr, pkt)
+		b.recv.in = &testDatagram{src: fakeA, buf: append(hdr[:], pkt...)}
+		b.recv.stamp(time.Now())
+		if got := b.recv.handle(0); got != tc.want {
+			t.Errorf("inner source %v: %v, want %v", tc.src, got, tc.want)
+		}
+	}
+}

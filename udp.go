@@ -57,13 +57,24 @@ const (
 	// RecvIPv6Off: an IPv6 packet, but this node's TUN device takes none
 	// (IPv6 is off on the host): the kernel would drop it unseen.
 	RecvIPv6Off
+	// RecvInnerFromPeer, RecvInnerFromSelf, RecvInnerIgnoredNetwork,
+	// RecvInnerUntrustedSource: the packet fails this node's policy, as it
+	// would have failed it arriving from the router: its source is a peer
+	// or this node (a copy, which no sender relays), in an ignored network,
+	// or outside the trusted sources.
+	RecvInnerFromPeer
+	RecvInnerFromSelf
+	RecvInnerIgnoredNetwork
+	RecvInnerUntrustedSource
 	recvDropReasonCount
 )
 
 // String returns the reason's label: an envelope reason ("bad_tag"), an
 // inner packet reason prefixed "inner_" ("inner_bad_checksum"), or
 // "not_peer", "replayed", "duplicate", "truncated", "inject_failed",
-// "future_sequence", "ipv6_off".
+// "future_sequence", "ipv6_off", or one of the policy's on the inner packet:
+// "inner_from_peer", "inner_from_self", "inner_ignored_network",
+// "inner_untrusted_source".
 func (r RecvDropReason) String() string {
 	switch {
 	case r == 0:
@@ -85,6 +96,14 @@ func (r RecvDropReason) String() string {
 		return "future_sequence"
 	case r == RecvIPv6Off:
 		return "ipv6_off"
+	case r == RecvInnerFromPeer:
+		return "inner_from_peer"
+	case r == RecvInnerFromSelf:
+		return "inner_from_self"
+	case r == RecvInnerIgnoredNetwork:
+		return "inner_ignored_network"
+	case r == RecvInnerUntrustedSource:
+		return "inner_untrusted_source"
 	}
 	return "unknown"
 }
@@ -191,6 +210,19 @@ func (rv *receiver) handle(i int) RecvDropReason {
 			return recvInnerBase + RecvDropReason(e)
 		}
 		return recvInnerBase + RecvDropReason(wire.ErrTruncated)
+	}
+	// The packet gets the policy it would have got from the router, before
+	// it may move the window.
+	switch rv.r.policy.check(&f, rv.set) {
+	case 0:
+	case DropFromPeer:
+		return RecvInnerFromPeer
+	case DropFromSelf:
+		return RecvInnerFromSelf
+	case DropIgnoredNetwork:
+		return RecvInnerIgnoredNetwork
+	default:
+		return RecvInnerUntrustedSource
 	}
 	// Only a verified datagram may move the window, or a forger could push
 	// it forward and make genuine copies look old. Unauthenticated ones are

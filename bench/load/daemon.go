@@ -84,6 +84,10 @@ func startDaemon(bin string, t *topology, peersFile string, extra []string, dir 
 		"--nodename", "load",
 		"--nflog-group", strconv.Itoa(nflogGroup),
 		"--metrics-address", metricsAddr,
+		// The harness measures the fan-out: the budgets, on by default,
+		// would cap it. -daemon-args can set them again (the last flag
+		// given wins).
+		"--rate-limit", "0", "--source-rate-limit", "0",
 	)
 	args = append(args, extra...)
 	d := &daemon{

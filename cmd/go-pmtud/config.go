@@ -23,6 +23,20 @@ import (
 	"github.com/go-pmtud/go-pmtud/wire"
 )
 
+// The budgets' defaults. Linux routers do not rate-limit "fragmentation
+// needed" or Packet Too Big at all (icmpv4_mask_allow and
+// icmpv6_xrlim_allow exempt them): a router sends one per oversized packet
+// it drops, so a genuine burst after a path's MTU shrinks is about one per
+// flow sending full-size segments, times the few segments in flight before
+// the first copy lands. 1,000 per second from one router (the most the
+// storm-control issue allows) covers a busy router's burst; 5,000 in all
+// lets five such routers, or one flooding source and four others, through
+// at once, and bounds what a node sends at 5,000 × P copies per second.
+const (
+	DefaultRateLimit       = 5000
+	DefaultSourceRateLimit = 1000
+)
+
 // options are the command line as given, before resolution.
 type options struct {
 	peers           string
@@ -38,6 +52,7 @@ type options struct {
 	metricsAddress  string
 	ttl             int
 	ignoreNetworks  string
+	trustedSources  string
 	logLevel        string
 	relay           string
 	qthreshold      uint
@@ -52,6 +67,7 @@ type options struct {
 	dedupWindow     time.Duration
 	split           string
 	rateLimit       int
+	srcRateLimit    int
 }
 
 // settings is the resolved configuration of one run.
@@ -90,6 +106,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.StringVar(&o.metricsAddress, "metrics-address", "", "host:port of the /metrics and /healthz endpoints, overriding the --iface address and --metrics-port")
 	fs.IntVar(&o.ttl, "ttl", 10, "TTL of the copies (1..255)")
 	fs.StringVar(&o.ignoreNetworks, "ignore-networks", "", "comma-separated CIDRs: ICMPs whose outer source lies inside are never replicated")
+	fs.StringVar(&o.trustedSources, "trusted-sources", "", "comma-separated CIDRs: when set, only ICMPs whose outer source (the router) lies inside are relayed; the rest are dropped as untrusted_source")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.relay, "relay", "udp", "how copies travel: udp (the router's packet, authenticated, to the peer's go-pmtud, which injects it through TUN) or icmp (re-originated ICMP from a raw socket; peers need no daemon)")
 	fs.UintVar(&o.relayPort, "relay-port", uint(pmtud.DefaultRelayPort), "UDP port of the udp relay on every node")
@@ -102,7 +119,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.IntVar(&o.workers, "workers", 1, "send sockets, each with its own goroutine locked to an OS thread (1..16)")
 	fs.StringVar(&o.split, "split", "batch", "how several workers divide the work: batch (each takes whole NFLOG datagrams) or peer (each sends every ICMP to its share of the peers)")
 	fs.DurationVar(&o.dedupWindow, "dedup-window", pmtud.DefaultDedupWindow, "an ICMP relayed or injected is not relayed again within this window (loop safety of the udp relay; 0 disables)")
-	fs.IntVar(&o.rateLimit, "rate-limit", 0, "ICMPs this node relays per second on average, each to every peer, in bursts of up to that many (0: no limit); the rest are dropped as rate_limited")
+	fs.IntVar(&o.rateLimit, "rate-limit", DefaultRateLimit, "ICMPs this node relays per second on average, each to every peer, in bursts of up to that many (0: no limit); the rest are dropped as rate_limited")
+	fs.IntVar(&o.srcRateLimit, "source-rate-limit", DefaultSourceRateLimit, "ICMPs relayed per second on average from any one outer source address (a router), in bursts of up to that many, checked before --rate-limit (0: no limit); the rest are dropped as source_rate_limited")
 	fs.StringVar(&o.cpus, "cpus", "", "CPU list such as 2,3 or 2-3: pins the worker threads, round-robin (default: not pinned)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -157,6 +175,9 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 	if c.IgnoreNetworks, err = parsePrefixes(o.ignoreNetworks); err != nil {
 		return s, fmt.Errorf("--ignore-networks: %w", err)
 	}
+	if c.TrustedSources, err = parsePrefixes(o.trustedSources); err != nil {
+		return s, fmt.Errorf("--trusted-sources: %w", err)
+	}
 	if o.group > 65535 {
 		return s, fmt.Errorf("--nflog-group %d is outside 0..65535", o.group)
 	}
@@ -192,6 +213,10 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 		return s, fmt.Errorf("--rate-limit %d is outside 0..%d", o.rateLimit, pmtud.MaxRateLimit)
 	}
 	c.RateLimit = o.rateLimit
+	if o.srcRateLimit < 0 || o.srcRateLimit > pmtud.MaxRateLimit {
+		return s, fmt.Errorf("--source-rate-limit %d is outside 0..%d", o.srcRateLimit, pmtud.MaxRateLimit)
+	}
+	c.SourceRateLimit = o.srcRateLimit
 	c.DedupWindow = o.dedupWindow
 	switch {
 	case o.dedupWindow < 0:

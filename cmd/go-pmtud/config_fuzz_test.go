@@ -71,6 +71,8 @@ func FuzzResolve(f *testing.F) {
 			t.Fatalf("workers %d accepted", c.Workers)
 		case c.RateLimit < 0 || c.RateLimit > pmtud.MaxRateLimit:
 			t.Fatalf("rate limit %d accepted", c.RateLimit)
+		case c.SourceRateLimit < 0 || c.SourceRateLimit > pmtud.MaxRateLimit:
+			t.Fatalf("source rate limit %d accepted", c.SourceRateLimit)
 		case len(c.RemotePeers()) == 0:
 			t.Fatal("no remote peer accepted")
 		case c.NFLOG.QThreshold < 1 || c.NFLOG.Timeout <= 0 || c.NFLOG.BufSize < 4096:

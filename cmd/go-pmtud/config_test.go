@@ -55,7 +55,8 @@ func TestResolve(t *testing.T) {
 				c := s.relay
 				if c.Source != netip.MustParseAddr("198.18.0.10") || c.TTL != 10 || c.NFLOG.Group != 33 ||
 					c.NodeName != "host-a" || s.metricsAddr != "198.18.0.10:30040" || len(c.Peers) != 2 ||
-					c.NFLOG.QThreshold != 64 || c.NFLOG.Timeout != 10*time.Millisecond {
+					c.NFLOG.QThreshold != 64 || c.NFLOG.Timeout != 10*time.Millisecond ||
+					c.RateLimit != 5000 || c.SourceRateLimit != 1000 {
 					t.Errorf("unexpected settings %+v metrics %q", c, s.metricsAddr)
 				}
 			},
@@ -112,6 +113,7 @@ func TestResolve(t *testing.T) {
 		},
 		{name: "negative dedup window", args: []string{"--peers", "198.18.0.11", "--dedup-window", "-1s"}, env: env(), wantErr: "--dedup-window"},
 		{name: "negative rate limit", args: []string{"--peers", "198.18.0.11", "--rate-limit", "-1"}, env: env(), wantErr: "--rate-limit -1"},
+		{name: "negative source rate limit", args: []string{"--peers", "198.18.0.11", "--source-rate-limit", "-1"}, env: env(), wantErr: "--source-rate-limit -1"},
 		{
 			name: "rate limit from the environment",
 			args: []string{"--peers", "198.18.0.11"},
