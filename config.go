@@ -175,8 +175,11 @@ type Config struct {
 	// Keys authenticate relay datagrams: Keys[0] seals, every key (at most
 	// two: the current and the previous, during a rotation) opens. Without
 	// keys the relay is unauthenticated and accepts datagrams from current
-	// peers' addresses only.
+	// peers' addresses only, which anyone on the path can spoof: Validate
+	// refuses that unless InsecureNoAuth is set.
 	Keys []wire.Key
+	// InsecureNoAuth lets the udp relay run without Keys.
+	InsecureNoAuth bool
 	// TUNName names the TUN device the relay creates; "" means "pmtud0".
 	TUNName string
 	// TUNAddr becomes the TUN device's /32 address when
@@ -192,6 +195,9 @@ func (c *Config) Validate() error {
 	switch c.Mode {
 	case 0, ModeICMP:
 	case ModeUDP:
+		if len(c.Keys) == 0 && !c.InsecureNoAuth {
+			return errors.New("the udp relay needs relay keys (--relay-key-file); --insecure-no-auth runs it unauthenticated, trusting the peers' source addresses")
+		}
 		if len(c.Keys) > 2 {
 			return fmt.Errorf("%d relay keys: at most two (the current and the previous) are accepted", len(c.Keys))
 		}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/go-pmtud/go-pmtud/nl"
+	"github.com/go-pmtud/go-pmtud/wire"
 )
 
 // TestValidate covers Validate's bounds that the command line does not
@@ -17,6 +18,7 @@ func TestValidate(t *testing.T) {
 			Source: netip.MustParseAddr("198.18.1.10"),
 			Peers:  []netip.Addr{netip.MustParseAddr("198.18.1.11")},
 			TTL:    10,
+			Keys:   []wire.Key{testKey},
 		}
 	}
 	for _, tt := range []struct {
@@ -35,6 +37,11 @@ func TestValidate(t *testing.T) {
 		{"rate limit too high", func(c *Config) { c.RateLimit = MaxRateLimit + 1 }, "rate limit"},
 		{"ttl 256", func(c *Config) { c.TTL = 256 }, "ttl 256"},
 		{"only itself as peer", func(c *Config) { c.Peers = []netip.Addr{c.Source} }, "no peers left"},
+		{"udp relay without keys", func(c *Config) { c.Keys = nil }, "--insecure-no-auth"},
+		{"udp relay without keys, insecure on purpose", func(c *Config) { c.Keys, c.InsecureNoAuth = nil, true }, ""},
+		{"icmp relay without keys", func(c *Config) { c.Keys, c.Mode = nil, ModeICMP }, ""},
+		{"source rate limit too high", func(c *Config) { c.SourceRateLimit = MaxRateLimit + 1 }, "source rate limit"},
+		{"trusted source not a prefix", func(c *Config) { c.TrustedSources = []netip.Prefix{{}} }, "trusted source"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := base()

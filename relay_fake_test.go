@@ -159,6 +159,23 @@ func TestRelayLogicWithFakes(t *testing.T) {
 	if w := resB.dev.written; len(w) != 2 || !bytes.Equal(w[0], good[0]) || !bytes.Equal(w[1], good[1]) {
 		t.Fatalf("B injected %d packets, want the router's 2, verbatim", len(w))
 	}
+	// Bytes after the packet's total length are not part of it: B writes
+	// exactly the parsed packet.
+	trailing := append(bytes.Clone(good[2]), 0xde, 0xad, 0xbe, 0xef)
+	// (A later start than A's relay: numbers its window has not seen.)
+	sealer, err := wire.NewSealer(&testKey, wire.NewSequence(time.Now().Add(time.Second)), fakeA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hdr [wire.EnvelopeLen]byte
+	sealer.Seal(&hdr, trailing)
+	if got := deliver(fakeA, append(hdr[:], trailing...)); got != 0 {
+		t.Fatalf("B dropped a datagram with trailing bytes: %v", got)
+	}
+	if w := resB.dev.written; len(w) != 3 || !bytes.Equal(w[2], good[2]) {
+		t.Fatalf("B injected %x, want the parsed packet without the trailing bytes", w[len(w)-1])
+	}
+	resB.dev.written = resB.dev.written[:2]
 	// A leaves B's peers and comes back: its replay window comes back
 	// with it, so a datagram A sent before is still refused.
 	if _, err := b.SetPeers(nil); err != nil {

@@ -44,7 +44,7 @@ func newTestRelaySplit(t *testing.T, mode Mode, split Split, workers, i int, key
 		Split:          split,
 		Workers:        workers,
 	}
-	cfg.Keys = keys
+	cfg.Keys, cfg.InsecureNoAuth = keys, len(keys) == 0
 	var r *Relay
 	if err := c.Nodes[i].Do(func() (err error) {
 		r, err = New(cfg, nil)
@@ -182,7 +182,7 @@ func testKeys(mode Mode) []wire.Key {
 // sent a datagram, so sequence numbers do not move the replay window: a
 // spoofed number from the future must not silence a genuine peer.
 func TestUnauthenticatedSkipsReplayWindow(t *testing.T) {
-	r, _ := newTestRelay(t, ModeUDP, 0)
+	r, _ := newTestRelaySplit(t, ModeUDP, SplitBatch, 1, 0) // no keys: InsecureNoAuth
 	rv := r.recv
 	sender := netlab.NodeAddr(1)
 	deliver := func(start time.Time, sport uint16) RecvDropReason {

@@ -242,7 +242,7 @@ func (rv *receiver) handle(i int) RecvDropReason {
 	if rv.r.dedup.seen(rv.r.dedup.key(f.Src, f.Dst, f.ICMP), rv.now) {
 		return RecvDuplicate
 	}
-	if err := rv.tun.Write(env.Packet); err != nil {
+	if err := rv.tun.Write(f.Packet); err != nil {
 		if throttled(&rv.lastLog) {
 			rv.r.log.Warn("inject into TUN failed (repeats are counted in go_pmtud_relay_dropped_total)", "dev", rv.tun.Name(), "err", err)
 		}

@@ -62,6 +62,7 @@ type options struct {
 	cpus            string
 	relayPort       uint
 	relayKeyFile    string
+	insecureNoAuth  bool
 	tunName         string
 	tunAddress      string
 	dedupWindow     time.Duration
@@ -111,6 +112,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.StringVar(&o.relay, "relay", "udp", "how copies travel: udp (the router's packet, authenticated, to the peer's go-pmtud, which injects it through TUN) or icmp (re-originated ICMP from a raw socket; peers need no daemon)")
 	fs.UintVar(&o.relayPort, "relay-port", uint(pmtud.DefaultRelayPort), "UDP port of the udp relay on every node")
 	fs.StringVar(&o.relayKeyFile, "relay-key-file", "", "file of relay keys, one ID:HEX-SECRET per line (secret >= 16 bytes); the first seals, both open (rotation). Empty: unauthenticated, peers' addresses only")
+	fs.BoolVar(&o.insecureNoAuth, "insecure-no-auth", false, "run the udp relay without --relay-key-file: datagrams are accepted from the peers' addresses, unverified (anyone who can spoof a peer's address can inject)")
 	fs.StringVar(&o.tunName, "tun-name", "pmtud0", "TUN device the udp relay creates to inject received packets")
 	fs.StringVar(&o.tunAddress, "tun-address", pmtud.DefaultTUNAddr.String(), "/32 address given to the TUN device when net.ipv4.conf.all.rp_filter is not 0")
 	fs.UintVar(&o.qthreshold, "nflog-qthreshold", 64, "packets the kernel batches into one NFLOG datagram (1..65535)")
@@ -203,6 +205,7 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 	}
 	c.RelayPort = uint16(o.relayPort)
 	c.TUNName = o.tunName
+	c.InsecureNoAuth = o.insecureNoAuth
 	if c.TUNAddr, err = netip.ParseAddr(o.tunAddress); err != nil || !c.TUNAddr.Is4() {
 		return s, fmt.Errorf("--tun-address: %q is not an IPv4 address", o.tunAddress)
 	}

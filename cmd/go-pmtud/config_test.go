@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"errors"
+	"io"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -165,11 +167,20 @@ func TestResolve(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			// The cases are about other flags: the udp relay (the
+			// default) runs without keys here. TestUDPRelayNeedsKeys
+			// covers that.
+			getenv := func(k string) string {
+				if v := tt.env(k); v != "" || k != "PMTUD_INSECURE_NO_AUTH" {
+					return v
+				}
+				return "true"
+			}
 			var stderr bytes.Buffer
-			o, err := parseFlags(tt.args, tt.env, &stderr)
+			o, err := parseFlags(tt.args, getenv, &stderr)
 			var s settings
 			if err == nil {
-				s, err = resolve(o, tt.env, fakeHost{})
+				s, err = resolve(o, getenv, fakeHost{})
 			}
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
@@ -182,6 +193,33 @@ func TestResolve(t *testing.T) {
 			}
 			tt.check(t, s)
 		})
+	}
+}
+
+// TestUDPRelayNeedsKeys: the udp relay (the default) refuses to start
+// without a key file unless --insecure-no-auth says so; the icmp relay
+// needs none.
+func TestUDPRelayNeedsKeys(t *testing.T) {
+	keyFile := filepath.Join(t.TempDir(), "keys")
+	if err := os.WriteFile(keyFile, []byte("1:"+strings.Repeat("ab", 32)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args    []string
+		wantErr string
+	}{
+		{[]string{"--peers", "198.18.0.11"}, "--insecure-no-auth"},
+		{[]string{"--peers", "198.18.0.11", "--insecure-no-auth"}, ""},
+		{[]string{"--peers", "198.18.0.11", "--relay-key-file", keyFile}, ""},
+		{[]string{"--peers", "198.18.0.11", "--relay", "icmp"}, ""},
+	} {
+		o, err := parseFlags(tc.args, env(), io.Discard)
+		if err == nil {
+			_, err = resolve(o, env(), fakeHost{})
+		}
+		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("%q: %v, want an error containing %q", tc.args, err, tc.wantErr)
+		}
 	}
 }
 
