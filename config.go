@@ -198,19 +198,8 @@ func (c *Config) Validate() error {
 		if len(c.Keys) == 0 && !c.InsecureNoAuth {
 			return errors.New("the udp relay needs relay keys (--relay-key-file); --insecure-no-auth runs it unauthenticated, trusting the peers' source addresses")
 		}
-		if len(c.Keys) > 2 {
-			return fmt.Errorf("%d relay keys: at most two (the current and the previous) are accepted", len(c.Keys))
-		}
-		for i, k := range c.Keys {
-			if k.ID == 0 {
-				return errors.New("relay key id 0 is reserved for unauthenticated datagrams")
-			}
-			if len(k.Secret) < 16 {
-				return fmt.Errorf("relay key %d is %d bytes, want at least 16", k.ID, len(k.Secret))
-			}
-			if i == 1 && k.ID == c.Keys[0].ID {
-				return fmt.Errorf("relay keys share the id %d", k.ID)
-			}
+		if err := checkKeys(c.Keys); err != nil {
+			return err
 		}
 		if len(c.TUNName) >= unix.IFNAMSIZ {
 			return fmt.Errorf("TUN name %q is longer than %d bytes", c.TUNName, unix.IFNAMSIZ-1)

@@ -29,6 +29,8 @@ type relayMetrics struct {
 
 	// go_pmtud_peer_updates_total by result.
 	updApplied, updUnchanged, updError *metrics.Counter
+	// go_pmtud_key_reloads_total by result (udp relay).
+	keyApplied, keyUnchanged, keyError *metrics.Counter
 
 	// The udp relay's receive side.
 	relayRecv    *metrics.Counter
@@ -76,5 +78,14 @@ func newRelayMetrics(node string, mode Mode, peers func() int) *relayMetrics {
 		return s.NewCounter(fmt.Sprintf("go_pmtud_peer_updates_total{node=%s,result=%s}", quote(node), quote(result)))
 	}
 	m.updApplied, m.updUnchanged, m.updError = upd("applied"), upd("unchanged"), upd("error")
+	if mode == ModeUDP {
+		key := func(result string) *metrics.Counter {
+			return s.NewCounter(fmt.Sprintf("go_pmtud_key_reloads_total{node=%s,result=%s}", quote(node), quote(result)))
+		}
+		m.keyApplied, m.keyUnchanged, m.keyError = key("applied"), key("unchanged"), key("error")
+	} else {
+		// Counted, never exposed: the icmp relay has no keys.
+		m.keyApplied, m.keyUnchanged, m.keyError = new(metrics.Counter), new(metrics.Counter), new(metrics.Counter)
+	}
 	return m
 }

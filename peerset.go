@@ -1,6 +1,7 @@
 package pmtud
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/go-pmtud/go-pmtud/internal/transport"
 	"github.com/go-pmtud/go-pmtud/wire"
 )
 
@@ -162,11 +164,35 @@ func (r *Relay) SetPeers(addrs []netip.Addr) (PeerChange, error) {
 		r.m.updUnchanged.Inc()
 		return ch, nil
 	}
+	// The relay socket's filter admits both sets while the swap is in
+	// progress: a peer that joins is not refused by the kernel before the
+	// set that names it is in force.
+	if added > 0 {
+		r.filterPeers(append(slices.Clone(prev.addrs), s.addrs...))
+	}
 	r.set.Store(s)
 	r.quiesce(prev)
+	r.filterPeers(s.addrs)
 	r.m.updApplied.Inc()
 	r.log.Info("peer set changed", "added", added, "removed", removed, "peers", len(s.addrs))
 	return ch, nil
+}
+
+// filterPeers restricts the udp relay's socket to datagrams from addrs (a
+// kernel filter: see transport.Listener.FilterPeers). A set too large for
+// a filter leaves the socket unfiltered; the receiver's own peer check
+// still applies.
+func (r *Relay) filterPeers(addrs []netip.Addr) {
+	if r.recv == nil || r.recv.l == nil {
+		return
+	}
+	switch err := r.recv.l.FilterPeers(addrs); {
+	case errors.Is(err, transport.ErrTooManyPeers):
+		r.log.Warn("relay socket unfiltered: more peers than a socket filter holds; the receiver still checks every datagram's source", "peers", len(addrs), "max", transport.MaxFilterPeers)
+	case err != nil:
+		r.m.errors.Inc()
+		r.log.Warn("relay socket filter not updated", "err", err)
+	}
 }
 
 // PeerUpdateFailed records that a peer source could not produce a set:

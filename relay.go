@@ -49,8 +49,9 @@ type Relay struct {
 	m      *relayMetrics
 
 	reader  *nl.Reader
-	seq     *wire.Sequence // udp relay: one numbering for all sealers
-	pre     *preparer      // SplitPeer: the reader's
+	seq     *wire.Sequence         // udp relay: one numbering for all sealers
+	keys    atomic.Pointer[keySet] // udp relay: the keys in force
+	pre     *preparer              // SplitPeer: the reader's
 	workers []*worker
 	open    resources
 	tun     injector  // udp relay only
@@ -100,6 +101,7 @@ func newJob() *job {
 type preparer struct {
 	r      *Relay
 	sealer *wire.Sealer // udp relay only
+	keys   *keySet      // the set sealer seals for
 }
 
 // worker sends jobs with its own socket, to all peers (SplitBatch) or to
@@ -220,13 +222,8 @@ func (r *Relay) newPreparer() (*preparer, error) {
 	if c.Mode != ModeUDP {
 		return p, nil
 	}
-	var key *wire.Key
-	if len(c.Keys) > 0 {
-		key = &c.Keys[0]
-	}
-	var err error
-	if p.sealer, err = wire.NewSealer(key, r.seq, c.Source); err != nil {
-		return nil, fmt.Errorf("pmtud: relay key: %w", err)
+	if err := p.rekey(r.keys.Load()); err != nil {
+		return nil, err
 	}
 	return p, nil
 }
@@ -329,10 +326,11 @@ func (w *worker) use(s *peerSet) {
 // openUDP creates the udp relay's TUN device and receive socket.
 func (r *Relay) openUDP() error {
 	c := &r.cfg
-	opener, err := wire.NewOpener(c.Keys...)
+	ks, err := newKeySet(c.Keys)
 	if err != nil {
-		return fmt.Errorf("pmtud: relay keys: %w", err)
+		return err
 	}
+	r.keys.Store(ks)
 	if r.tun, err = r.open.tun(c); err != nil {
 		return err
 	}
@@ -343,7 +341,8 @@ func (r *Relay) openUDP() error {
 		r.tun = nil
 		return err
 	}
-	r.recv = &receiver{r: r, l: l, tun: r.tun, opener: opener}
+	r.recv = &receiver{r: r, l: l, tun: r.tun}
+	r.filterPeers(r.set.Load().addrs)
 	if l != nil {
 		r.recv.in = l
 		// The kernel counts the drops; the series reads its count at
@@ -518,6 +517,15 @@ func (p *preparer) prepare(j *job) {
 	r := p.r
 	b := j.batch
 	set := r.acquire(j)
+	if p.sealer != nil {
+		if ks := r.keys.Load(); ks != p.keys {
+			if err := p.rekey(ks); err != nil {
+				// Not reached: SetKeys checked the keys. Keep sealing with
+				// the previous key rather than stop.
+				r.m.errors.Inc()
+			}
+		}
+	}
 	j.start = time.Now()
 	now := r.dedup.now(j.start)
 	var lnow, snow int64

@@ -319,3 +319,82 @@ func TestPolicyOnBothSides(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyRotationWithoutRestart rolls the udp relay's key on two running
+// relays in the documented two steps (the new key added as second
+// everywhere, then first everywhere) and drops the old one: every copy A
+// sends on the way is opened and injected by B, and once B has dropped the
+// old key, a datagram sealed with it is refused as unknown_key. Bad key
+// lists leave the keys in force and are counted.
+func TestKeyRotationWithoutRestart(t *testing.T) {
+	k1 := testKey
+	k2 := wire.Key{ID: 4, Secret: []byte("the-next-relay-secret-32-bytes!!")}
+	a, resA := newFakeRelay(t, fakeA, fakeB)
+	b, resB := newFakeRelay(t, fakeB, fakeA)
+	pkts := distinctFragNeeded(8)
+	n := 0
+	send := func() RecvDropReason {
+		t.Helper()
+		j := newJob()
+		j.batch.Packets = append(j.batch.Packets, nl.Packet{Payload: pkts[n]})
+		n++
+		process(a, j)
+		c := resA.senders[0].copies
+		b.recv.in = &testDatagram{src: fakeA, buf: c[len(c)-1].datagram}
+		b.recv.stamp(time.Now())
+		return b.recv.handle(0)
+	}
+	setKeys := func(r *Relay, keys ...wire.Key) {
+		t.Helper()
+		if changed, err := r.SetKeys(keys); err != nil || !changed {
+			t.Fatalf("SetKeys(%v) = %v, %v", keys, changed, err)
+		}
+	}
+	for i, step := range []func(){
+		func() {},
+		func() { setKeys(b, k1, k2) }, // step 1, B first
+		func() { setKeys(a, k1, k2) }, // step 1 on A: still seals with k1
+		func() { setKeys(a, k2, k1) }, // step 2, A first: seals with k2, B opens both
+		func() { setKeys(b, k2, k1) },
+		func() { setKeys(a, k2); setKeys(b, k2) }, // k1 retired
+	} {
+		step()
+		if got := send(); got != 0 {
+			t.Fatalf("step %d: B refused A's copy: %v", i, got)
+		}
+	}
+	if len(resB.dev.written) != 6 {
+		t.Fatalf("B injected %d of 6 copies", len(resB.dev.written))
+	}
+	// A datagram sealed with the retired key.
+	old, err := wire.NewSealer(&k1, wire.NewSequence(time.Now().Add(time.Minute)), fakeA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hdr [wire.EnvelopeLen]byte
+	old.Seal(&hdr, pkts[7])
+	b.recv.in = &testDatagram{src: fakeA, buf: append(hdr[:], pkts[7]...)}
+	b.recv.stamp(time.Now())
+	if got := b.recv.handle(0); got != RecvDropReason(wire.ErrEnvelopeKey) {
+		t.Fatalf("a datagram sealed with the retired key: %v, want unknown_key", got)
+	}
+	for _, bad := range [][]wire.Key{nil, {{ID: 0, Secret: k2.Secret}}, {{ID: 9, Secret: []byte("short")}}, {k1, k2, {ID: 5, Secret: k2.Secret}}} {
+		if _, err := b.SetKeys(bad); err == nil {
+			t.Errorf("SetKeys(%v) accepted", bad)
+		}
+	}
+	if changed, err := b.SetKeys([]wire.Key{k2}); changed || err != nil {
+		t.Errorf("the same keys again: changed %v, %v", changed, err)
+	}
+	var m strings.Builder
+	b.WritePrometheus(&m)
+	for _, want := range []string{
+		`go_pmtud_key_reloads_total{node="fake",result="applied"} 3`,
+		`go_pmtud_key_reloads_total{node="fake",result="unchanged"} 1`,
+		`go_pmtud_key_reloads_total{node="fake",result="error"} 4`,
+	} {
+		if !strings.Contains(m.String(), want+"\n") {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}

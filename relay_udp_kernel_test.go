@@ -178,10 +178,11 @@ func TestRejectsForgedRelayDatagrams(t *testing.T) {
 	send(b, inner)
 	send(b, unauthenticated)
 	send(b, short)
+	// From a non-peer: the socket's filter drops it in the kernel.
 	send(stranger, seal(&keys[0], netlab.NodeAddr(2), fragNeeded(netlab.RouterLoopback, 1400, 42005)))
 	send(c.Nodes[3], fromOtherPeer)
 
-	const total = 10
+	const total = 9
 	waitFor(t, "the relay to read every datagram", func() bool {
 		st := relay.Stats()
 		return st.RelayReceived == total && st.Injected+sum(st.RelayDropped) == total
@@ -192,7 +193,10 @@ func TestRejectsForgedRelayDatagrams(t *testing.T) {
 	}
 	want := map[string]uint64{
 		"replayed": 1, "bad_tag": 2, "unknown_key": 1, "inner_not_frag_needed": 1,
-		"unauthenticated": 1, "short": 1, "not_peer": 1, "future_sequence": 1,
+		"unauthenticated": 1, "short": 1, "future_sequence": 1,
+	}
+	if st.SocketDrops != 1 {
+		t.Errorf("SocketDrops = %d, want the non-peer's datagram", st.SocketDrops)
 	}
 	got := map[string]uint64{}
 	for r, n := range st.RelayDropped {
@@ -205,6 +209,64 @@ func TestRejectsForgedRelayDatagrams(t *testing.T) {
 	}
 	if len(got) != len(want) {
 		t.Errorf("RelayDropped = %v, want %v", got, want)
+	}
+}
+
+// TestRelaySocketAdmitsOnlyPeers: the udp relay's socket filter drops a
+// non-peer's datagrams in the kernel, and follows the peer set: once the
+// sender is a peer its datagram is injected, once it has left, dropped
+// again.
+func TestRelaySocketAdmitsOnlyPeers(t *testing.T) {
+	c, err := netlab.BuildCluster(netlab.NewT(t), 3, 1400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := testKeys(pmtud.ModeUDP)
+	relay := startRelay(t, c.Nodes[0], pmtud.Config{
+		Mode:       pmtud.ModeUDP,
+		Source:     netlab.NodeAddr(0),
+		LocalAddrs: []netip.Addr{netlab.NodeAddr(0), netlab.Anycast},
+		Peers:      []netip.Addr{netlab.NodeAddr(1)},
+		Keys:       keys,
+	})
+	seq := wire.NewSequence(time.Now())
+	sealer, err := wire.NewSealer(&keys[0], seq, netlab.NodeAddr(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := uint16(0)
+	send := func() {
+		t.Helper()
+		n++
+		pkt := fragNeeded(netlab.RouterLoopback, 1400, 43000+n)
+		var hdr [wire.EnvelopeLen]byte
+		sealer.Seal(&hdr, pkt)
+		if err := c.Nodes[2].Do(func() error {
+			conn, err := net.Dial("udp4", net.JoinHostPort(netlab.NodeAddr(0).String(), strconv.Itoa(pmtud.DefaultRelayPort)))
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			_, err = conn.Write(append(hdr[:], pkt...))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send()
+	waitFor(t, "the kernel to drop the non-peer's datagram", func() bool { return relay.Stats().SocketDrops == 1 })
+	if _, err := relay.SetPeers([]netip.Addr{netlab.NodeAddr(1), netlab.NodeAddr(2)}); err != nil {
+		t.Fatal(err)
+	}
+	send()
+	waitFor(t, "the new peer's datagram to be injected", func() bool { return relay.Stats().Injected == 1 })
+	if _, err := relay.SetPeers([]netip.Addr{netlab.NodeAddr(1)}); err != nil {
+		t.Fatal(err)
+	}
+	send()
+	waitFor(t, "the kernel to drop the departed peer's datagram", func() bool { return relay.Stats().SocketDrops == 2 })
+	if st := relay.Stats(); st.RelayReceived != 1 || st.Injected != 1 {
+		t.Fatalf("stats %+v: want only the datagram sent while a peer received and injected", st)
 	}
 }
 

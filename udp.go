@@ -140,7 +140,7 @@ type receiver struct {
 	l      *transport.Listener
 	in     datagrams // the batch in hand: l, or a test's
 	tun    injector
-	opener *wire.Opener
+	opener *wire.Opener // of the batch in hand: the key set in force
 
 	lastLog time.Time
 	// set is the peer set the batch in hand is judged by: a source that is
@@ -181,6 +181,7 @@ func (rv *receiver) run() error {
 // by.
 func (rv *receiver) stamp(t time.Time) {
 	rv.set = rv.r.set.Load()
+	rv.opener = rv.r.keys.Load().opener
 	rv.now = rv.r.dedup.now(t)
 	rv.nowUnix = uint64(t.Unix())
 }

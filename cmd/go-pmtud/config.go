@@ -75,8 +75,12 @@ type options struct {
 type settings struct {
 	relay pmtud.Config
 	// The peer source, when not --peers: a file, or the Kubernetes API.
-	peersFile   string
-	kube        *peers.KubernetesConfig
+	peersFile string
+	kube      *peers.KubernetesConfig
+	// keyFile is the udp relay's key file, followed at run time; keyData
+	// its content at start-up.
+	keyFile     string
+	keyData     []byte
 	metricsAddr string // host:port, empty to serve no metrics
 	logLevel    slog.Level
 }
@@ -230,9 +234,13 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 	// The icmp relay has no use for keys; a key file left in a shared
 	// configuration is not an error.
 	if o.relayKeyFile != "" && c.Mode == pmtud.ModeUDP {
-		if c.Keys, err = readKeys(o.relayKeyFile); err != nil {
+		if s.keyData, err = os.ReadFile(o.relayKeyFile); err != nil {
 			return s, fmt.Errorf("--relay-key-file: %w", err)
 		}
+		if c.Keys, err = parseKeys(s.keyData); err != nil {
+			return s, fmt.Errorf("--relay-key-file: %w", err)
+		}
+		s.keyFile = o.relayKeyFile
 	}
 	if c.CPUs, err = parseCPUList(o.cpus); err != nil {
 		return s, fmt.Errorf("--cpus: %w", err)

@@ -118,6 +118,9 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		}
 		srcDone <- err
 	}()
+	if s.keyFile != "" {
+		go followKeys(runCtx, &s, relay, log)
+	}
 	err = relay.Run(runCtx)
 	cancel()
 	if e := <-srcDone; e != nil {

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -123,29 +122,10 @@ func (d *daemon) waitMetric(series string) {
 }
 
 // kubeletSwap replaces the content of dir/peers the way the kubelet updates
-// a mounted ConfigMap: a new timestamped directory, then a new ..data
-// symlink renamed over the old one. dir/peers is a symlink into ..data.
+// a mounted ConfigMap (see kubeletSwapFile).
 func kubeletSwap(t *testing.T, dir, content string) {
 	t.Helper()
-	v := fmt.Sprintf("..%s", time.Now().Format("2006_01_02_15_04_05.000000000"))
-	if err := os.Mkdir(filepath.Join(dir, v), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, v, "peers"), []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	tmp := filepath.Join(dir, "..data_tmp")
-	if err := os.Symlink(v, tmp); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Lstat(filepath.Join(dir, "peers")); err != nil {
-		if err := os.Symlink("..data/peers", filepath.Join(dir, "peers")); err != nil {
-			t.Fatal(err)
-		}
-	}
+	kubeletSwapFile(t, dir, "peers", content)
 }
 
 // TestPeersFileSwapTeachesNewNode is the end-to-end check of --peers-file

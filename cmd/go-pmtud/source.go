@@ -5,10 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"os/signal"
 	"sync"
+	"syscall"
 
 	"github.com/go-pmtud/go-pmtud"
 	"github.com/go-pmtud/go-pmtud/internal/peers"
+	"github.com/go-pmtud/go-pmtud/internal/watch"
+	"github.com/go-pmtud/go-pmtud/wire"
 )
 
 // source is the daemon's peer source: the static list, a file or the
@@ -86,4 +91,44 @@ func (src *source) ready() error {
 	src.mu.Lock()
 	defer src.mu.Unlock()
 	return src.pending
+}
+
+// followKeys applies the relay key file to relay whenever it changes (a
+// Secret volume is updated the way a ConfigMap is) and on SIGHUP, until
+// ctx is done. A file that does not parse leaves the keys in force.
+func followKeys(ctx context.Context, s *settings, relay *pmtud.Relay, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	reread := make(chan struct{}, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				select {
+				case reread <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	w := &watch.File{Path: s.keyFile, Reread: reread, Log: log}
+	err := w.Run(ctx, s.keyData, func(b []byte, err error) {
+		var keys []wire.Key
+		if err == nil {
+			keys, err = parseKeys(b)
+		}
+		if err != nil {
+			relay.KeyReloadFailed(fmt.Errorf("--relay-key-file: %w", err))
+			return
+		}
+		if _, err := relay.SetKeys(keys); err != nil {
+			log.Warn("relay keys not applied; the keys in force stay", "err", err)
+		}
+	})
+	if err != nil {
+		log.Error("cannot follow the relay key file", "err", err)
+	}
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/go-pmtud/go-pmtud/internal/watch"
 )
 
 func TestParseList(t *testing.T) {
@@ -225,7 +227,7 @@ func TestNewFileErrors(t *testing.T) {
 	bad := filepath.Join(dir, "bad")
 	os.WriteFile(bad, []byte("198.18.1.10\n198.18.1\n"), 0o644)
 	big := filepath.Join(dir, "big")
-	os.WriteFile(big, make([]byte, maxFileSize+1), 0o644)
+	os.WriteFile(big, make([]byte, watch.MaxSize+1), 0o644)
 	for _, tc := range []struct{ path, want string }{
 		{filepath.Join(dir, "missing"), "no such file"},
 		{bad, `bad: line 2: "198.18.1" is not an IP address`},

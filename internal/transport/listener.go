@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -160,4 +161,75 @@ func (l *Listener) Close() error {
 		return fmt.Errorf("transport: close relay socket: %w", err)
 	}
 	return nil
+}
+
+// SKF_NET_OFF (include/uapi/linux/filter.h): a classic BPF load at this
+// offset plus k reads the network header, whatever the socket's layer.
+const skfNetOff = -0x100000
+
+// MaxFilterPeers is the most peers FilterPeers compiles into a filter: a
+// classic BPF program has at most 4,096 instructions (BPF_MAXINSNS,
+// include/uapi/linux/bpf_common.h), and each peer takes one.
+const MaxFilterPeers = 3900
+
+// ErrTooManyPeers is FilterPeers' error for a set larger than
+// MaxFilterPeers: the socket is then left without a filter.
+var ErrTooManyPeers = errors.New("transport: too many peers for a socket filter")
+
+// FilterPeers attaches a classic BPF filter to the socket that admits only
+// datagrams whose IPv4 source is one of peers: the kernel drops the rest
+// before they are queued (counted in Drops, as the socket's drops), so a
+// flood from anyone else cannot crowd out the peers' copies. It replaces
+// the previous filter atomically. For more than MaxFilterPeers peers it
+// detaches any filter and returns ErrTooManyPeers. Cost per datagram: one
+// comparison per peer, in the kernel.
+func (l *Listener) FilterPeers(peers []netip.Addr) error {
+	if len(peers) > MaxFilterPeers {
+		var errno syscall.Errno
+		l.rc.Control(func(fd uintptr) {
+			if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DETACH_FILTER, 0); err != nil && err != unix.ENOENT {
+				errno, _ = err.(syscall.Errno)
+			}
+		})
+		if errno != 0 {
+			return fmt.Errorf("transport: detach socket filter: %w", errno)
+		}
+		return ErrTooManyPeers
+	}
+	prog := peerFilter(peers)
+	var err error
+	if cerr := l.rc.Control(func(fd uintptr) {
+		err = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
+			&unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]})
+	}); cerr != nil {
+		return fmt.Errorf("transport: attach socket filter: %w", cerr)
+	}
+	if err != nil {
+		return fmt.Errorf("transport: attach socket filter for %d peers: %w", len(peers), err)
+	}
+	return nil
+}
+
+// peerFilter compiles the filter: load the IPv4 source, then blocks of up
+// to 250 equality tests (a conditional jump reaches at most 255
+// instructions ahead), each block ending in a jump over its own "accept";
+// drop when no test matched.
+func peerFilter(peers []netip.Addr) []unix.SockFilter {
+	const block = 250
+	src := int32(skfNetOff + 12) // the IPv4 source address
+	prog := []unix.SockFilter{{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: uint32(src)}}
+	for len(peers) > 0 {
+		n := min(len(peers), block)
+		for i, a := range peers[:n] {
+			b := a.As4()
+			// True: to this block's accept, n-i instructions ahead.
+			prog = append(prog, unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K,
+				K: binary.BigEndian.Uint32(b[:]), Jt: uint8(n - i), Jf: 0})
+		}
+		prog = append(prog,
+			unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JA, K: 1}, // to the next block
+			unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff})
+		peers = peers[n:]
+	}
+	return append(prog, unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0})
 }
