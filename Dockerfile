@@ -4,7 +4,7 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -o /go-pmtud ./cmd/go-pmtud
+RUN CGO_ENABLED=0 go build -trimpath -buildvcs=auto -o /go-pmtud ./cmd/go-pmtud
 
 FROM gcr.io/distroless/static-debian12
 COPY --from=build /go-pmtud /go-pmtud

@@ -54,6 +54,8 @@ type options struct {
 	ignoreNetworks  string
 	trustedSources  string
 	logLevel        string
+	logFormat       string
+	version         bool
 	relay           string
 	qthreshold      uint
 	timeout         time.Duration
@@ -83,6 +85,7 @@ type settings struct {
 	keyData     []byte
 	metricsAddr string // host:port, empty to serve no metrics
 	logLevel    slog.Level
+	logJSON     bool
 }
 
 // envName returns the environment variable that can set flag name.
@@ -113,6 +116,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.StringVar(&o.ignoreNetworks, "ignore-networks", "", "comma-separated CIDRs: ICMPs whose outer source lies inside are never replicated")
 	fs.StringVar(&o.trustedSources, "trusted-sources", "", "comma-separated CIDRs: when set, only ICMPs whose outer source (the router) lies inside are relayed; the rest are dropped as untrusted_source")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text (logfmt) or json")
+	fs.BoolVar(&o.version, "version", false, "print the version (module version and VCS revision of the build) and exit")
 	fs.StringVar(&o.relay, "relay", "udp", "how copies travel: udp (the router's packet, authenticated, to the peer's go-pmtud, which injects it through TUN) or icmp (re-originated ICMP from a raw socket; peers need no daemon)")
 	fs.UintVar(&o.relayPort, "relay-port", uint(pmtud.DefaultRelayPort), "UDP port of the udp relay on every node")
 	fs.StringVar(&o.relayKeyFile, "relay-key-file", "", "file of relay keys, one ID:HEX-SECRET per line (secret >= 16 bytes); the first seals, both open (rotation). Empty: unauthenticated, peers' addresses only")
@@ -201,6 +206,13 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 	}
 	if err := s.logLevel.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return s, fmt.Errorf("--log-level: %q is not one of debug, info, warn, error", o.logLevel)
+	}
+	switch o.logFormat {
+	case "text":
+	case "json":
+		s.logJSON = true
+	default:
+		return s, fmt.Errorf("--log-format: %q is not text or json", printable(o.logFormat))
 	}
 	c.TTL = o.ttl
 	c.Workers = o.workers

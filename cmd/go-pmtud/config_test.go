@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -115,6 +116,15 @@ func TestResolve(t *testing.T) {
 		},
 		{name: "negative dedup window", args: []string{"--peers", "198.18.0.11", "--dedup-window", "-1s"}, env: env(), wantErr: "--dedup-window"},
 		{name: "negative rate limit", args: []string{"--peers", "198.18.0.11", "--rate-limit", "-1"}, env: env(), wantErr: "--rate-limit -1"},
+		{name: "log format", args: []string{"--peers", "198.18.0.11", "--log-format", "xml"}, env: env(), wantErr: `--log-format: "xml" is not text or json`},
+		{
+			name: "json logs", args: []string{"--peers", "198.18.0.11", "--log-format", "json"}, env: env(),
+			check: func(t *testing.T, s settings) {
+				if !s.logJSON {
+					t.Error("--log-format json did not select JSON")
+				}
+			},
+		},
 		{name: "negative source rate limit", args: []string{"--peers", "198.18.0.11", "--source-rate-limit", "-1"}, env: env(), wantErr: "--source-rate-limit -1"},
 		{
 			name: "rate limit from the environment",
@@ -220,6 +230,17 @@ func TestUDPRelayNeedsKeys(t *testing.T) {
 		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
 			t.Errorf("%q: %v, want an error containing %q", tc.args, err, tc.wantErr)
 		}
+	}
+}
+
+// TestVersion: --version exits 0 without any other flag, and the version
+// names the program and the Go release it was built with.
+func TestVersion(t *testing.T) {
+	if code := run([]string{"--version"}, env(), io.Discard); code != exitOK {
+		t.Fatalf("--version exited %d", code)
+	}
+	if v := version(); !strings.HasPrefix(v, "go-pmtud ") || !strings.Contains(v, runtime.Version()) {
+		t.Fatalf("version() = %q", v)
 	}
 }
 

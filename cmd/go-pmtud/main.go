@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -44,12 +45,20 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "go-pmtud: %v\n", err)
 		return exitUsage
 	}
+	if o.version {
+		fmt.Println(version())
+		return exitOK
+	}
 	s, err := resolve(o, getenv, system{})
 	if err != nil {
 		fmt.Fprintf(stderr, "go-pmtud: invalid configuration: %v\n", err)
 		return exitUsage
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: s.logLevel}))
+	var h slog.Handler = slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: s.logLevel})
+	if s.logJSON {
+		h = slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: s.logLevel})
+	}
+	log := slog.New(h)
 	src, err := openSource(&s, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "go-pmtud: invalid configuration: %v\n", err)
@@ -137,4 +146,36 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 	}
 	log.Info("go-pmtud stopped", "signal", "received")
 	return exitOK
+}
+
+// version describes the build: the module version, the VCS revision and
+// time it was built from (with "+dirty" for uncommitted changes), and the
+// Go version, from the binary's build info.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "go-pmtud (no build info)"
+	}
+	v := "go-pmtud " + bi.Main.Version
+	var rev, at, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.time":
+			at = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "+dirty"
+			}
+		}
+	}
+	if rev != "" {
+		v += " (revision " + rev + dirty
+		if at != "" {
+			v += ", committed " + at
+		}
+		v += ")"
+	}
+	return v + " " + bi.GoVersion
 }
