@@ -220,6 +220,7 @@ func checkPeers(addrs []netip.Addr) error {
 // uses it, until release. The second load closes the race with SetPeers:
 // a set that was replaced between the load and the record is not used.
 func (r *Relay) acquire(j *job) *peerSet {
+	j.began.Store(time.Now().UnixNano())
 	for {
 		s := r.set.Load()
 		j.set.Store(s)

@@ -69,6 +69,12 @@ type Relay struct {
 	running   atomic.Bool    // Run is active: it tears down, Close only stops it
 	closeOnce sync.Once
 	closeErr  error
+
+	// For Health: when NFLOG reads began failing without a success since
+	// (Unix nanoseconds, 0: the last read worked), and loops that returned
+	// while the relay was not stopping.
+	readErrSince atomic.Int64
+	loopsDown    atomic.Int32
 }
 
 // job is one NFLOG datagram on its way through the relay: the batch it was
@@ -84,6 +90,9 @@ type job struct {
 	// set is the peer set the job is prepared and sent with; nil while it
 	// is in the pool.
 	set atomic.Pointer[peerSet]
+	// began is when the job's preparation began (Unix nanoseconds), for
+	// Health to spot a batch that never finishes.
+	began atomic.Int64
 }
 
 func newJob() *job {
@@ -380,6 +389,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			errc <- w.run()
+			r.loopDown()
 		}()
 	}
 	if r.recv != nil {
@@ -387,6 +397,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			errc <- r.recv.run()
+			r.loopDown()
 		}()
 	}
 	err := r.read(ctx)
@@ -419,6 +430,13 @@ func (r *Relay) read(ctx context.Context) error {
 			r.dispatch(j)
 		} else {
 			r.free <- j
+		}
+		if err == nil || errors.Is(err, unix.ENOBUFS) {
+			if r.readErrSince.Load() != 0 {
+				r.readErrSince.Store(0)
+			}
+		} else if r.readErrSince.Load() == 0 {
+			r.readErrSince.Store(time.Now().UnixNano())
 		}
 		switch {
 		case err == nil:
@@ -749,4 +767,45 @@ func (r *Relay) Stats() Stats {
 		}
 	}
 	return s
+}
+
+// stuckAfter is how long a batch may be in hand before Health calls the
+// relay stuck: far longer than a batch takes (microseconds), or than a
+// send waiting on full buffers gives up after (SO_SNDTIMEO and retries).
+const stuckAfter = 30 * time.Second
+
+// loopDown records a worker or receiver loop that returned; outside a
+// shutdown that means the relay no longer works.
+func (r *Relay) loopDown() {
+	if !r.stopping.Load() {
+		r.loopsDown.Add(1)
+	}
+}
+
+// Health returns nil while the relay works, or what is wrong: it is not
+// running, a worker or receiver loop has stopped, NFLOG reads have failed
+// for stuckAfter, a batch has been in hand for stuckAfter (a send is
+// stuck), or the udp relay's TUN device is gone or down. An idle relay is
+// healthy. It is for probes: it asks the kernel about the TUN device and
+// may allocate.
+func (r *Relay) Health() error {
+	if !r.running.Load() {
+		return errors.New("the relay is not running")
+	}
+	if n := r.loopsDown.Load(); n > 0 {
+		return fmt.Errorf("%d relay loops (workers, receiver) have stopped", n)
+	}
+	now := time.Now()
+	if t := r.readErrSince.Load(); t != 0 && now.Sub(time.Unix(0, t)) > stuckAfter {
+		return fmt.Errorf("NFLOG reads have failed for %v (see go_pmtud_error_total)", now.Sub(time.Unix(0, t)).Round(time.Second))
+	}
+	for _, j := range r.jobs {
+		if t := j.began.Load(); j.set.Load() != nil && now.Sub(time.Unix(0, t)) > stuckAfter {
+			return fmt.Errorf("a batch has been in hand for %v: a send is stuck", now.Sub(time.Unix(0, t)).Round(time.Second))
+		}
+	}
+	if r.tun != nil {
+		return r.tun.Up()
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package pmtud
 
 import (
 	"bytes"
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -74,6 +75,7 @@ func (s *fakeSender) Close() error            { return nil }
 type fakeTUN struct {
 	ipv6    bool
 	written [][]byte
+	down    error // what Up returns
 }
 
 func (t *fakeTUN) Write(p []byte) error { t.written = append(t.written, bytes.Clone(p)); return nil }
@@ -81,6 +83,7 @@ func (t *fakeTUN) IPv6() bool           { return t.ipv6 }
 func (t *fakeTUN) Name() string         { return "fake0" }
 func (t *fakeTUN) Index() int           { return 99 }
 func (t *fakeTUN) Close() error         { return nil }
+func (t *fakeTUN) Up() error            { return t.down }
 
 var (
 	fakeA = netip.MustParseAddr("198.18.1.10")
@@ -396,5 +399,45 @@ func TestKeyRotationWithoutRestart(t *testing.T) {
 		if !strings.Contains(m.String(), want+"\n") {
 			t.Errorf("metrics lack %q", want)
 		}
+	}
+}
+
+// TestHealth: a running relay is healthy while idle, and unhealthy when a
+// loop stopped, NFLOG reads keep failing, a batch is stuck in a send, or
+// the TUN device is gone; each reason says which.
+func TestHealth(t *testing.T) {
+	r, res := newFakeRelay(t, fakeA, fakeB)
+	if err := r.Health(); err == nil {
+		t.Fatal("healthy before Run")
+	}
+	r.running.Store(true) // as Run does; the fakes have no loops to start
+	defer r.running.Store(false)
+	if err := r.Health(); err != nil {
+		t.Fatalf("an idle relay: %v", err)
+	}
+	long := time.Now().Add(-time.Minute).UnixNano()
+	for _, tc := range []struct {
+		name       string
+		fail, mend func()
+		want       string
+	}{
+		{"a loop stopped", func() { r.loopDown() }, func() { r.loopsDown.Store(0) }, "loops"},
+		{"NFLOG reads failing", func() { r.readErrSince.Store(long) }, func() { r.readErrSince.Store(0) }, "NFLOG reads"},
+		{"a stuck send", func() { r.jobs[0].began.Store(long); r.jobs[0].set.Store(r.set.Load()) }, func() { r.jobs[0].set.Store(nil) }, "stuck"},
+		{"the TUN device gone", func() { res.dev.down = errors.New("TUN device fake0 is gone") }, func() { res.dev.down = nil }, "gone"},
+	} {
+		tc.fail()
+		if err := r.Health(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: Health = %v, want an error about %q", tc.name, err, tc.want)
+		}
+		tc.mend()
+		if err := r.Health(); err != nil {
+			t.Errorf("after %s was mended: %v", tc.name, err)
+		}
+	}
+	// Recent read errors are not yet a failure.
+	r.readErrSince.Store(time.Now().UnixNano())
+	if err := r.Health(); err != nil {
+		t.Errorf("a read error just now: %v", err)
 	}
 }

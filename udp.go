@@ -17,6 +17,7 @@ type injector interface {
 	IPv6() bool             // whether IPv6 packets are taken
 	Name() string
 	Index() int // the interface index NFLOG reports for injected packets
+	Up() error  // nil while the device exists and is up; it allocates
 	Close() error
 }
 

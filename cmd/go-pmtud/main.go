@@ -99,9 +99,21 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 			w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 			relay.WritePrometheus(w)
 		})
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+			if err := relay.Health(); err != nil {
+				http.Error(w, "unhealthy: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			io.WriteString(w, "ok\n")
+		})
+		// Ready: healthy (so NFLOG is bound and the receiver listens) and
+		// the peer source's last update is in force.
 		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-			if err := src.ready(); err != nil {
+			err := relay.Health()
+			if err == nil {
+				err = src.ready()
+			}
+			if err != nil {
 				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 				return
 			}

@@ -82,3 +82,25 @@ func TestDaemonServesMetricsAndStopsOnSIGTERM(t *testing.T) {
 		t.Errorf("no clean-stop log line:\n%s", stderr.String())
 	}
 }
+
+// TestHealthzFailsWhenTUNIsGone: the real daemon's /healthz answers ok
+// while it runs idle, and 503 naming the device once its TUN device is
+// deleted under it; /readyz follows.
+func TestHealthzFailsWhenTUNIsGone(t *testing.T) {
+	c, err := netlab.BuildCluster(netlab.NewT(t), 2, 1400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := c.Nodes[1]
+	d := startDaemon(t, buildDaemon(t), node, netlab.NodeAddr(1),
+		"PMTUD_PEERS="+netlab.NodeAddr(0).String(), "PMTUD_RELAY_KEY_FILE="+writeKeyFile(t), "NODE_NAME=node-b")
+	if code, body := d.get("/healthz"); code != 200 {
+		t.Fatalf("/healthz = %d %q while idle, want 200", code, body)
+	}
+	node.MustRun(t, "ip", "link", "del", "pmtud0")
+	for _, path := range []string{"/healthz", "/readyz"} {
+		if code, body := d.get(path); code != 503 || !strings.Contains(body, "pmtud0 is gone") {
+			t.Errorf("%s = %d %q after the TUN device was deleted, want 503 naming it", path, code, body)
+		}
+	}
+}

@@ -177,6 +177,21 @@ func (t *Device) Index() int { return t.index }
 // has IPv6 off (a written IPv6 packet would be dropped unseen).
 func (t *Device) IPv6() bool { return t.ipv6 }
 
+// Up returns nil while the device exists, under its name, and is up; else
+// what is wrong (someone deleted it or took it down: injected packets would
+// be lost). It asks the kernel (RTM_GETLINK) and allocates: it is for health
+// probes, not the packet path.
+func (t *Device) Up() error {
+	ifi, err := net.InterfaceByIndex(t.index)
+	if err != nil || ifi.Name != t.name {
+		return fmt.Errorf("TUN device %s is gone", t.name)
+	}
+	if ifi.Flags&net.FlagUp == 0 {
+		return fmt.Errorf("TUN device %s is down", t.name)
+	}
+	return nil
+}
+
 // Write injects one IPv4 or IPv6 packet. It allocates nothing.
 func (t *Device) Write(pkt []byte) error {
 	_, err := t.file.Write(pkt)
