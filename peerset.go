@@ -217,10 +217,11 @@ func checkPeers(addrs []netip.Addr) error {
 }
 
 // acquire returns the peer set in force and records in j that the job
-// uses it, until release. The second load closes the race with SetPeers:
-// a set that was replaced between the load and the record is not used.
+// uses it, from j.start until done releases it. The second load closes the
+// race with SetPeers: a set that was replaced between the load and the
+// record is not used.
 func (r *Relay) acquire(j *job) *peerSet {
-	j.began.Store(time.Now().UnixNano())
+	j.began.Store(j.start.UnixNano())
 	for {
 		s := r.set.Load()
 		j.set.Store(s)

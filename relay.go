@@ -534,6 +534,7 @@ func (w *worker) handle(j *job) {
 func (p *preparer) prepare(j *job) {
 	r := p.r
 	b := j.batch
+	j.start = time.Now()
 	set := r.acquire(j)
 	if p.sealer != nil {
 		if ks := r.keys.Load(); ks != p.keys {
@@ -544,7 +545,6 @@ func (p *preparer) prepare(j *job) {
 			}
 		}
 	}
-	j.start = time.Now()
 	now := r.dedup.now(j.start)
 	var lnow, snow int64
 	if r.limit != nil {
