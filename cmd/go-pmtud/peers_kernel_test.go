@@ -54,8 +54,15 @@ type daemon struct {
 // and kills it when the test ends.
 func startDaemon(t *testing.T, bin string, node *netlab.NS, addr netip.Addr, env ...string) *daemon {
 	t.Helper()
+	return startDaemonArgv(t, []string{bin}, node, addr, env...)
+}
+
+// startDaemonArgv is startDaemon for a command line that runs the binary
+// (through a wrapper such as setpriv).
+func startDaemonArgv(t *testing.T, argv []string, node *netlab.NS, addr netip.Addr, env ...string) *daemon {
+	t.Helper()
 	d := &daemon{t: t, node: node, addr: addr, exited: make(chan error, 1)}
-	d.cmd = exec.Command("ip", "netns", "exec", node.Name(), bin)
+	d.cmd = exec.Command("ip", append([]string{"netns", "exec", node.Name()}, argv...)...)
 	d.cmd.Env = append(os.Environ(), env...)
 	d.cmd.Stderr = &d.stderr
 	if err := d.cmd.Start(); err != nil {

@@ -67,7 +67,7 @@ func (t *Device) setup(addr netip.Addr) error {
 	}
 	t.index = ifi.Index
 
-	if t.ipv6, err = setupTUN6(t.name); err != nil {
+	if t.ipv6, err = setupTUN6(t.name, t.index); err != nil {
 		return err
 	}
 	all, err := readSysctl("ipv4/conf/all/rp_filter")
@@ -79,20 +79,18 @@ func (t *Device) setup(addr netip.Addr) error {
 	// router leaves by the cluster interface. With conf.all at 0 the
 	// device's 0 suffices; otherwise loose (2) on the device plus an
 	// address on it.
-	rp := "0"
+	rp := uint32(0)
 	if all != "0" {
-		rp = "2"
+		rp = 2
 		if !addr.IsValid() {
 			return fmt.Errorf("tun: net.ipv4.conf.all.rp_filter is %s: the TUN device needs an address (--tun-address) for loose reverse-path filtering to accept injected packets", all)
 		}
 	}
-	if err := writeSysctl("ipv4/conf/"+t.name+"/rp_filter", rp); err != nil {
-		return err
-	}
 	// The kernel checks the in-device's forwarding flag before it forwards
-	// an injected packet to a pod; local delivery does not need it.
-	if err := writeSysctl("ipv4/conf/"+t.name+"/forwarding", "1"); err != nil {
-		return err
+	// an injected packet to a pod; local delivery does not need it. Both
+	// go over rtnetlink: /proc/sys may be read-only.
+	if err := setInetConf(t.index, rp, 1); err != nil {
+		return fmt.Errorf("tun: set net.ipv4.conf.%s.rp_filter=%d and forwarding=1 over rtnetlink (needs CAP_NET_ADMIN): %w", t.name, rp, err)
 	}
 
 	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
@@ -100,7 +98,7 @@ func (t *Device) setup(addr netip.Addr) error {
 		return fmt.Errorf("tun: socket for TUN ioctls: %w", err)
 	}
 	defer unix.Close(s)
-	if rp == "2" {
+	if rp == 2 {
 		a := addr.As4()
 		for _, op := range []struct {
 			req  uint
@@ -132,36 +130,36 @@ func (t *Device) setup(addr netip.Addr) error {
 }
 
 // setupTUN6 lets the device take IPv6 packets (an injected Packet Too Big)
-// while it sends none: no link-local address (so no DAD, router
-// solicitation or MLD report from one), no router advertisements taken.
-// The per-device forwarding flag stays 0: IPv6 forwards by
-// net.ipv6.conf.all.forwarding alone, and the flag would join the device to
-// the all-routers groups. The device stays IPv4-only where the host has no
-// IPv6, where the operator disabled it (conf.all.disable_ipv6=1), and on a
-// kernel without addr_gen_mode (before 4.11), where it could not stay
-// silent. It reports whether the device takes IPv6.
-func setupTUN6(name string) (bool, error) {
+// while it sends none: with address generation mode none
+// (IFLA_INET6_ADDR_GEN_MODE over rtnetlink, before the device is up) it
+// gets no link-local address, so it sends no DAD, router solicitation or
+// MLD report, and nobody sends it router advertisements. The per-device
+// forwarding flag stays 0: IPv6 forwards by net.ipv6.conf.all.forwarding
+// alone, and the flag would join the device to the all-routers groups.
+//
+// The device stays IPv4-only where the host has no IPv6, where IPv6 is off
+// for new devices (net.ipv6.conf.default.disable_ipv6=1, which
+// conf.all.disable_ipv6=1 also sets), and on a kernel without
+// addr_gen_mode (before 4.11), where it could not stay silent: there, and
+// only there, it writes disable_ipv6 through /proc/sys. It reads /proc/sys
+// (allowed read-only) and reports whether the device takes IPv6.
+func setupTUN6(name string, index int) (bool, error) {
 	dir := "ipv6/conf/" + name + "/"
 	if _, err := os.Stat(sysctlRoot + "/" + dir); errors.Is(err, os.ErrNotExist) {
 		return false, nil
 	}
-	all, err := readSysctl("ipv6/conf/all/disable_ipv6")
+	off, err := readSysctl(dir + "disable_ipv6")
 	if err != nil {
 		return false, err
 	}
-	_, err = os.Stat(sysctlRoot + "/" + dir + "addr_gen_mode")
-	if all == "1" || errors.Is(err, os.ErrNotExist) {
+	if off == "1" {
+		return false, nil
+	}
+	if _, err := os.Stat(sysctlRoot + "/" + dir + "addr_gen_mode"); errors.Is(err, os.ErrNotExist) {
 		return false, writeSysctl(dir+"disable_ipv6", "1")
 	}
-	for _, kv := range [][2]string{
-		{"addr_gen_mode", "1"}, // IN6_ADDR_GEN_MODE_NONE (include/uapi/linux/if_link.h)
-		{"accept_ra", "0"},
-		{"router_solicitations", "0"},
-		{"disable_ipv6", "0"},
-	} {
-		if err := writeSysctl(dir+kv[0], kv[1]); err != nil {
-			return false, err
-		}
+	if err := setAddrGenModeNone(index); err != nil {
+		return false, fmt.Errorf("tun: set net.ipv6.conf.%s.addr_gen_mode=1 over rtnetlink (needs CAP_NET_ADMIN): %w", name, err)
 	}
 	return true, nil
 }

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-pmtud/go-pmtud/bench/netlab"
+)
+
+// TestUDPRelayWithOnlyNetAdmin runs the real binary on both nodes as a
+// container without privileges has it: /proc/sys read-only (a private
+// mount namespace remounts it) and no capability but CAP_NET_ADMIN (the
+// bounding set, as `capabilities: drop: [ALL], add: [NET_ADMIN]` leaves
+// it). The udp relay still sets its TUN device up (over rtnetlink), A
+// learns the path MTU from B's copy and the download completes; and the
+// TUN devices send nothing (no IPv6 link-local address, so no DAD, router
+// solicitation or MLD).
+func TestUDPRelayWithOnlyNetAdmin(t *testing.T) {
+	for _, tool := range []string{"unshare", "setpriv"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is missing (util-linux): %v", tool, err)
+		}
+	}
+	c, err := netlab.BuildCluster(netlab.NewT(t), 2, 1400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range c.Nodes {
+		if err := netlab.InstallNFLOGRule(n, 33); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin, keyFile := buildDaemon(t), writeKeyFile(t)
+	// Prove the sandbox first: a write to /proc/sys fails inside it.
+	probe := exec.Command("ip", "netns", "exec", c.Nodes[0].Name(), "unshare", "-m", "--propagation", "private", "sh", "-c",
+		"mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec setpriv --bounding-set -all,+net_admin sh -c 'echo 1 > /proc/sys/net/ipv4/conf/lo/forwarding'")
+	if out, err := probe.CombinedOutput(); err == nil || !strings.Contains(string(out), "Read-only file system") {
+		t.Fatalf("the sandbox does not make /proc/sys read-only: %v %s", err, out)
+	}
+	argv := []string{"unshare", "-m", "--propagation", "private", "sh", "-c",
+		`mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec setpriv --bounding-set -all,+net_admin "$0"`, bin}
+	var ds []*daemon
+	for i, n := range c.Nodes {
+		ds = append(ds, startDaemonArgv(t, argv, n, netlab.NodeAddr(i),
+			"PMTUD_PEERS="+netlab.NodeAddr(0).String()+","+netlab.NodeAddr(1).String(),
+			"PMTUD_IGNORE_NETWORKS=198.18.1.0/24", "PMTUD_RELAY_KEY_FILE="+keyFile))
+	}
+	for _, d := range ds {
+		if code, body := d.get("/healthz"); code != 200 {
+			t.Fatalf("/healthz = %d %q\n%s", code, body, d.stderr.String())
+		}
+	}
+	a := c.Nodes[0]
+	if mtu, err := a.CachedMTU(netlab.ClientAddr.String()); err != nil || mtu != 0 {
+		t.Fatalf("before the transfer A caches mtu %d (%v), want none", mtu, err)
+	}
+	const size = 1 << 20
+	got, err := c.Transfer(a, size, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mtu, _ := a.CachedMTU(netlab.ClientAddr.String()); got != size || mtu != 1400 {
+		t.Fatalf("transferred %d of %d bytes, A caches mtu %d; want all and 1400\nB's log:\n%s", got, size, mtu, ds[1].stderr.String())
+	}
+	for i, n := range c.Nodes {
+		tx := strings.TrimSpace(n.MustRun(t, "cat", "/sys/class/net/pmtud0/statistics/tx_packets"))
+		if tx != "0" {
+			t.Errorf("node %d's TUN device sent %s packets, want none", i, tx)
+		}
+		if v := strings.TrimSpace(n.MustRun(t, "cat", "/proc/sys/net/ipv4/conf/pmtud0/forwarding")); v != "1" {
+			t.Errorf("node %d: pmtud0 forwarding %s, want 1", i, v)
+		}
+	}
+}
