@@ -9,15 +9,30 @@ import (
 	"github.com/go-pmtud/go-pmtud/bench/netlab"
 )
 
-// TestUDPRelayWithOnlyNetAdmin runs the real binary on both nodes as a
-// container without privileges has it: /proc/sys read-only (a private
-// mount namespace remounts it) and no capability but CAP_NET_ADMIN (the
-// bounding set, as `capabilities: drop: [ALL], add: [NET_ADMIN]` leaves
-// it). The udp relay still sets its TUN device up (over rtnetlink), A
-// learns the path MTU from B's copy and the download completes; and the
-// TUN devices send nothing (no IPv6 link-local address, so no DAD, router
-// solicitation or MLD).
-func TestUDPRelayWithOnlyNetAdmin(t *testing.T) {
+// TestRelaysWithoutPrivileges runs the real binary as a container without
+// privileges has it: /proc/sys read-only (a private mount namespace
+// remounts it) and only the chart's capabilities (the bounding set, as
+// `capabilities: drop: [ALL], add: [...]` leaves it).
+//   - udp relay, on both nodes, CAP_NET_ADMIN alone: each sets its TUN
+//     device up over rtnetlink; A learns the path MTU from B's copy and
+//     the download completes; the TUN devices send nothing (no IPv6
+//     link-local address, so no DAD, router solicitation or MLD).
+//   - icmp relay, on B alone, CAP_NET_ADMIN and CAP_NET_RAW: the same
+//     outcome.
+func TestRelaysWithoutPrivileges(t *testing.T) {
+	for _, tc := range []struct {
+		relay string
+		caps  string
+		nodes []int
+	}{
+		{"udp", "-all,+net_admin", []int{0, 1}},
+		{"icmp", "-all,+net_admin,+net_raw", []int{1}},
+	} {
+		t.Run(tc.relay, func(t *testing.T) { testRelayWithoutPrivileges(t, tc.relay, tc.caps, tc.nodes) })
+	}
+}
+
+func testRelayWithoutPrivileges(t *testing.T, relay, caps string, nodes []int) {
 	for _, tool := range []string{"unshare", "setpriv"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("%s is missing (util-linux): %v", tool, err)
@@ -40,10 +55,10 @@ func TestUDPRelayWithOnlyNetAdmin(t *testing.T) {
 		t.Fatalf("the sandbox does not make /proc/sys read-only: %v %s", err, out)
 	}
 	argv := []string{"unshare", "-m", "--propagation", "private", "sh", "-c",
-		`mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec setpriv --bounding-set -all,+net_admin "$0"`, bin}
+		`mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec setpriv --bounding-set "$0" "$1"`, caps, bin}
 	var ds []*daemon
-	for i, n := range c.Nodes {
-		ds = append(ds, startDaemonArgv(t, argv, n, netlab.NodeAddr(i),
+	for _, i := range nodes {
+		ds = append(ds, startDaemonArgv(t, argv, c.Nodes[i], netlab.NodeAddr(i), "PMTUD_RELAY="+relay,
 			"PMTUD_PEERS="+netlab.NodeAddr(0).String()+","+netlab.NodeAddr(1).String(),
 			"PMTUD_IGNORE_NETWORKS=198.18.1.0/24", "PMTUD_RELAY_KEY_FILE="+keyFile))
 	}
@@ -62,7 +77,10 @@ func TestUDPRelayWithOnlyNetAdmin(t *testing.T) {
 		t.Fatal(err)
 	}
 	if mtu, _ := a.CachedMTU(netlab.ClientAddr.String()); got != size || mtu != 1400 {
-		t.Fatalf("transferred %d of %d bytes, A caches mtu %d; want all and 1400\nB's log:\n%s", got, size, mtu, ds[1].stderr.String())
+		t.Fatalf("transferred %d of %d bytes, A caches mtu %d; want all and 1400\nB's log:\n%s", got, size, mtu, ds[len(ds)-1].stderr.String())
+	}
+	if relay != "udp" {
+		return
 	}
 	for i, n := range c.Nodes {
 		tx := strings.TrimSpace(n.MustRun(t, "cat", "/sys/class/net/pmtud0/statistics/tx_packets"))
