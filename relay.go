@@ -282,7 +282,7 @@ type system struct{ stopping *atomic.Bool }
 func (system) tun(c *Config) (injector, error) {
 	d, err := tun.Open(c.TUNName, c.TUNAddr)
 	if err != nil {
-		return nil, fmt.Errorf("pmtud: %w", err)
+		return nil, fmt.Errorf("pmtud: %w%s", err, needs(err, "CAP_NET_ADMIN and /dev/net/tun"))
 	}
 	return d, nil
 }
@@ -297,7 +297,17 @@ func (system) listen(c *Config) (*transport.Listener, error) {
 }
 
 // nflog subscribes to the NFLOG group.
+// nl names the capability itself.
 func (system) nflog(c *Config) (*nl.Reader, error) { return nl.Listen(c.NFLOG) }
+
+// needs returns " (needs CAPS)" when err is a refused permission, so the
+// one start-up line names what the container lacks; "" otherwise.
+func needs(err error, caps string) string {
+	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+		return " (needs " + caps + ")"
+	}
+	return ""
+}
 
 // sender opens a worker's send socket for the relay mode.
 func (s system) sender(c *Config) (sender, error) {
@@ -309,7 +319,11 @@ func (s system) sender(c *Config) (sender, error) {
 		f, err = transport.NewUDP(c.Source, c.TTL, nil, c.RelayPort)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("pmtud: %w", err)
+		caps := "CAP_NET_ADMIN"
+		if c.Mode == ModeICMP {
+			caps = "CAP_NET_RAW"
+		}
+		return nil, fmt.Errorf("pmtud: %w%s", err, needs(err, caps))
 	}
 	f.StopRetries(s.stopping)
 	return f, nil

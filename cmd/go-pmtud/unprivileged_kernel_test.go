@@ -92,3 +92,28 @@ func testRelayWithoutPrivileges(t *testing.T, relay, caps string, nodes []int) {
 		}
 	}
 }
+
+// TestMissingCapabilityIsNamed: started without the capability a relay
+// needs, the daemon exits with one line naming it.
+func TestMissingCapabilityIsNamed(t *testing.T) {
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skipf("setpriv is missing (util-linux): %v", err)
+	}
+	c, err := netlab.BuildCluster(netlab.NewT(t), 2, 1400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := buildDaemon(t)
+	for _, tc := range []struct{ relay, caps, want string }{
+		{"udp", "-all", "needs CAP_NET_ADMIN"},
+		{"icmp", "-all,+net_admin", "needs CAP_NET_RAW"},
+		{"icmp", "-all,+net_raw", "needs CAP_NET_ADMIN"},
+	} {
+		cmd := exec.Command("ip", "netns", "exec", c.Nodes[1].Name(), "setpriv", "--bounding-set", tc.caps, bin,
+			"--relay", tc.relay, "--peers", netlab.NodeAddr(0).String(), "--insecure-no-auth", "--metrics-port", "0")
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), tc.want) || strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
+			t.Errorf("%s relay with %s: %v, output %q; want one line saying %q", tc.relay, tc.caps, err, out, tc.want)
+		}
+	}
+}
