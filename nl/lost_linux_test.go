@@ -2,7 +2,14 @@
 
 package nl
 
-import "testing"
+import (
+	"errors"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
 
 func TestBatchLostCountsSequenceGaps(t *testing.T) {
 	seqs := func(ss ...uint32) []Packet {
@@ -38,4 +45,67 @@ func TestBatchLostCountsSequenceGaps(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestKernelAccountsEveryLoggedPacket overflows the socket and checks the
+// NFLOG accounting end to end: every packet the rule logged (its iptables
+// counter) is either read or counted in Batch.Lost, and the socket's drop
+// count (Reader.Drops) saw the dropped datagrams.
+func TestKernelAccountsEveryLoggedPacket(t *testing.T) {
+	e := newKernelEnv(t, 14)
+	r := e.listen(t, Config{QThreshold: 4, ReadBuffer: 1})
+	const burst = 400
+	for i := range burst {
+		e.send(t, probe(i))
+	}
+	// One more packet after the burst, so that a drop at the end of it has
+	// a packet after it that reveals its gap; more until one arrives.
+	sent := burst
+	rs := readUntil(t, r, func(rs []received) bool {
+		for _, rv := range rs {
+			for _, p := range rv.pkts {
+				if int(p.Seq) == sent-1 {
+					return true
+				}
+			}
+		}
+		e.send(t, probe(sent))
+		sent++
+		return false
+	})
+	var got, lost int
+	for _, rv := range rs {
+		if rv.err != nil && !errors.Is(rv.err, unix.ENOBUFS) {
+			t.Fatalf("Read: %v", rv.err)
+		}
+		got += len(rv.pkts)
+		lost += int(rv.lost)
+	}
+	logged := ruleCount(t, e)
+	drops := r.Drops()
+	t.Logf("rule logged %d, read %d, Lost %d, socket drops %d datagrams", logged, got, lost, drops)
+	if uint64(got+lost) != logged {
+		t.Errorf("read %d + Lost %d = %d, rule logged %d", got, lost, got+lost, logged)
+	}
+	if lost == 0 || drops == 0 {
+		t.Errorf("no overflow: Lost %d, Drops %d", lost, drops)
+	}
+}
+
+// ruleCount returns the packet counter of e's NFLOG rule.
+func ruleCount(t *testing.T, e *kernelEnv) uint64 {
+	t.Helper()
+	out := e.ns.MustRun(t, "iptables", "-t", "raw", "-nvxL", "PREROUTING")
+	for line := range strings.Lines(out) {
+		f := strings.Fields(line)
+		if len(f) > 2 && f[2] == "NFLOG" {
+			n, err := strconv.ParseUint(f[0], 10, 64)
+			if err != nil {
+				t.Fatalf("parse %q: %v", line, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no NFLOG rule in %q", out)
+	return 0
 }

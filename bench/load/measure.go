@@ -40,6 +40,9 @@ type path struct {
 	fanout int
 	// kernel reads the receive mode's kernel counters; nil elsewhere.
 	kernel func() (kernelCounters, error)
+	// nflog reads the node's NFLOG rule and socket counters; nil where
+	// the input does not go through the rule (the receive mode).
+	nflog func() (nflogCounters, error)
 	// swap, if not nil, swaps the daemon's peers file while the input is
 	// sent (-swap-every, -compare-swap).
 	swap *swapper
@@ -54,6 +57,7 @@ func forwardPath(t *topology, inj *injector) path {
 		probe:  inj.probe,
 		count:  t.sinkCount,
 		fanout: len(t.peers),
+		nflog:  func() (nflogCounters, error) { return readNFLOGCounters(t.node, nflogGroup) },
 	}
 }
 
@@ -67,6 +71,7 @@ type load struct {
 	daemon  counters       // the daemon's counters, this run only
 	dEnd    counters       // the daemon's counters when the injection ended, this run only
 	kernel  kernelCounters // the receive mode's kernel counters, this run only
+	nflog   nflogCounters  // the node's NFLOG rule and socket counters, this run only
 	cpu     cpuSample      // CPU time used during the run
 	window  time.Duration  // the run: injection, draining and the probe
 	backlog uint64         // packets the kernel dropped from full per-CPU backlogs, machine-wide
@@ -151,11 +156,23 @@ func measureLoad(p path, d *daemon, rate float64, dur time.Duration) (load, erro
 	if _, err := settle(p.count, 10*time.Second); err != nil {
 		return l, err
 	}
+	// The sink's counter can stand still while the daemon still has
+	// datagrams queued (its threads starved of CPU for a few polls): a
+	// snapshot then would find ICMPs neither read nor counted lost.
+	read, err := drained(p, d, 10*time.Second)
+	if err != nil {
+		return l, err
+	}
 	// The probe counts as injected: it brings the run's NFLOG gaps to light.
 	if err := p.probe(); err != nil {
 		return l, err
 	}
 	l.inj.sent++
+	if p.nflog != nil {
+		if err := probeSeen(d, read, 2*time.Second); err != nil {
+			return l, err
+		}
+	}
 	if _, err := settle(p.count, time.Second); err != nil {
 		return l, err
 	}
@@ -168,6 +185,7 @@ func measureLoad(p path, d *daemon, rate float64, dur time.Duration) (load, erro
 	l.daemon = after.daemon.sub(before.daemon)
 	l.dEnd = dEnd.sub(before.daemon)
 	l.kernel = after.kernel.sub(before.kernel)
+	l.nflog = after.nflog.sub(before.nflog)
 	l.cpu = after.cpu.sub(before.cpu)
 	l.window = after.at.Sub(before.at)
 	l.backlog = after.backlog - before.backlog
@@ -180,6 +198,7 @@ type snapshot struct {
 	arrived uint64
 	daemon  counters
 	kernel  kernelCounters
+	nflog   nflogCounters
 	cpu     cpuSample
 	backlog uint64
 }
@@ -199,6 +218,11 @@ func takeSnapshot(p path, d *daemon) (snapshot, error) {
 	}
 	if s.daemon, err = d.metrics(); err != nil {
 		return s, err
+	}
+	if p.nflog != nil {
+		if s.nflog, err = p.nflog(); err != nil {
+			return s, err
+		}
 	}
 	if s.cpu, err = sampleCPU(d.pid()); err != nil {
 		return s, err

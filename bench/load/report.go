@@ -93,6 +93,7 @@ func (r *report) printLoad(line func(string, string, ...any), l load) {
 		l.inj.rate(), l.target, l.inj.sent, l.inj.elapsed.Seconds(), l.inj.failed)
 	line("daemon received", "%.0f ICMP, %.0f not (nflog lost %.0f, overruns %.0f); dropped %.0f, sent %.0f, errors %.0f",
 		m.recv, float64(l.inj.sent)-m.recv, m.lost, m.overruns, m.dropped, m.sent, m.errors)
+	line("nflog accounting", "%s", nflogNote(l))
 	line("replicated", "%.0f packets/s arrived during the injection (%d of %d expected; %d after draining)",
 		l.outRate(), l.atEnd, l.inj.sent*uint64(l.peers), l.arrived)
 	line("loss", "%.3f %% (lag at the end %.0f ms)", 100*l.loss(), ms(l.lag().Seconds()))
@@ -200,8 +201,8 @@ func (r *report) printSweep(line func(string, string, ...any), s sweep) {
 		if l.swapEvery > 0 {
 			swaps = fmt.Sprintf(", swaps %d, applied %.0f", l.swaps, l.daemon.peersApplied)
 		}
-		line("sweep step", "target %7.0f ICMP/s: injected %7.0f/s, arrived %8.0f/s, loss %.3f %%, lag %4.0f ms, nflog lost %.0f, other CPU %.2f s%s, %s",
-			l.target, l.inj.rate(), l.outRate(), 100*l.loss(), ms(l.lag().Seconds()), l.daemon.lost, l.cpu.others().Seconds(), swaps, verdict(l, "injector"))
+		line("sweep step", "target %7.0f ICMP/s: injected %7.0f/s, arrived %8.0f/s, loss %.3f %%, lag %4.0f ms, nflog lost %.0f, unaccounted %.0f, other CPU %.2f s%s, %s",
+			l.target, l.inj.rate(), l.outRate(), 100*l.loss(), ms(l.lag().Seconds()), l.daemon.lost, l.unaccounted(), l.cpu.others().Seconds(), swaps, verdict(l, "injector"))
 	}
 	b, prefix, ok := s.result(line, "injector")
 	if !ok {
