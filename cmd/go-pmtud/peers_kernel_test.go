@@ -61,9 +61,17 @@ func startDaemon(t *testing.T, bin string, node *netlab.NS, addr netip.Addr, env
 // (through a wrapper such as setpriv).
 func startDaemonArgv(t *testing.T, argv []string, node *netlab.NS, addr netip.Addr, env ...string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, node: node, addr: addr, exited: make(chan error, 1)}
-	d.cmd = exec.Command("ip", append([]string{"netns", "exec", node.Name()}, argv...)...)
-	d.cmd.Env = append(os.Environ(), env...)
+	cmd := exec.Command("ip", append([]string{"netns", "exec", node.Name()}, argv...)...)
+	cmd.Env = append(os.Environ(), env...)
+	return startDaemonCmd(t, cmd, node, addr)
+}
+
+// startDaemonCmd starts cmd, which runs the daemon in node's network
+// namespace by its own means (a container engine), and kills it when the
+// test ends.
+func startDaemonCmd(t *testing.T, cmd *exec.Cmd, node *netlab.NS, addr netip.Addr) *daemon {
+	t.Helper()
+	d := &daemon{t: t, node: node, addr: addr, exited: make(chan error, 1), cmd: cmd}
 	d.cmd.Stderr = &d.stderr
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
