@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -439,5 +440,43 @@ func TestHealth(t *testing.T) {
 	r.readErrSince.Store(time.Now().UnixNano())
 	if err := r.Health(); err != nil {
 		t.Errorf("a read error just now: %v", err)
+	}
+}
+
+// TestEveryMetricIsDocumented: each series a udp relay serves, and each
+// drop reason of both kinds, appears in docs/metrics.md in backquotes.
+func TestEveryMetricIsDocumented(t *testing.T) {
+	doc, err := os.ReadFile("docs/metrics.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	has := func(s string) bool {
+		return bytes.Contains(doc, []byte("`"+s+"`")) || bytes.Contains(doc, []byte("`"+s+"{"))
+	}
+	r, _ := newFakeRelay(t, fakeA, fakeB)
+	var m strings.Builder
+	r.WritePrometheus(&m)
+	seen := map[string]bool{}
+	for _, line := range strings.Split(m.String(), "\n") {
+		name, _, _ := strings.Cut(line, "{")
+		name, _, _ = strings.Cut(name, " ")
+		name = strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_sum"), "_count")
+		if name == "" || strings.HasPrefix(name, "#") || seen[name] {
+			continue
+		}
+		seen[name] = true
+		if !has(name) {
+			t.Errorf("series %s is not in docs/metrics.md", name)
+		}
+	}
+	for _, d := range DropReasons() {
+		if !has(d.String()) {
+			t.Errorf("drop reason %s is not in docs/metrics.md", d)
+		}
+	}
+	for _, d := range RecvDropReasons() {
+		if s := d.String(); !has(s) && !(strings.HasPrefix(s, "inner_") && has(strings.TrimPrefix(s, "inner_"))) {
+			t.Errorf("receive drop reason %s is not in docs/metrics.md", s)
+		}
 	}
 }

@@ -16,11 +16,11 @@ import (
 	"github.com/go-pmtud/go-pmtud/wire"
 )
 
-// readmeNFTRules returns the nftables ruleset of README.md: the fenced
-// block after the line that introduces it.
-func readmeNFTRules(t *testing.T) string {
+// docNFTRules returns the nftables ruleset of docs/operations.md: the
+// fenced block after the line that introduces it.
+func docNFTRules(t *testing.T) string {
 	t.Helper()
-	b, err := os.ReadFile("README.md")
+	b, err := os.ReadFile("docs/operations.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,14 +30,14 @@ func readmeNFTRules(t *testing.T) string {
 	}
 	block, _, closed := strings.Cut(rest, "```")
 	if !ok || !closed || !strings.Contains(block, "table ip6 pmtud") {
-		t.Fatal("README.md has no nftables ruleset block for both families after \"nftables equivalent\"")
+		t.Fatal("docs/operations.md has no nftables ruleset block for both families after \"nftables equivalent\"")
 	}
 	return block
 }
 
-// TestDocumentedRulesLogRouterErrors installs the README's rules, the
-// iptables pair (netlab.NFLOGRule, NFLOGRule6) and the nftables ruleset
-// (read from README.md), on node B of a cluster, makes the
+// TestDocumentedRulesLogRouterErrors installs the documented rules
+// (docs/operations.md), the iptables pair (netlab.NFLOGRule, NFLOGRule6)
+// and the nftables ruleset (read from the document), on node B of a cluster, makes the
 // kernel router send B a Fragmentation Needed and a Packet Too Big (node A
 // sends oversized DF datagrams from the anycast addresses), and checks that
 // NFLOG group 33 delivers both, and nothing else.
@@ -55,7 +55,7 @@ func TestDocumentedRulesLogRouterErrors(t *testing.T) {
 				}
 			} else {
 				path := filepath.Join(t.TempDir(), "pmtud.nft")
-				if err := os.WriteFile(path, []byte(readmeNFTRules(t)), 0o600); err != nil {
+				if err := os.WriteFile(path, []byte(docNFTRules(t)), 0o600); err != nil {
 					t.Fatal(err)
 				}
 				b.MustRun(t, "nft", "-f", path)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"flag"
 	"io"
 	"net/netip"
 	"os"
@@ -288,5 +289,33 @@ func TestReadKeys(t *testing.T) {
 		if _, err := readKeys(write(bad)); err == nil {
 			t.Errorf("readKeys(%q) accepted", bad)
 		}
+	}
+}
+
+// TestEveryFlagIsDocumented: each flag -h prints appears in
+// docs/operations.md as `--name`, so the reference cannot fall behind.
+func TestEveryFlagIsDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var usage bytes.Buffer
+	if _, err := parseFlags([]string{"-h"}, env(), &usage); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-h: %v", err)
+	}
+	n := 0
+	for _, line := range strings.Split(usage.String(), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || !strings.HasPrefix(line, "  -") {
+			continue
+		}
+		name := strings.TrimPrefix(f[0], "-")
+		n++
+		if !bytes.Contains(doc, []byte("`--"+name+"`")) {
+			t.Errorf("--%s is not in docs/operations.md", name)
+		}
+	}
+	if n < 30 {
+		t.Fatalf("found %d flags in the usage text; the parsing is broken", n)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -97,6 +98,11 @@ func TestKeyRotatesWithoutRestart(t *testing.T) {
 			t.Errorf("node %d restarted:\n%s", i, d.stderr.String())
 		}
 	}
+	// SIGHUP re-reads the file: the same keys, counted unchanged.
+	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	a.waitMetric(`go_pmtud_key_reloads_total{node="node-0",result="unchanged"} 1`)
 	if !strings.Contains(b.stderr.String(), "relay keys changed") {
 		t.Errorf("B logged no key change:\n%s", b.stderr.String())
 	}

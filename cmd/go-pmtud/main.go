@@ -65,6 +65,9 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		return exitUsage
 	}
 
+	// SIGHUP re-reads the relay key file (followKeys); without one it is
+	// ignored rather than ending the daemon.
+	signal.Ignore(syscall.SIGHUP)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	// After the first signal, a second one kills the process (the
