@@ -221,6 +221,14 @@ func newRelay(cfg Config, log *slog.Logger, res resources) (*Relay, error) {
 		r.closeWorkers()
 		return nil, err
 	}
+	if r.reader != nil {
+		// Every NFLOG datagram the kernel dropped at the socket (ENOBUFS is
+		// reported once per overrun, this counts each), read at scrape time.
+		reader := r.reader
+		r.m.set.NewGauge("go_pmtud_nflog_socket_drops_total"+nodeLabels(cfg.NodeName), func() float64 {
+			return float64(reader.Drops())
+		})
+	}
 	return r, nil
 }
 

@@ -47,6 +47,7 @@ func TestDaemonServesMetricsAndStopsOnSIGTERM(t *testing.T) {
 		`go_pmtud_callback_duration_seconds_count{node="node-b"} 0`,
 		`go_pmtud_nflog_overruns_total{node="node-b"} 0`,
 		`go_pmtud_nflog_lost_packets_total{node="node-b"} 0`,
+		`go_pmtud_nflog_socket_drops_total{node="node-b"} 0`,
 		`go_pmtud_relay_injected_total{node="node-b"} 0`,
 		`go_pmtud_relay_dropped_total{node="node-b",reason="bad_tag"} 0`,
 		`go_pmtud_relay_unreachable_total{node="node-b",peer="198.18.1.10"} 0`,
