@@ -31,7 +31,7 @@ func newKeySet(keys []wire.Key) (*keySet, error) {
 }
 
 // checkKeys reports what is wrong with a list of relay keys: more than
-// two, id 0, a secret shorter than 16 bytes, two keys with one id.
+// two, id 0, a secret shorter than wire.MinSecretLen, two keys with one id.
 func checkKeys(keys []wire.Key) error {
 	if len(keys) > 2 {
 		return fmt.Errorf("%d relay keys: at most two (the current and the previous) are accepted", len(keys))
@@ -40,8 +40,8 @@ func checkKeys(keys []wire.Key) error {
 		if k.ID == 0 {
 			return errors.New("relay key id 0 is reserved for unauthenticated datagrams")
 		}
-		if len(k.Secret) < 16 {
-			return fmt.Errorf("relay key %d is %d bytes, want at least 16", k.ID, len(k.Secret))
+		if len(k.Secret) < wire.MinSecretLen {
+			return fmt.Errorf("relay key %d is %d bytes, want at least %d", k.ID, len(k.Secret), wire.MinSecretLen)
 		}
 		if i == 1 && k.ID == keys[0].ID {
 			return fmt.Errorf("relay keys share the id %d", k.ID)

@@ -31,7 +31,7 @@
 // P=1 the injector runs out of CPU before the daemon does. -drop-logged
 // drops the injected ICMPs in the node right after the NFLOG rule has
 // logged them; the daemon's work is the same, the packet source is cheaper
-// (measured: 6.2 instead of 7.1 µs of injector CPU per ICMP).
+// (measured about an eighth less injector CPU per ICMP: docs/performance.md).
 //
 // Each run also prints "per core": the copies per CPU-second the daemon
 // would send at the CPU cost it showed, beside the ceiling's. It is a

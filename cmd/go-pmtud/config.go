@@ -415,8 +415,8 @@ func parseKeys(b []byte) ([]wire.Key, error) {
 			return nil, fmt.Errorf("line %d: want ID:HEX-SECRET with ID in 1..65535", n+1)
 		}
 		k, err := hex.DecodeString(secret)
-		if err != nil || len(k) < 16 {
-			return nil, fmt.Errorf("line %d: the secret must be at least 16 bytes in hex (openssl rand -hex 32)", n+1)
+		if err != nil || len(k) < wire.MinSecretLen {
+			return nil, fmt.Errorf("line %d: the secret must be at least %d bytes in hex (openssl rand -hex 32)", n+1, wire.MinSecretLen)
 		}
 		keys = append(keys, wire.Key{ID: uint16(i), Secret: k})
 	}

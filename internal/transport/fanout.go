@@ -48,8 +48,8 @@ const (
 // The socket is blocking and stays out of the Go netpoller: a worker owns
 // its OS thread, so a sendmmsg that waits for buffer space parks only that
 // thread. Registered with the netpoller, every packet the kernel frees
-// would wake the poller (measured: 8 µs per packet instead of 3.3 on the
-// development VM).
+// would wake the poller (measured more than twice as costly per packet:
+// docs/performance.md).
 //
 // A Fanout is owned by one goroutine; close it only when that goroutine
 // no longer sends.
