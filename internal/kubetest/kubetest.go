@@ -30,6 +30,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -87,7 +88,14 @@ func Find() (kas, skip string) {
 }
 
 func Start(kasBin string) (api *Server, err error) {
-	dir, err := os.MkdirTemp("", "pmtud-kube-")
+	// On tmpfs where there is one: etcd fsyncs every write, and on a busy
+	// 2-core machine (CI runs packages in parallel) that made requests time
+	// out. The data is thrown away anyway.
+	base := ""
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		base = "/dev/shm"
+	}
+	dir, err := os.MkdirTemp(base, "pmtud-kube-")
 	if err != nil {
 		return nil, err
 	}
@@ -258,7 +266,13 @@ func (a *Server) logTail(name string) string {
 func (a *Server) CreateNode(t testing.TB, name string, labels map[string]string, finalizers []string, as ...corev1.NodeAddress) {
 	t.Helper()
 	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels, Finalizers: finalizers}}
-	if _, err := a.Client.CoreV1().Nodes().Create(context.Background(), n, metav1.CreateOptions{}); err != nil {
+	if err := retry(func() error {
+		_, err := a.Client.CoreV1().Nodes().Create(context.Background(), n, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			return nil // an earlier attempt that timed out on our side went through
+		}
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	a.SetAddrs(t, name, as...)
@@ -281,9 +295,24 @@ func (a *Server) Patch(t testing.TB, name, sub, patch string) {
 	if sub != "" {
 		subs = []string{sub}
 	}
-	if _, err := a.Client.CoreV1().Nodes().Patch(context.Background(), name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}, subs...); err != nil {
+	if err := retry(func() error {
+		_, err := a.Client.CoreV1().Nodes().Patch(context.Background(), name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}, subs...)
+		return err
+	}); err != nil {
 		t.Fatalf("patch node %s %s %s: %v", name, sub, patch, err)
 	}
+}
+
+// retry calls fn up to three times while it fails with a server-side
+// timeout (an overloaded test machine), not on other errors.
+func retry(fn func() error) error {
+	var err error
+	for range 3 {
+		if err = fn(); err == nil || !(apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err)) {
+			return err
+		}
+	}
+	return err
 }
 
 func startProcess(logPath, bin string, args ...string) (*exec.Cmd, error) {
