@@ -17,52 +17,6 @@ import (
 	"github.com/go-pmtud/go-pmtud/wire"
 )
 
-// The pod behind node A in the NAT scenario.
-var (
-	podAddr     = netip.MustParseAddr("198.18.3.2")
-	podGateway  = netip.MustParseAddr("198.18.3.1")
-	transferStr = strconv.Itoa(netlab.TransferPort)
-)
-
-// addPod puts a pod namespace behind node a and makes a DNAT the anycast
-// service port to it as kube-proxy does, with conntrack INVALID dropped on
-// every node and strict reverse-path filtering, as hardened hosts have.
-func addPod(t *testing.T, lab *netlab.Lab, c *netlab.Cluster) *netlab.NS {
-	t.Helper()
-	pod, err := lab.AddNS("pod")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := c.Nodes[0]
-	if err := lab.Link(a, "pod0", pod, "eth0"); err != nil {
-		t.Fatal(err)
-	}
-	mtu := strconv.Itoa(netlab.ClusterMTU)
-	for _, cmd := range [][]string{
-		{"ip", "link", "set", "pod0", "mtu", mtu},
-		{"ip", "addr", "add", podGateway.String() + "/24", "dev", "pod0"},
-		{"sysctl", "-q", "-w", "net.ipv4.ip_forward=1"},
-		{"iptables", "-t", "nat", "-A", "PREROUTING", "-d", netlab.Anycast.String(), "-p", "tcp", "--dport", transferStr,
-			"-j", "DNAT", "--to-destination", podAddr.String() + ":" + transferStr},
-	} {
-		a.MustRun(t, cmd...)
-	}
-	for _, node := range c.Nodes {
-		node.MustRun(t, "sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=1")
-		for _, chain := range []string{"INPUT", "FORWARD"} {
-			node.MustRun(t, "iptables", "-A", chain, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
-		}
-	}
-	for _, cmd := range [][]string{
-		{"ip", "link", "set", "eth0", "mtu", mtu},
-		{"ip", "addr", "add", podAddr.String() + "/24", "dev", "eth0"},
-		{"ip", "route", "add", "default", "via", podGateway.String()},
-	} {
-		pod.MustRun(t, cmd...)
-	}
-	return pod
-}
-
 // TestPodBehindDNATLearnsPathMTU is the Kubernetes case: a client fetches
 // from a pod behind node A's DNAT; the router's ICMP lands on node B. The
 // udp relay delivers the router's packet to A untouched, so conntrack
@@ -78,7 +32,10 @@ func TestPodBehindDNATLearnsPathMTU(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			pod := addPod(t, lab, c)
+			pod, err := c.AddPod(lab)
+			if err != nil {
+				t.Fatal(err)
+			}
 			relays := startDaemons(t, c, mode, 0, 1)
 			got, err := c.Transfer(pod, size, 3*time.Second)
 			if err != nil {

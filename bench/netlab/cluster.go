@@ -232,3 +232,43 @@ func (c *Cluster) TransferTo(server *NS, svc netip.Addr, size int, stall time.Du
 		}
 	}
 }
+
+// The pod AddPod builds behind node 0, in a subnet of its own.
+var (
+	PodAddr    = netip.MustParseAddr("198.18.3.2")
+	PodGateway = netip.MustParseAddr("198.18.3.1")
+)
+
+// AddPod puts a pod namespace behind node 0 and DNATs the anycast service
+// port to it as kube-proxy does, with conntrack INVALID dropped on every
+// node and strict reverse-path filtering, as hardened hosts have.
+func (c *Cluster) AddPod(l *Lab) (*NS, error) {
+	pod, err := l.AddNS("pod")
+	if err != nil {
+		return nil, err
+	}
+	a := c.Nodes[0]
+	if err := l.Link(a, "pod0", pod, "eth0"); err != nil {
+		return nil, err
+	}
+	mtu, port := strconv.Itoa(ClusterMTU), strconv.Itoa(TransferPort)
+	steps := []step{
+		{a, []string{"ip", "link", "set", "pod0", "mtu", mtu}},
+		{a, []string{"ip", "addr", "add", PodGateway.String() + "/24", "dev", "pod0"}},
+		{a, []string{"sysctl", "-q", "-w", "net.ipv4.ip_forward=1"}},
+		{a, []string{"iptables", "-t", "nat", "-A", "PREROUTING", "-d", Anycast.String(), "-p", "tcp", "--dport", port,
+			"-j", "DNAT", "--to-destination", PodAddr.String() + ":" + port}},
+	}
+	for _, node := range c.Nodes {
+		steps = append(steps, step{node, []string{"sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=1"}})
+		for _, chain := range []string{"INPUT", "FORWARD"} {
+			steps = append(steps, step{node, []string{"iptables", "-A", chain, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"}})
+		}
+	}
+	steps = append(steps,
+		step{pod, []string{"ip", "link", "set", "eth0", "mtu", mtu}},
+		step{pod, []string{"ip", "addr", "add", PodAddr.String() + "/24", "dev", "eth0"}},
+		step{pod, []string{"ip", "route", "add", "default", "via", PodGateway.String()}},
+	)
+	return pod, c.run(steps)
+}

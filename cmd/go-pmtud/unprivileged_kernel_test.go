@@ -13,12 +13,15 @@ import (
 // privileges has it: /proc/sys read-only (a private mount namespace
 // remounts it) and only the chart's capabilities (the bounding set, as
 // `capabilities: drop: [ALL], add: [...]` leaves it).
-//   - udp relay, on both nodes, CAP_NET_ADMIN alone: each sets its TUN
-//     device up over rtnetlink; A learns the path MTU from B's copy and
-//     the download completes; the TUN devices send nothing (no IPv6
+//   - udp relay, on both nodes, CAP_NET_ADMIN alone, the Kubernetes case:
+//     the download comes from a pod behind A's DNAT, the nodes drop
+//     conntrack-INVALID packets and filter reverse paths strictly. Each
+//     daemon sets its TUN device up over rtnetlink; the pod learns the path
+//     MTU from B's copy and the download completes; the two daemons do not
+//     ping-pong (A relays nothing); the TUN devices send nothing (no IPv6
 //     link-local address, so no DAD, router solicitation or MLD).
-//   - icmp relay, on B alone, CAP_NET_ADMIN and CAP_NET_RAW: the same
-//     outcome.
+//   - icmp relay, on B alone, CAP_NET_ADMIN and CAP_NET_RAW, the anycast
+//     case (its copies cannot reach a pod behind DNAT): A learns the MTU.
 func TestRelaysWithoutPrivileges(t *testing.T) {
 	for _, tc := range []struct {
 		relay string
@@ -38,12 +41,19 @@ func testRelayWithoutPrivileges(t *testing.T, relay, caps string, nodes []int) {
 			t.Skipf("%s is missing (util-linux): %v", tool, err)
 		}
 	}
-	c, err := netlab.BuildCluster(netlab.NewT(t), 2, 1400)
+	lab := netlab.NewT(t)
+	c, err := netlab.BuildCluster(lab, 2, 1400)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range c.Nodes {
 		if err := netlab.InstallNFLOGRule(n, 33); err != nil {
+			t.Fatal(err)
+		}
+	}
+	server := c.Nodes[0] // the flow's owner: node A, or the pod behind it
+	if relay == "udp" {
+		if server, err = c.AddPod(lab); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -58,7 +68,7 @@ func testRelayWithoutPrivileges(t *testing.T, relay, caps string, nodes []int) {
 		`mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec setpriv --bounding-set "$0" "$1"`, caps, bin}
 	var ds []*daemon
 	for _, i := range nodes {
-		ds = append(ds, startDaemonArgv(t, argv, c.Nodes[i], netlab.NodeAddr(i), "PMTUD_RELAY="+relay,
+		ds = append(ds, startDaemonArgv(t, argv, c.Nodes[i], netlab.NodeAddr(i), "PMTUD_RELAY="+relay, "NODE_NAME=node-"+string(rune('a'+i)),
 			"PMTUD_PEERS="+netlab.NodeAddr(0).String()+","+netlab.NodeAddr(1).String(),
 			"PMTUD_IGNORE_NETWORKS=198.18.1.0/24", "PMTUD_RELAY_KEY_FILE="+keyFile))
 	}
@@ -67,20 +77,24 @@ func testRelayWithoutPrivileges(t *testing.T, relay, caps string, nodes []int) {
 			t.Fatalf("/healthz = %d %q\n%s", code, body, d.stderr.String())
 		}
 	}
-	a := c.Nodes[0]
-	if mtu, err := a.CachedMTU(netlab.ClientAddr.String()); err != nil || mtu != 0 {
-		t.Fatalf("before the transfer A caches mtu %d (%v), want none", mtu, err)
+	if mtu, err := server.CachedMTU(netlab.ClientAddr.String()); err != nil || mtu != 0 {
+		t.Fatalf("before the transfer the server caches mtu %d (%v), want none", mtu, err)
 	}
 	const size = 1 << 20
-	got, err := c.Transfer(a, size, 3*time.Second)
+	got, err := c.Transfer(server, size, 3*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if mtu, _ := a.CachedMTU(netlab.ClientAddr.String()); got != size || mtu != 1400 {
-		t.Fatalf("transferred %d of %d bytes, A caches mtu %d; want all and 1400\nB's log:\n%s", got, size, mtu, ds[len(ds)-1].stderr.String())
+	if mtu, _ := server.CachedMTU(netlab.ClientAddr.String()); got != size || mtu != 1400 {
+		t.Fatalf("transferred %d of %d bytes, the server caches mtu %d; want all and 1400\nB's log:\n%s", got, size, mtu, ds[len(ds)-1].stderr.String())
 	}
 	if relay != "udp" {
 		return
+	}
+	// No ping-pong: A injected B's copies and relayed none of its own.
+	ds[0].waitMetric(`go_pmtud_sent_packets_total{node="node-a"} 0`)
+	if _, m := ds[0].get("/metrics"); strings.Contains(m, `go_pmtud_relay_injected_total{node="node-a"} 0`+"\n") {
+		t.Errorf("A injected nothing:\n%s", m)
 	}
 	for i, n := range c.Nodes {
 		tx := strings.TrimSpace(n.MustRun(t, "cat", "/sys/class/net/pmtud0/statistics/tx_packets"))
