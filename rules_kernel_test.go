@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/go-pmtud/go-pmtud/bench/netlab"
+	pmtudrules "github.com/go-pmtud/go-pmtud/internal/rules"
 	"github.com/go-pmtud/go-pmtud/nl"
 	"github.com/go-pmtud/go-pmtud/wire"
 )
@@ -42,7 +43,7 @@ func docNFTRules(t *testing.T) string {
 // sends oversized DF datagrams from the anycast addresses), and checks that
 // NFLOG group 33 delivers both, and nothing else.
 func TestDocumentedRulesLogRouterErrors(t *testing.T) {
-	for _, rules := range []string{"iptables", "nft"} {
+	for _, rules := range []string{"iptables", "nft", "daemon-owned"} {
 		t.Run(rules, func(t *testing.T) {
 			c := dualStackCluster(t)
 			a, b := c.Nodes[0], c.Nodes[1]
@@ -53,6 +54,29 @@ func TestDocumentedRulesLogRouterErrors(t *testing.T) {
 				if err := netlab.InstallNFLOGRule6(b, group); err != nil {
 					t.Fatal(err)
 				}
+			} else if rules == "daemon-owned" {
+				// internal/rules, as --manage-rules nftables installs them:
+				// twice (a second start, or a killed daemon's leftover
+				// table) leaves one set.
+				for range 2 {
+					if err := b.Do(func() error { return pmtudrules.Install(group, "pmtud0") }); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if out := b.MustRun(t, "nft", "list", "table", "inet", pmtudrules.Table); strings.Count(out, "log group 33") != 2 {
+					t.Fatalf("after two installs the table holds:\n%s\nwant one rule per family", out)
+				}
+				t.Cleanup(func() {
+					if err := b.Do(pmtudrules.Remove); err != nil {
+						t.Errorf("remove: %v", err)
+					}
+					if out := b.MustRun(t, "nft", "list", "tables"); strings.Contains(out, pmtudrules.Table) {
+						t.Errorf("the table is still there after Remove:\n%s", out)
+					}
+					if err := b.Do(pmtudrules.Remove); err != nil {
+						t.Errorf("a second Remove: %v", err)
+					}
+				})
 			} else {
 				path := filepath.Join(t.TempDir(), "pmtud.nft")
 				if err := os.WriteFile(path, []byte(docNFTRules(t)), 0o600); err != nil {

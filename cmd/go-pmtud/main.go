@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/go-pmtud/go-pmtud"
+	"github.com/go-pmtud/go-pmtud/internal/rules"
 )
 
 func main() {
@@ -80,6 +81,25 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		return exitFailure
 	}
 	c := s.relay
+	if s.manageRules {
+		// After New: the NFLOG group is bound, so nothing logged is lost,
+		// and the TUN device the rules exclude exists.
+		tun := ""
+		if c.Mode == pmtud.ModeUDP {
+			tun = c.TUNName
+		}
+		if err := rules.Install(c.NFLOG.Group, tun); err != nil {
+			relay.Close()
+			log.Error("start-up failed", "err", err)
+			return exitFailure
+		}
+		log.Info("nftables rules installed", "table", "inet "+rules.Table, "nflog_group", c.NFLOG.Group, "excluded_iif", tun)
+		defer func() {
+			if err := rules.Remove(); err != nil {
+				log.Error("removing the nftables rules failed", "err", err)
+			}
+		}()
+	}
 	if len(c.IgnoreNetworks) == 0 {
 		log.Info("--ignore-networks is empty: only ICMPs from peers and own addresses are recognised as copies")
 	}

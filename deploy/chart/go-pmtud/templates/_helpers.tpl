@@ -29,6 +29,9 @@ which every rendering has.
 {{- if not (has .Values.relay (list "udp" "icmp")) }}
 {{- fail "values: relay must be udp or icmp" }}
 {{- end }}
+{{- if not (has .Values.manageRules (list "iptables-init" "nftables" "none")) }}
+{{- fail (printf "values: manageRules must be iptables-init, nftables or none, not %q" (toString .Values.manageRules)) }}
+{{- end }}
 {{- end -}}
 
 {{/* The directory the peers ConfigMap is mounted on (peersFrom: file), and the file in it. */}}
