@@ -135,6 +135,7 @@ type options struct {
 	daemonArgs  []string
 	daemonBin   string
 	dropLogged  bool
+	excludeTUN  bool
 	// swapEvery swaps the daemon's peers file during every run;
 	// compareSwap measures twice, without swaps and with a swap every
 	// compareSwap. 0 is off.
@@ -198,6 +199,7 @@ func parseOptions(args []string) (options, error) {
 	fs.BoolVar(&o.receive, "receive", false, "measure the udp relay's receive side instead: a peer sends sealed relay datagrams to the node's go-pmtud at -rate datagrams/s (-peers, -relay and the latency phase do not apply)")
 	fs.StringVar(&daemonArgs, "daemon-args", "", "extra go-pmtud flags, space-separated (e.g. \"--workers 2\")")
 	fs.StringVar(&o.daemonBin, "daemon-bin", "", "go-pmtud binary to run (default: build ./cmd/go-pmtud)")
+	fs.BoolVar(&o.excludeTUN, "exclude-tun", false, "with -receive: accept packets arriving on the daemon's TUN device before the NFLOG rule (as --manage-rules nftables does), so the packets it injects are not logged a second time")
 	fs.BoolVar(&o.dropLogged, "drop-logged", false, "drop the injected ICMPs in the node right after the NFLOG rule, so the node's kernel does not route and deliver them: a cheaper packet source for the daemon (the injector's CPU pays for the node's receive path)")
 	fs.DurationVar(&o.swapEvery, "swap-every", 0, "start go-pmtud with --peers-file in a ConfigMap-style directory and, during each run, swap the file the kubelet's way every DURATION between the P peers and the same with the last replaced by a spare address the sink holds (0: off, --peers)")
 	fs.DurationVar(&o.compareSwap, "compare-swap", 0, "measure the run (or sweep) twice on the same daemon, without swaps and with a swap every DURATION as -swap-every does, and print both and their ratio (0: off)")
@@ -331,6 +333,13 @@ func run(o options, cl *cleanups) error {
 		progress("warning: the machine is %.0f%% busy before the run: the figures will be low", 100*r.busy)
 	}
 	if o.receive {
+		if o.excludeTUN {
+			// An ACCEPT in raw PREROUTING ends the table's traversal: the
+			// NFLOG rule below never sees what the daemon injects.
+			if _, err := t.node.Run("iptables", "-t", "raw", "-I", "PREROUTING", "1", "-i", tunName, "-j", "ACCEPT"); err != nil {
+				return err
+			}
+		}
 		err = runReceive(&r, t, bin, dir, cl)
 	} else {
 		err = runForward(&r, t, bin, dir, cl)
