@@ -2,22 +2,43 @@ package pmtud_test
 
 import (
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/go-pmtud/go-pmtud/bench/netlab"
 )
 
-// initScript returns the shell script of the DaemonSet's init container:
-// the folded (>-) block after its "- sh", "- -c" arguments, lines joined
-// with spaces as YAML folds them.
+// renderChart renders the Helm chart with the given --set values, with the
+// helm CI builds ($(go env GOPATH)/bin/helm) or one on PATH.
+func renderChart(t *testing.T, set ...string) string {
+	t.Helper()
+	helm, err := exec.LookPath("helm")
+	if err != nil {
+		gopath, _ := exec.Command("go", "env", "GOPATH").Output()
+		helm = filepath.Join(strings.TrimSpace(string(gopath)), "bin", "helm")
+		if _, err := os.Stat(helm); err != nil {
+			t.Skipf("no helm (CI builds it: go install helm.sh/helm/v3/cmd/helm@v3.22.0): %v", err)
+		}
+	}
+	args := []string{"template", "go-pmtud", "deploy/chart/go-pmtud", "-n", "kube-system"}
+	for _, s := range set {
+		args = append(args, "--set", s)
+	}
+	out, err := exec.Command(helm, args...).Output()
+	if err != nil {
+		t.Fatalf("helm template %v: %v", set, err)
+	}
+	return string(out)
+}
+
+// initScript returns the shell script of the DaemonSet's init container
+// (manageRules: iptables-init): the folded (>-) block after its "- sh",
+// "- -c" arguments, lines joined with spaces as YAML folds them.
 func initScript(t *testing.T) string {
 	t.Helper()
-	b, err := os.ReadFile("deploy/daemonset.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(string(b), "\n")
+	lines := strings.Split(renderChart(t, "manageRules=iptables-init"), "\n")
 	for i, l := range lines {
 		if strings.TrimSpace(l) != "- >-" || i < 2 || strings.TrimSpace(lines[i-1]) != "- -c" {
 			continue
@@ -32,7 +53,7 @@ func initScript(t *testing.T) string {
 		}
 		return strings.Join(parts, " ")
 	}
-	t.Fatal("deploy/daemonset.yaml has no init container script (- sh, - -c, - >-)")
+	t.Fatal("the iptables-init rendering has no init container script (- sh, - -c, - >-)")
 	return ""
 }
 
@@ -41,6 +62,13 @@ func initScript(t *testing.T) string {
 // it installs exactly the NFLOG rules the tests use (netlab.NFLOGRule,
 // NFLOGRule6, which TestDocumentedRulesLogRouterErrors shows to work), once.
 func TestDaemonSetInitContainerInstallsRules(t *testing.T) {
+	// The default leaves the rules to the daemon: no init container.
+	if out, err := os.ReadFile("deploy/daemonset.yaml"); err != nil || strings.Contains(string(out), "initContainers") || !strings.Contains(string(out), `PMTUD_MANAGE_RULES: "nftables"`) {
+		t.Fatalf("deploy/daemonset.yaml (%v) should have no init container and PMTUD_MANAGE_RULES nftables", err)
+	}
+	if r := renderChart(t, "manageRules=iptables-init"); !strings.Contains(r, `PMTUD_MANAGE_RULES: "none"`) {
+		t.Fatal("with the init container the daemon must be told not to manage rules")
+	}
 	script := initScript(t)
 	for _, want := range []string{
 		"iptables " + strings.Join(netlab.NFLOGRule(group), " "),

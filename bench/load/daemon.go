@@ -88,6 +88,8 @@ func startDaemon(bin string, t *topology, peersFile string, extra []string, dir 
 		// would cap it. -daemon-args can set them again (the last flag
 		// given wins).
 		"--rate-limit", "0", "--source-rate-limit", "0",
+		// The harness installs its own NFLOG rule (and -exclude-tun).
+		"--manage-rules", "none",
 	)
 	args = append(args, extra...)
 	d := &daemon{

@@ -88,8 +88,9 @@ type settings struct {
 	logLevel    slog.Level
 	logJSON     bool
 	// manageRules: the daemon installs its nftables table at start-up and
-	// removes it on exit.
+	// removes it on exit; rulesAuto: unless the kernel has no nf_tables.
 	manageRules bool
+	rulesAuto   bool
 }
 
 // envName returns the environment variable that can set flag name.
@@ -121,7 +122,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.StringVar(&o.trustedSources, "trusted-sources", "", "comma-separated CIDRs: when set, only ICMPs whose outer source (the router) lies inside are relayed; the rest are dropped as untrusted_source")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text (logfmt) or json")
-	fs.StringVar(&o.manageRules, "manage-rules", "none", "nftables: install the rules that log ICMPs to --nflog-group as a table of the daemon's own (inet go_pmtud), replacing a leftover one, and remove it on exit; none: the rules are managed elsewhere")
+	fs.StringVar(&o.manageRules, "manage-rules", "auto", "nftables: install the rules that log ICMPs to --nflog-group as a table of the daemon's own (inet go_pmtud), replacing a leftover one, and remove it on exit; auto: the same where the kernel has nf_tables; none: the rules are managed elsewhere")
 	fs.BoolVar(&o.version, "version", false, "print the version (module version and VCS revision of the build) and exit")
 	fs.StringVar(&o.relay, "relay", "udp", "how copies travel: udp (the router's packet, authenticated, to the peer's go-pmtud, which injects it through TUN) or icmp (re-originated ICMP from a raw socket; peers need no daemon)")
 	fs.UintVar(&o.relayPort, "relay-port", uint(pmtud.DefaultRelayPort), "UDP port of the udp relay on every node")
@@ -216,8 +217,10 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 	case "none":
 	case "nftables":
 		s.manageRules = true
+	case "auto":
+		s.manageRules, s.rulesAuto = true, true
 	default:
-		return s, fmt.Errorf("--manage-rules: %q is not nftables or none", printable(o.manageRules))
+		return s, fmt.Errorf("--manage-rules: %q is not auto, nftables or none", printable(o.manageRules))
 	}
 	switch o.logFormat {
 	case "text":

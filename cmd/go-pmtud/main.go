@@ -88,17 +88,21 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		if c.Mode == pmtud.ModeUDP {
 			tun = c.TUNName
 		}
-		if err := rules.Install(c.NFLOG.Group, tun); err != nil {
+		switch err := rules.Install(c.NFLOG.Group, tun); {
+		case err == nil:
+			log.Info("nftables rules installed", "table", "inet "+rules.Table, "nflog_group", c.NFLOG.Group, "excluded_iif", tun)
+			defer func() {
+				if err := rules.Remove(); err != nil {
+					log.Error("removing the nftables rules failed", "err", err)
+				}
+			}()
+		case s.rulesAuto && errors.Is(err, rules.ErrNoNFTables):
+			log.Warn("the kernel has no nf_tables: the NFLOG rules must be installed elsewhere (--manage-rules none says so)", "err", err)
+		default:
 			relay.Close()
 			log.Error("start-up failed", "err", err)
 			return exitFailure
 		}
-		log.Info("nftables rules installed", "table", "inet "+rules.Table, "nflog_group", c.NFLOG.Group, "excluded_iif", tun)
-		defer func() {
-			if err := rules.Remove(); err != nil {
-				log.Error("removing the nftables rules failed", "err", err)
-			}
-		}()
 	}
 	if len(c.IgnoreNetworks) == 0 {
 		log.Info("--ignore-networks is empty: only ICMPs from peers and own addresses are recognised as copies")

@@ -23,6 +23,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// ErrNoNFTables wraps Install's error when the kernel has no nf_tables
+// (or its inet family): no netlink subsystem to talk to.
+var ErrNoNFTables = errors.New("rules: the kernel has no nf_tables")
+
 // Table is the name of the daemon's nftables table.
 const Table = "go_pmtud"
 
@@ -52,6 +56,9 @@ func Install(group uint16, tun string) error {
 		c.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: exprs})
 	}
 	if err := c.Flush(); err != nil {
+		if errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EOPNOTSUPP) {
+			return fmt.Errorf("%w: %w", ErrNoNFTables, err)
+		}
 		return fmt.Errorf("rules: install nftables table %s: %w%s", Table, err, needs(err))
 	}
 	return nil
