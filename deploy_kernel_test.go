@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/go-pmtud/go-pmtud/bench/netlab"
+	"github.com/go-pmtud/go-pmtud/internal/kubetest"
 )
 
 // renderChart renders the Helm chart with the given --set values, with the
@@ -89,6 +90,32 @@ func TestDaemonSetInitContainerInstallsRules(t *testing.T) {
 		out := ns.MustRun(t, cmd, "-t", "raw", "-S", "PREROUTING")
 		if n := strings.Count(out, "-j NFLOG --nflog-group 33"); n != 1 {
 			t.Errorf("%s raw PREROUTING after two runs has %d NFLOG rules, want 1:\n%s", cmd, n, out)
+		}
+	}
+}
+
+// TestChartPassesServerDryRun renders the chart in every mode and has a
+// real kube-apiserver v1.37.2 (started without --allow-privileged, as a
+// hardened cluster runs) accept each rendering in a server-side dry run
+// with strict field validation: no unknown fields, no privileged pod.
+func TestChartPassesServerDryRun(t *testing.T) {
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		t.Skipf("no kubectl (apt-get install kubernetes-client): %v", err)
+	}
+	api := kubetest.StartT(t)
+	for _, set := range [][]string{
+		nil,
+		{"relay=icmp"},
+		{"peersFrom=file"},
+		{"peersFrom=static", "relay=icmp"},
+		{"manageRules=iptables-init"},
+		{"podMonitor.enabled=true"},
+	} {
+		cmd := exec.Command(kubectl, "--kubeconfig", api.Admin, "apply", "--dry-run=server", "--validate=strict", "-f", "-")
+		cmd.Stdin = strings.NewReader(renderChart(t, set...))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("%v: %v\n%s", set, err, out)
 		}
 	}
 }
