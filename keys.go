@@ -77,8 +77,8 @@ func (s *keySet) ids() []uint16 {
 // the keys in force and return an error. It allocates; it is for the key
 // file's watcher, not the packet path.
 func (r *Relay) SetKeys(keys []wire.Key) (changed bool, err error) {
-	r.setMu.Lock()
-	defer r.setMu.Unlock()
+	r.keyMu.Lock()
+	defer r.keyMu.Unlock()
 	cur := r.keys.Load()
 	switch {
 	case cur == nil:

@@ -168,7 +168,13 @@ func (r *Relay) SetPeers(addrs []netip.Addr) (PeerChange, error) {
 	// progress: a peer that joins is not refused by the kernel before the
 	// set that names it is in force.
 	if added > 0 {
-		r.filterPeers(append(slices.Clone(prev.addrs), s.addrs...))
+		union := slices.Clone(prev.addrs)
+		for _, a := range s.addrs {
+			if _, ok := prev.index[a]; !ok {
+				union = append(union, a)
+			}
+		}
+		r.filterPeers(union)
 	}
 	r.set.Store(s)
 	r.quiesce(prev)

@@ -45,6 +45,7 @@ type Relay struct {
 	log    *slog.Logger
 	set    atomic.Pointer[peerSet]
 	setMu  sync.Mutex // serialises SetPeers
+	keyMu  sync.Mutex // serialises SetKeys
 	policy policy
 	m      *relayMetrics
 
@@ -74,6 +75,7 @@ type Relay struct {
 	// (Unix nanoseconds, 0: the last read worked), and loops that returned
 	// while the relay was not stopping.
 	readErrSince atomic.Int64
+	readErrLast  atomic.Int64 // the latest of those failures
 	loopsDown    atomic.Int32
 }
 
@@ -453,12 +455,18 @@ func (r *Relay) read(ctx context.Context) error {
 		} else {
 			r.free <- j
 		}
-		if err == nil || errors.Is(err, unix.ENOBUFS) {
+		// Only failures of the socket itself count against health, and
+		// only while they keep coming (the loop retries every 10 ms): a
+		// malformed datagram or an overrun means the socket works.
+		failing := err != nil && !errors.Is(err, unix.ENOBUFS) && !errors.Is(err, nl.ErrMalformed) && !errors.Is(err, net.ErrClosed)
+		if !failing {
 			if r.readErrSince.Load() != 0 {
 				r.readErrSince.Store(0)
 			}
-		} else if r.readErrSince.Load() == 0 {
-			r.readErrSince.Store(time.Now().UnixNano())
+		} else {
+			now := time.Now().UnixNano()
+			r.readErrSince.CompareAndSwap(0, now)
+			r.readErrLast.Store(now)
 		}
 		switch {
 		case err == nil:
@@ -818,11 +826,16 @@ func (r *Relay) Health() error {
 		return fmt.Errorf("%d relay loops (workers, receiver) have stopped", n)
 	}
 	now := time.Now()
-	if t := r.readErrSince.Load(); t != 0 && now.Sub(time.Unix(0, t)) > stuckAfter {
+	if t := r.readErrSince.Load(); t != 0 && now.Sub(time.Unix(0, t)) > stuckAfter && now.Sub(time.Unix(0, r.readErrLast.Load())) < time.Second {
 		return fmt.Errorf("NFLOG reads have failed for %v (see go_pmtud_error_total)", now.Sub(time.Unix(0, t)).Round(time.Second))
 	}
 	for _, j := range r.jobs {
-		if t := j.began.Load(); j.set.Load() != nil && now.Sub(time.Unix(0, t)) > stuckAfter {
+		// set before began: acquire stores began first, so a job seen
+		// holding a set has the matching start.
+		if j.set.Load() == nil {
+			continue
+		}
+		if t := j.began.Load(); now.Sub(time.Unix(0, t)) > stuckAfter {
 			return fmt.Errorf("a batch has been in hand for %v: a send is stuck", now.Sub(time.Unix(0, t)).Round(time.Second))
 		}
 	}

@@ -423,7 +423,7 @@ func TestHealth(t *testing.T) {
 		want       string
 	}{
 		{"a loop stopped", func() { r.loopDown() }, func() { r.loopsDown.Store(0) }, "loops"},
-		{"NFLOG reads failing", func() { r.readErrSince.Store(long) }, func() { r.readErrSince.Store(0) }, "NFLOG reads"},
+		{"NFLOG reads failing", func() { r.readErrSince.Store(long); r.readErrLast.Store(time.Now().UnixNano()) }, func() { r.readErrSince.Store(0) }, "NFLOG reads"},
 		{"a stuck send", func() { r.jobs[0].began.Store(long); r.jobs[0].set.Store(r.set.Load()) }, func() { r.jobs[0].set.Store(nil) }, "stuck"},
 		{"the TUN device gone", func() { res.dev.down = errors.New("TUN device fake0 is gone") }, func() { res.dev.down = nil }, "gone"},
 	} {
@@ -436,10 +436,17 @@ func TestHealth(t *testing.T) {
 			t.Errorf("after %s was mended: %v", tc.name, err)
 		}
 	}
-	// Recent read errors are not yet a failure.
+	// Recent read errors are not yet a failure, and old ones that stopped
+	// (the reader waits for the next datagram) are none.
 	r.readErrSince.Store(time.Now().UnixNano())
+	r.readErrLast.Store(time.Now().UnixNano())
 	if err := r.Health(); err != nil {
 		t.Errorf("a read error just now: %v", err)
+	}
+	r.readErrSince.Store(long)
+	r.readErrLast.Store(long)
+	if err := r.Health(); err != nil {
+		t.Errorf("read errors that stopped a minute ago: %v", err)
 	}
 }
 

@@ -25,6 +25,8 @@ type source struct {
 	// relay; nil for the static list.
 	follow func(ctx context.Context, apply func(peers.Update)) error
 
+	log *slog.Logger
+
 	mu      sync.Mutex
 	pending error // why the source is not ready; nil when it is
 }
@@ -46,15 +48,15 @@ func openSource(s *settings, log *slog.Logger) (*source, error) {
 		if err := s.relay.Validate(); err != nil {
 			return nil, fmt.Errorf("--peers-file %s: %w", s.peersFile, err)
 		}
-		return &source{name: "file", follow: f.Run}, nil
+		return &source{name: "file", follow: f.Run, log: log}, nil
 	case s.kube != nil:
 		k, err := peers.NewKubernetes(*s.kube, log)
 		if err != nil {
 			return nil, err
 		}
-		return &source{name: "kubernetes", follow: k.Run, pending: errNotSynced}, nil
+		return &source{name: "kubernetes", follow: k.Run, pending: errNotSynced, log: log}, nil
 	}
-	return &source{name: "static"}, nil
+	return &source{name: "static", log: log}, nil
 }
 
 // run applies the source's updates to relay until ctx is done.
@@ -69,9 +71,9 @@ func (src *source) run(ctx context.Context, relay *pmtud.Relay) error {
 			return
 		}
 		if _, err := relay.SetPeers(u.Addrs); err != nil {
-			// Counted as a failed update by SetPeers; the set in force
-			// stays, as for a source error.
-			relay.PeerUpdateFailed(err)
+			// SetPeers counted it; the set in force stays, as for a
+			// source error.
+			src.log.Warn("peer set refused; the peers in force stay", "err", err)
 			src.set(err)
 			return
 		}

@@ -62,36 +62,37 @@ func Read(path string) ([]byte, error) {
 // differs from last (and then from what it last passed), or it could not
 // be read, until ctx is done; then it returns nil. The same read error is
 // passed once, not once a poll. After a Reread it calls changed whatever
-// the content. It returns an error only if it cannot watch at all.
+// the content. Without inotify it polls alone, after one warning. It
+// returns nil.
 func (w *File) Run(ctx context.Context, last []byte, changed func(b []byte, err error)) error {
-	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
-	if err != nil {
-		return fmt.Errorf("watch %s: inotify: %w", w.Path, err)
-	}
-	events := os.NewFile(uintptr(fd), "inotify") // non-blocking: Read parks in the netpoller, Close wakes it
-	defer events.Close()
+	notify := make(chan struct{}, 1)
+	dir := filepath.Dir(w.Path)
 	// IN_MOVED_TO is the kubelet's rename of ..data; the others catch
 	// editors and tools that write in place or replace the file.
 	const mask = unix.IN_CREATE | unix.IN_MOVED_TO | unix.IN_MOVED_FROM | unix.IN_CLOSE_WRITE | unix.IN_DELETE | unix.IN_ATTRIB
-	notify := make(chan struct{}, 1)
-	dir := filepath.Dir(w.Path)
-	if _, err := unix.InotifyAddWatch(fd, dir, mask); err != nil {
-		if w.Log != nil {
-			w.Log.Warn("cannot watch the directory; polling only", "dir", dir, "interval", w.poll(), "err", err)
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err == nil {
+		events := os.NewFile(uintptr(fd), "inotify") // non-blocking: Read parks in the netpoller, Close wakes it
+		defer events.Close()
+		if _, err = unix.InotifyAddWatch(fd, dir, mask); err == nil {
+			go func() {
+				buf := make([]byte, 64*(unix.SizeofInotifyEvent+unix.NAME_MAX+1))
+				for {
+					if _, err := events.Read(buf); err != nil {
+						return // closed
+					}
+					select {
+					case notify <- struct{}{}:
+					default: // a check is pending already
+					}
+				}
+			}()
 		}
-	} else {
-		go func() {
-			buf := make([]byte, 64*(unix.SizeofInotifyEvent+unix.NAME_MAX+1))
-			for {
-				if _, err := events.Read(buf); err != nil {
-					return // closed
-				}
-				select {
-				case notify <- struct{}{}:
-				default: // a check is pending already
-				}
-			}
-		}()
+	}
+	// No inotify (out of instances: fs.inotify.max_user_instances, or a
+	// file system without it): polling alone still follows the file.
+	if err != nil && w.Log != nil {
+		w.Log.Warn("cannot watch the directory; polling only", "dir", dir, "interval", w.poll(), "err", err)
 	}
 	tick := time.NewTicker(w.poll())
 	defer tick.Stop()
