@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -270,14 +269,29 @@ func (c *Config) Validate() error {
 
 // RemotePeers returns Peers without duplicates and without the node's own
 // addresses, in the order given.
-func (c *Config) RemotePeers() []netip.Addr {
-	var out []netip.Addr
-	for _, p := range c.Peers {
-		p = p.Unmap()
-		if p == c.Source || slices.Contains(c.LocalAddrs, p) || slices.Contains(out, p) {
-			continue
+func (c *Config) RemotePeers() []netip.Addr { return remote(c.ownAddrs(), c.Peers) }
+
+// ownAddrs returns the node's own addresses, Source and LocalAddrs,
+// unmapped.
+func (c *Config) ownAddrs() map[netip.Addr]bool {
+	own := make(map[netip.Addr]bool, len(c.LocalAddrs)+1)
+	own[c.Source.Unmap()] = true
+	for _, a := range c.LocalAddrs {
+		own[a.Unmap()] = true
+	}
+	return own
+}
+
+// remote returns addrs, unmapped, without duplicates and without the
+// addresses in own, in the order given.
+func remote(own map[netip.Addr]bool, addrs []netip.Addr) []netip.Addr {
+	out := make([]netip.Addr, 0, len(addrs))
+	seen := make(map[netip.Addr]bool, len(addrs))
+	for _, a := range addrs {
+		if a = a.Unmap(); !own[a] && !seen[a] {
+			seen[a] = true
+			out = append(out, a)
 		}
-		out = append(out, p)
 	}
 	return out
 }

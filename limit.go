@@ -15,11 +15,25 @@ import (
 // nothing. The burst is one second's worth: a node relays up to rate ICMPs
 // at once after a quiet second, then rate per second.
 type limiter struct {
-	interval int64        // nanoseconds per ICMP
-	burst    int64        // tolerance: (rate-1) intervals
-	tat      atomic.Int64 // nanoseconds since epoch
+	cellRate
+	tat atomic.Int64 // nanoseconds since epoch
+}
+
+// cellRate is a budget's rate, rate ICMPs a second with a burst of one
+// second's worth, in the units the cell rate algorithm works in.
+type cellRate struct {
+	interval int64 // nanoseconds per ICMP
+	burst    int64 // tolerance: (rate-1) intervals
 	epoch    time.Time
 }
+
+func newCellRate(rate int) cellRate {
+	iv := max(int64(time.Second)/int64(rate), 1)
+	return cellRate{interval: iv, burst: int64(rate-1) * iv, epoch: time.Now()}
+}
+
+// now returns the timestamp allow takes.
+func (c *cellRate) now(t time.Time) int64 { return int64(t.Sub(c.epoch)) }
 
 // newLimiter returns a limiter for rate ICMPs per second, or nil (no
 // limit) when rate is 0.
@@ -27,12 +41,8 @@ func newLimiter(rate int) *limiter {
 	if rate <= 0 {
 		return nil
 	}
-	iv := int64(time.Second) / int64(rate)
-	return &limiter{interval: max(iv, 1), burst: int64(rate-1) * max(iv, 1), epoch: time.Now()}
+	return &limiter{cellRate: newCellRate(rate)}
 }
-
-// now returns the timestamp allow takes.
-func (l *limiter) now(t time.Time) int64 { return int64(t.Sub(l.epoch)) }
 
 // allow reports whether one more ICMP may be relayed at now, and counts it
 // if so.
@@ -66,10 +76,9 @@ const sourceBuckets = 4096
 // A decision hashes the address once and does two compare-and-swap loops;
 // no lock, no allocation.
 type sourceLimiter struct {
-	seed     maphash.Seed
-	interval int64 // nanoseconds per ICMP
-	burst    int64 // tolerance: (rate-1) intervals
-	rows     [2][sourceBuckets]atomic.Int64
+	cellRate
+	seed maphash.Seed
+	rows [2][sourceBuckets]atomic.Int64
 }
 
 // newSourceLimiter returns a limiter of rate ICMPs per second per source,
@@ -78,12 +87,11 @@ func newSourceLimiter(rate int) *sourceLimiter {
 	if rate <= 0 {
 		return nil
 	}
-	iv := max(int64(time.Second)/int64(rate), 1)
-	return &sourceLimiter{seed: maphash.MakeSeed(), interval: iv, burst: int64(rate-1) * iv}
+	return &sourceLimiter{cellRate: newCellRate(rate), seed: maphash.MakeSeed()}
 }
 
 // allow reports whether one more ICMP from src may be relayed at now (a
-// limiter.now timestamp), and counts it if so.
+// now timestamp), and counts it if so.
 func (l *sourceLimiter) allow(src netip.Addr, now int64) bool {
 	a := src.As16()
 	h := avalanche(maphash.Bytes(l.seed, a[:]))

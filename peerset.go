@@ -64,23 +64,15 @@ type peerState struct {
 // the node's own addresses, in the order given. State of peers in prev
 // carries over. It allocates the whole set; it is not for the hot path.
 func newPeerSet(c *Config, prev *peerSet, addrs []netip.Addr) *peerSet {
+	own := c.ownAddrs()
+	addrs = remote(own, addrs)
 	s := &peerSet{
+		addrs: addrs,
+		state: make([]*peerState, 0, len(addrs)),
 		index: make(map[netip.Addr]int, len(addrs)),
-		guard: make(map[netip.Addr]DropReason, len(addrs)+len(c.LocalAddrs)+1),
+		guard: make(map[netip.Addr]DropReason, len(addrs)+len(own)),
 	}
-	own := make(map[netip.Addr]bool, len(c.LocalAddrs)+1)
-	own[c.Source] = true
-	for _, a := range c.LocalAddrs {
-		own[a.Unmap()] = true
-	}
-	for _, a := range addrs {
-		a = a.Unmap()
-		if own[a] {
-			continue
-		}
-		if _, dup := s.index[a]; dup {
-			continue
-		}
+	for k, a := range addrs {
 		var st *peerState
 		if prev != nil {
 			if k, ok := prev.index[a]; ok {
@@ -95,8 +87,7 @@ func newPeerSet(c *Config, prev *peerSet, addrs []netip.Addr) *peerSet {
 				st.replay = new(wire.ReplayWindow)
 			}
 		}
-		s.index[a] = len(s.addrs)
-		s.addrs = append(s.addrs, a)
+		s.index[a] = k
 		s.state = append(s.state, st)
 		s.guard[a] = DropFromPeer
 	}

@@ -581,7 +581,7 @@ func (p *preparer) prepare(j *job) {
 		lnow = r.limit.now(j.start)
 	}
 	if r.srcLimit != nil {
-		snow = int64(j.start.Sub(r.dedup.epoch))
+		snow = r.srcLimit.now(j.start)
 	}
 	limited := r.limit != nil || r.srcLimit != nil
 	r.m.recv.Add(len(b.Packets))

@@ -290,13 +290,6 @@ func (r *Reader) recv(fd uintptr) bool {
 	}
 }
 
-// SK_MEMINFO_VARS and SK_MEMINFO_DROPS (include/uapi/linux/sock_diag.h):
-// the length of SO_MEMINFO's array and the index of the drop count.
-const (
-	skMeminfoVars  = 9
-	skMeminfoDrops = 8
-)
-
 // Drops returns how many datagrams (batches of packets, not packets) the
 // kernel has dropped because the socket's receive buffer was full: the
 // socket's drop count (SO_MEMINFO; the Drops column of /proc/net/netlink).
@@ -305,16 +298,16 @@ const (
 // once closed. It makes one getsockopt call and may be called from any
 // goroutine.
 func (r *Reader) Drops() uint64 {
-	var info [skMeminfoVars]uint32
+	var info [unix.SK_MEMINFO_VARS]uint32
 	n := uint32(len(info) * 4)
 	var errno syscall.Errno
 	if err := r.rc.Control(func(fd uintptr) {
 		_, _, errno = unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO,
 			uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&n)), 0)
-	}); err != nil || errno != 0 || n < (skMeminfoDrops+1)*4 {
+	}); err != nil || errno != 0 || n < (unix.SK_MEMINFO_DROPS+1)*4 {
 		return 0
 	}
-	return uint64(info[skMeminfoDrops])
+	return uint64(info[unix.SK_MEMINFO_DROPS])
 }
 
 // errOverrun is Read's error for ENOBUFS, preallocated because under

@@ -21,13 +21,6 @@ const (
 	recvBufLen = 1 << 16
 )
 
-// SK_MEMINFO_VARS and SK_MEMINFO_DROPS (include/uapi/linux/sock_diag.h):
-// the length of SO_MEMINFO's array and the index of the drop count.
-const (
-	skMeminfoVars  = 9
-	skMeminfoDrops = 8
-)
-
 // Listener is the udp relay's receive socket: it reads datagrams in
 // batches of up to ListenBatch with one recvmmsg, into buffers allocated
 // once (4 MiB of address space; only touched pages are resident). It is
@@ -142,16 +135,16 @@ func (l *Listener) Datagram(i int) (src netip.Addr, b []byte, truncated bool) {
 // kernel for the socket's life: a counter). It makes one getsockopt call;
 // 0 once the socket is closed.
 func (l *Listener) Drops() uint64 {
-	var info [skMeminfoVars]uint32
+	var info [unix.SK_MEMINFO_VARS]uint32
 	n := uint32(len(info) * 4)
 	var errno syscall.Errno
 	if err := l.rc.Control(func(fd uintptr) {
 		_, _, errno = unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO,
 			uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&n)), 0)
-	}); err != nil || errno != 0 || n < (skMeminfoDrops+1)*4 {
+	}); err != nil || errno != 0 || n < (unix.SK_MEMINFO_DROPS+1)*4 {
 		return 0
 	}
-	return uint64(info[skMeminfoDrops])
+	return uint64(info[unix.SK_MEMINFO_DROPS])
 }
 
 // Close closes the socket, which ends a Read in progress. It is safe to
