@@ -2,8 +2,6 @@ package pmtud_test
 
 import (
 	"context"
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -104,23 +102,7 @@ func TestPeersFileSwapUnderLoad(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			buf := make([]byte, 2048)
-			for {
-				s.conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-				h, p, _, err := s.conn.ReadFrom(buf)
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					select {
-					case <-stop:
-						return
-					default:
-						continue
-					}
-				}
-				if err != nil || len(p) < 30 || p[0] != 3 || p[1] != 4 || !h.Src.Equal(netlab.NodeAddr(1).AsSlice()) {
-					continue
-				}
-				got[k] = append(got[k], int(binary.BigEndian.Uint16(p[28:30]))-10000)
-			}
+			s.quotedPorts(netlab.NodeAddr(1), stop, func(port uint16) { got[k] = append(got[k], int(port)-10000) })
 		}()
 	}
 

@@ -3,6 +3,7 @@ package pmtud_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -129,6 +130,29 @@ func (s *icmpSink) collect(t *testing.T, wait time.Duration) []received {
 		}
 		src, _ := netip.AddrFromSlice(h.Src.To4())
 		out = append(out, received{src: src, ttl: h.TTL, icmp: bytes.Clone(p)})
+	}
+}
+
+// quotedPorts reads until stop is closed and calls fn with the quoted
+// source port of every frag-needed copy from the address from: the index
+// the stream tests put in each ICMP.
+func (s *icmpSink) quotedPorts(from netip.Addr, stop <-chan struct{}, fn func(port uint16)) {
+	buf := make([]byte, 2048)
+	for {
+		s.conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		h, p, _, err := s.conn.ReadFrom(buf)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			select {
+			case <-stop:
+				return
+			default:
+				continue
+			}
+		}
+		if err != nil || len(p) < 30 || p[0] != 3 || p[1] != 4 || !h.Src.Equal(from.AsSlice()) {
+			continue
+		}
+		fn(binary.BigEndian.Uint16(p[28:30]))
 	}
 }
 

@@ -1,10 +1,7 @@
 package pmtud_test
 
 import (
-	"encoding/binary"
-	"errors"
 	"net/netip"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -45,25 +42,11 @@ func TestFloodDoesNotStarveAnotherSource(t *testing.T) {
 	)
 	go func() {
 		defer close(done)
-		buf := make([]byte, 2048)
-		for {
-			sink.conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-			_, p, _, err := sink.conn.ReadFrom(buf)
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				select {
-				case <-stop:
-					return
-				default:
-					continue
-				}
-			}
-			if err != nil || len(p) < 30 || p[0] != 3 || p[1] != 4 {
-				continue
-			}
+		sink.quotedPorts(netlab.NodeAddr(1), stop, func(port uint16) {
 			mu.Lock()
-			copies[binary.BigEndian.Uint16(p[28:30])]++
+			copies[port]++
 			mu.Unlock()
-		}
+		})
 	}()
 
 	second := netip.MustParseAddr("198.19.255.2") // another router's address

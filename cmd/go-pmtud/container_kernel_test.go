@@ -57,11 +57,6 @@ func TestImageRunsWithChartSecurityContext(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range c.Nodes {
-		if err := netlab.InstallNFLOGRule(n, 33); err != nil {
-			t.Fatal(err)
-		}
-	}
 	keyFile := writeKeyFile(t)
 	for i, n := range c.Nodes {
 		name := fmt.Sprintf("go-pmtud-test-%d-%d", os.Getpid(), i)

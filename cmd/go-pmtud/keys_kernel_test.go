@@ -26,11 +26,6 @@ func TestKeyRotatesWithoutRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range c.Nodes {
-		if err := netlab.InstallNFLOGRule(n, 33); err != nil {
-			t.Fatal(err)
-		}
-	}
 	oldKey, newKey := "1:"+strings.Repeat("5a", 32), "2:"+strings.Repeat("c3", 32)
 	bin := buildDaemon(t)
 	dirs := []string{t.TempDir(), t.TempDir()}

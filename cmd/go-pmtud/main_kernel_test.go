@@ -22,9 +22,6 @@ func TestDaemonServesMetricsAndStopsOnSIGTERM(t *testing.T) {
 		t.Fatal(err)
 	}
 	node := c.Nodes[1]
-	if err := netlab.InstallNFLOGRule(node, 33); err != nil {
-		t.Fatal(err)
-	}
 	bin, keyFile := buildDaemon(t), writeKeyFile(t)
 	d := startDaemon(t, bin, node, netlab.NodeAddr(1),
 		"PMTUD_PEERS="+netlab.NodeAddr(0).String()+","+netlab.NodeAddr(1).String(),

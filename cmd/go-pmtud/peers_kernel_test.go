@@ -156,11 +156,6 @@ func TestPeersFileSwapTeachesNewNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, b := c.Nodes[0], c.Nodes[1]
-	for _, n := range c.Nodes {
-		if err := netlab.InstallNFLOGRule(n, 33); err != nil {
-			t.Fatal(err)
-		}
-	}
 	bin, keyFile := buildDaemon(t), writeKeyFile(t)
 	dir := t.TempDir()
 	kubeletSwap(t, dir, "# the nodes of the cluster\n"+netlab.NodeAddr(1).String()+"\n")

@@ -46,11 +46,6 @@ func testRelayWithoutPrivileges(t *testing.T, relay, caps string, nodes []int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range c.Nodes {
-		if err := netlab.InstallNFLOGRule(n, 33); err != nil {
-			t.Fatal(err)
-		}
-	}
 	server := c.Nodes[0] // the flow's owner: node A, or the pod behind it
 	if relay == "udp" {
 		if server, err = c.AddPod(lab); err != nil {
