@@ -14,6 +14,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -106,22 +107,37 @@ func Start(kasBin string) (api *Server, err error) {
 			api = nil
 		}
 	}()
-	ports, err := freePorts(3)
-	if err != nil {
-		return nil, err
+	// A port another test process took between freePorts and the bind
+	// would make etcd exit, and the API server would then talk to that
+	// process's etcd (and time out once it is gone): wait until our own
+	// etcd answers, and pick new ports if it died.
+	var ports []int
+	var etcdURL string
+	for attempt := 0; ; attempt++ {
+		if ports, err = freePorts(3); err != nil {
+			return nil, err
+		}
+		etcdURL = "http://127.0.0.1:" + strconv.Itoa(ports[0])
+		peerURL := "http://127.0.0.1:" + strconv.Itoa(ports[1])
+		api.etcd, err = startProcess(filepath.Join(dir, "etcd.log"), "etcd",
+			"--name", "default", "--data-dir", filepath.Join(dir, fmt.Sprintf("etcd%d", attempt)),
+			"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
+			"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
+			"--initial-cluster", "default="+peerURL)
+		if err != nil {
+			return nil, err
+		}
+		if err = waitEtcd(api.etcd, etcdURL); err == nil {
+			break
+		}
+		api.etcd.Process.Kill()
+		api.etcd.Wait() //nolint:errcheck // killed on purpose
+		api.etcd = nil
+		if attempt == 2 {
+			return nil, fmt.Errorf("etcd did not start: %w\n%s", err, api.logTail("etcd.log"))
+		}
 	}
-	etcdURL := "http://127.0.0.1:" + strconv.Itoa(ports[0])
-	peerURL := "http://127.0.0.1:" + strconv.Itoa(ports[1])
 	api.URL = "https://127.0.0.1:" + strconv.Itoa(ports[2])
-
-	api.etcd, err = startProcess(filepath.Join(dir, "etcd.log"), "etcd",
-		"--name", "default", "--data-dir", filepath.Join(dir, "etcd"),
-		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
-		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
-		"--initial-cluster", "default="+peerURL)
-	if err != nil {
-		return nil, err
-	}
 
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -165,6 +181,36 @@ func Start(kasBin string) (api *Server, err error) {
 	}
 	api.Client, err = kubernetes.NewForConfig(cfg)
 	return api, err
+}
+
+// waitEtcd waits up to 30 s until the etcd process cmd answers /health at
+// url, and fails at once if it exits.
+func waitEtcd(cmd *exec.Cmd, url string) error {
+	// An exited child stays a zombie until Close reaps it: read its state
+	// rather than signal it.
+	stat := fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid)
+	hc := &http.Client{Timeout: 2 * time.Second}
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if b, err := os.ReadFile(stat); err != nil || strings.Contains(string(b), ") Z ") {
+			return errors.New("etcd exited (its port taken?)")
+		}
+		resp, err := hc.Get(url + "/health")
+		if err != nil {
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK && strings.Contains(string(body), `"health":"true"`) {
+			// Answered: by ours only if it is still alive a moment later
+			// (a failed bind makes etcd exit within milliseconds).
+			time.Sleep(200 * time.Millisecond)
+			if b, err := os.ReadFile(stat); err != nil || strings.Contains(string(b), ") Z ") {
+				return errors.New("etcd exited (its port taken?)")
+			}
+			return nil
+		}
+	}
+	return errors.New("etcd not healthy after 30 s")
 }
 
 // startKAS starts kube-apiserver and waits until it is ready.
