@@ -391,7 +391,7 @@ func BenchmarkReceiveInject(b *testing.B) {
 		// The sender's work, not measured: a new packet, sealed.
 		renumber(pkts, uint32(i))
 		copy(d.buf[wire.EnvelopeLen:], pkt)
-		sealer.Seal(hdr, pkt)
+		sealer.Seal(hdr, pkt, time.Now())
 		b.StartTimer()
 		if reason := rv.handle(0); reason != 0 {
 			b.Fatalf("datagram dropped: %v", reason)

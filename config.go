@@ -179,6 +179,15 @@ type Config struct {
 	Keys []wire.Key
 	// InsecureNoAuth lets the udp relay run without Keys.
 	InsecureNoAuth bool
+	// Envelope is the version of the datagrams this node sends: 2, which
+	// carries the send time (0 means 2), or 1, the only version releases
+	// before it understand, during a rolling upgrade from one.
+	Envelope int
+	// AcceptEnvelopeV1 makes the receiver accept version 1 datagrams. They
+	// carry no send time: one captured before this node restarted is
+	// accepted after the restart. Envelope 1 implies it. Without it they are
+	// dropped as bad_version.
+	AcceptEnvelopeV1 bool
 	// TUNName names the TUN device the relay creates; "" means "pmtud0".
 	TUNName string
 	// TUNAddr becomes the TUN device's /32 address when
@@ -187,6 +196,9 @@ type Config struct {
 	// means DefaultTUNAddr.
 	TUNAddr netip.Addr
 }
+
+// acceptsEnvelopeV1 reports whether the receiver takes version 1 datagrams.
+func (c *Config) acceptsEnvelopeV1() bool { return c.AcceptEnvelopeV1 || c.Envelope == 1 }
 
 // Validate reports the first thing wrong with c, in words an operator can
 // act on. It does not touch the system.
@@ -199,6 +211,9 @@ func (c *Config) Validate() error {
 		}
 		if err := checkKeys(c.Keys); err != nil {
 			return err
+		}
+		if c.Envelope < 0 || c.Envelope > 2 {
+			return fmt.Errorf("relay envelope version %d is not 1 or 2", c.Envelope)
 		}
 		if len(c.TUNName) >= unix.IFNAMSIZ {
 			return fmt.Errorf("TUN name %q is longer than %d bytes", c.TUNName, unix.IFNAMSIZ-1)

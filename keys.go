@@ -121,7 +121,11 @@ func (p *preparer) rekey(s *keySet) error {
 	if len(s.keys) > 0 {
 		key = &s.keys[0]
 	}
-	sealer, err := wire.NewSealer(key, p.r.seq, p.r.cfg.Source)
+	newSealer := wire.NewSealer
+	if p.r.cfg.Envelope == 1 {
+		newSealer = wire.NewSealerV1
+	}
+	sealer, err := newSealer(key, p.r.seq, p.r.cfg.Source)
 	if err != nil {
 		return fmt.Errorf("pmtud: relay key: %w", err)
 	}

@@ -42,7 +42,7 @@ func FuzzReceive(f *testing.F) {
 		d := data
 		if seal {
 			var hdr [wire.EnvelopeLen]byte
-			sealer.Seal(&hdr, data)
+			sealer.Seal(&hdr, data, time.Now())
 			d = append(hdr[:], data...)
 		}
 		src := fakeA

@@ -49,8 +49,11 @@ type Relay struct {
 	policy policy
 	m      *relayMetrics
 
-	reader  *nl.Reader
-	seq     *wire.Sequence         // udp relay: one numbering for all sealers
+	reader *nl.Reader
+	seq    *wire.Sequence // udp relay: one numbering for all sealers
+	// started is when the udp relay started, in Unix nanoseconds: the
+	// receiver refuses version 2 datagrams sealed before it.
+	started int64
 	keys    atomic.Pointer[keySet] // udp relay: the keys in force
 	pre     *preparer              // SplitPeer: the reader's
 	workers []*worker
@@ -197,7 +200,8 @@ func newRelay(cfg Config, log *slog.Logger, res resources) (*Relay, error) {
 		r.free <- j
 	}
 	if cfg.Mode == ModeUDP {
-		r.seq = wire.NewSequence(time.Now())
+		now := time.Now()
+		r.seq, r.started = wire.NewSequence(now), now.UnixNano()
 		if err := r.openUDP(); err != nil {
 			r.closeWorkers()
 			return nil, err
@@ -644,8 +648,8 @@ func (p *preparer) prepare(j *job) {
 			j.hdrs = append(j.hdrs, [wire.EnvelopeLen]byte{}) // a bigger batch than ever: grows once
 			j.hdrs = j.hdrs[:cap(j.hdrs)]
 		}
-		p.sealer.Seal(&j.hdrs[k], f.Packet)
-		heads = append(heads, j.hdrs[k][:])
+		n := p.sealer.Seal(&j.hdrs[k], f.Packet, j.start)
+		heads = append(heads, j.hdrs[k][:n])
 		payloads = append(payloads, f.Packet)
 	}
 	j.payloads, j.heads = payloads, heads

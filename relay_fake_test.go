@@ -172,7 +172,7 @@ func TestRelayLogicWithFakes(t *testing.T) {
 		t.Fatal(err)
 	}
 	var hdr [wire.EnvelopeLen]byte
-	sealer.Seal(&hdr, trailing)
+	sealer.Seal(&hdr, trailing, time.Now())
 	if got := deliver(fakeA, append(hdr[:], trailing...)); got != 0 {
 		t.Fatalf("B dropped a datagram with trailing bytes: %v", got)
 	}
@@ -315,7 +315,7 @@ func TestPolicyOnBothSides(t *testing.T) {
 	} {
 		pkt := from(tc.src, 10+i)
 		var hdr [wire.EnvelopeLen]byte
-		sealer.Seal(&hdr, pkt)
+		sealer.Seal(&hdr, pkt, time.Now())
 		b.recv.in = &testDatagram{src: fakeA, buf: append(hdr[:], pkt...)}
 		b.recv.stamp(time.Now())
 		if got := b.recv.handle(0); got != tc.want {
@@ -376,7 +376,7 @@ func TestKeyRotationWithoutRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	var hdr [wire.EnvelopeLen]byte
-	old.Seal(&hdr, pkts[7])
+	old.Seal(&hdr, pkts[7], time.Now())
 	b.recv.in = &testDatagram{src: fakeA, buf: append(hdr[:], pkts[7]...)}
 	b.recv.stamp(time.Now())
 	if got := b.recv.handle(0); got != RecvDropReason(wire.ErrEnvelopeKey) {
@@ -486,4 +486,117 @@ func TestEveryMetricIsDocumented(t *testing.T) {
 			t.Errorf("receive drop reason %s is not in docs/metrics.md", s)
 		}
 	}
+}
+
+// TestReplayAcrossRestart replays a datagram node B accepted to a new relay
+// at B, as after a restart, whose replay windows start empty: a version 2
+// datagram is refused as stale_sequence, since it was sealed before the
+// new relay started; a version 1 datagram, which carries no send time,
+// gets through: the hole version 2 closes.
+func TestReplayAcrossRestart(t *testing.T) {
+	pkt := distinctFragNeeded(1)[0]
+	for _, tc := range []struct {
+		version int
+		after   RecvDropReason
+	}{{2, RecvStaleSequence}, {1, 0}} {
+		cfg := Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: []netip.Addr{fakeA}, TTL: 10,
+			Keys: []wire.Key{testKey}, Envelope: tc.version}
+		b, err := newRelay(cfg, nil, &fakeResources{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := sealed(t, tc.version, wire.NewSequence(time.Now()), time.Now(), pkt)
+		if got := receiveAt(b, d, time.Now()); got != 0 {
+			t.Fatalf("version %d: B refused a fresh datagram: %v", tc.version, got)
+		}
+		if got := receiveAt(b, d, time.Now()); got != RecvReplayed {
+			t.Fatalf("version %d: B took it twice: %v, want replayed", tc.version, got)
+		}
+		b.Close()
+		restarted, err := newRelay(cfg, nil, &fakeResources{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := receiveAt(restarted, d, time.Now()); got != tc.after {
+			t.Errorf("version %d: the datagram replayed after a restart: %v, want %v", tc.version, got, tc.after)
+		}
+		restarted.Close()
+	}
+}
+
+// TestSendTimeBounds: a version 2 datagram is accepted when it was sealed
+// after the receiver started and no more than sendTimeSlack from its clock,
+// either way; version 1 is accepted only with AcceptEnvelopeV1 (or when the
+// node sends version 1 itself).
+func TestSendTimeBounds(t *testing.T) {
+	b, err := newRelay(Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: []netip.Addr{fakeA}, TTL: 10,
+		Keys: []wire.Key{testKey}}, nil, &fakeResources{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	start := time.Unix(0, b.started)
+	now := start.Add(2 * sendTimeSlack) // B's clock when the datagrams arrive
+	seq := wire.NewSequence(time.Now())
+	pkts := distinctFragNeeded(8)
+	for i, tc := range []struct {
+		name    string
+		version int
+		sent    time.Time
+		want    RecvDropReason
+	}{
+		{"just now", 2, now, 0},
+		{"slack old", 2, now.Add(-sendTimeSlack), 0},
+		{"slack ahead", 2, now.Add(sendTimeSlack), 0},
+		{"older than slack", 2, now.Add(-sendTimeSlack - time.Nanosecond), RecvStaleSequence},
+		{"further ahead than slack", 2, now.Add(sendTimeSlack + time.Nanosecond), RecvFutureSequence},
+		{"version 1", 1, now, RecvDropReason(wire.ErrEnvelopeVersion)},
+	} {
+		d := sealed(t, tc.version, seq, tc.sent, pkts[i])
+		if got := receiveAt(b, d, now); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	// Before the start, within the slack of the clock: stale all the same.
+	if got := receiveAt(b, sealed(t, 2, seq, start.Add(-time.Nanosecond), pkts[6]), start.Add(time.Second)); got != RecvStaleSequence {
+		t.Errorf("sealed before B started: %v, want stale_sequence", got)
+	}
+	if got := receiveAt(b, sealed(t, 2, seq, start, pkts[6]), start.Add(time.Second)); got != 0 {
+		t.Errorf("sealed as B started: %v, want it injected", got)
+	}
+
+	v1, err := newRelay(Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: []netip.Addr{fakeA}, TTL: 10,
+		Keys: []wire.Key{testKey}, AcceptEnvelopeV1: true}, nil, &fakeResources{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v1.Close()
+	if got := receiveAt(v1, sealed(t, 1, seq, time.Time{}, pkts[7]), time.Now()); got != 0 {
+		t.Errorf("version 1 with AcceptEnvelopeV1: %v, want it injected", got)
+	}
+}
+
+// sealed returns the datagram fakeA seals for pkt with testKey: the given
+// envelope version, the next number of seq, sent as its send time.
+func sealed(t *testing.T, version int, seq *wire.Sequence, sent time.Time, pkt []byte) []byte {
+	t.Helper()
+	newSealer := wire.NewSealer
+	if version == 1 {
+		newSealer = wire.NewSealerV1
+	}
+	s, err := newSealer(&testKey, seq, fakeA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hdr [wire.EnvelopeLen]byte
+	n := s.Seal(&hdr, pkt, sent)
+	return append(hdr[:n:n], pkt...)
+}
+
+// receiveAt hands d from fakeA to r's receiver as a batch arriving at now and
+// returns its verdict.
+func receiveAt(r *Relay, d []byte, now time.Time) RecvDropReason {
+	r.recv.in = &testDatagram{src: fakeA, buf: d}
+	r.recv.stamp(now)
+	return r.recv.handle(0)
 }

@@ -143,7 +143,7 @@ func TestReceiveAllocs(t *testing.T) {
 		n++
 		renumber(pkts, n)
 		copy(d.buf[wire.EnvelopeLen:], pkt)
-		sealer.Seal(hdr, pkt)
+		sealer.Seal(hdr, pkt, time.Now())
 		if reason := rv.handle(0); reason != 0 {
 			t.Fatalf("datagram dropped: %v", reason)
 		}
@@ -194,7 +194,7 @@ func TestUnauthenticatedSkipsReplayWindow(t *testing.T) {
 		}
 		d := datagramFor(rv, sender, wire.EnvelopeLen+len(pkt))
 		copy(d.buf[wire.EnvelopeLen:], pkt)
-		s.Seal((*[wire.EnvelopeLen]byte)(d.buf[:wire.EnvelopeLen]), pkt)
+		s.Seal((*[wire.EnvelopeLen]byte)(d.buf[:wire.EnvelopeLen]), pkt, time.Now())
 		rv.stamp(time.Now())
 		return rv.handle(0)
 	}
@@ -341,7 +341,7 @@ func TestIPv6OffIsCounted(t *testing.T) {
 		deliver := func(pkt []byte) RecvDropReason {
 			d := datagramFor(rv, netlab.NodeAddr(1), wire.EnvelopeLen+len(pkt))
 			copy(d.buf[wire.EnvelopeLen:], pkt)
-			sealer.Seal((*[wire.EnvelopeLen]byte)(d.buf[:wire.EnvelopeLen]), pkt)
+			sealer.Seal((*[wire.EnvelopeLen]byte)(d.buf[:wire.EnvelopeLen]), pkt, time.Now())
 			rv.stamp(time.Now())
 			return rv.handle(0)
 		}

@@ -92,7 +92,7 @@ func TestRejectsForgedRelayDatagrams(t *testing.T) {
 			t.Fatal(err)
 		}
 		var hdr [wire.EnvelopeLen]byte
-		s.Seal(&hdr, pkt)
+		s.Seal(&hdr, pkt, time.Now())
 		return append(hdr[:], pkt...)
 	}
 	seal := func(key *wire.Key, sender netip.Addr, pkt []byte) []byte { return sealSeq(seq, key, sender, pkt) }
@@ -197,7 +197,7 @@ func TestRelaySocketAdmitsOnlyPeers(t *testing.T) {
 		n++
 		pkt := fragNeeded(netlab.RouterLoopback, 1400, 43000+n)
 		var hdr [wire.EnvelopeLen]byte
-		sealer.Seal(&hdr, pkt)
+		sealer.Seal(&hdr, pkt, time.Now())
 		if err := c.Nodes[2].Do(func() error {
 			conn, err := net.Dial("udp4", net.JoinHostPort(netlab.NodeAddr(0).String(), strconv.Itoa(pmtud.DefaultRelayPort)))
 			if err != nil {

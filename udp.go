@@ -51,13 +51,20 @@ const (
 	// RecvInjectFailed: the write into the TUN device failed.
 	RecvInjectFailed
 	// RecvFutureSequence: a keyed datagram whose sequence number says its
-	// sender started more than futureSlack after this node's clock reads.
-	// Its clock is wrong; fed to the replay window, its numbers would make
-	// the sender's genuine ones look old once its clock is put right.
+	// sender started more than futureSlack after this node's clock reads,
+	// or a version 2 datagram sealed more than sendTimeSlack after it. Its
+	// clock is wrong; fed to the replay window, its numbers would make the
+	// sender's genuine ones look old once its clock is put right, and its
+	// send times would outlive a restart of this node.
 	RecvFutureSequence
 	// RecvIPv6Off: an IPv6 packet, but this node's TUN device takes none
 	// (IPv6 is off on the host): the kernel would drop it unseen.
 	RecvIPv6Off
+	// RecvStaleSequence: a version 2 datagram sealed before this node's
+	// relay started, or more than sendTimeSlack before its clock reads: a
+	// replay from before a restart (the replay windows start empty), or a
+	// sender whose clock is behind.
+	RecvStaleSequence
 	// RecvInnerFromPeer, RecvInnerFromSelf, RecvInnerIgnoredNetwork,
 	// RecvInnerUntrustedSource: the packet fails this node's policy, as it
 	// would have failed it arriving from the router: its source is a peer
@@ -73,7 +80,7 @@ const (
 // String returns the reason's label: an envelope reason ("bad_tag"), an
 // inner packet reason prefixed "inner_" ("inner_bad_checksum"), or
 // "not_peer", "replayed", "duplicate", "truncated", "inject_failed",
-// "future_sequence", "ipv6_off", or one of the policy's on the inner packet:
+// "future_sequence", "ipv6_off", "stale_sequence", or one of the policy's on the inner packet:
 // "inner_from_peer", "inner_from_self", "inner_ignored_network",
 // "inner_untrusted_source".
 func (r RecvDropReason) String() string {
@@ -97,6 +104,8 @@ func (r RecvDropReason) String() string {
 		return "future_sequence"
 	case r == RecvIPv6Off:
 		return "ipv6_off"
+	case r == RecvStaleSequence:
+		return "stale_sequence"
 	case r == RecvInnerFromPeer:
 		return "inner_from_peer"
 	case r == RecvInnerFromSelf:
@@ -122,6 +131,14 @@ func RecvDropReasons() []RecvDropReason {
 // (a sequence number's high 32 bits, Unix seconds) may be: clock skew
 // between synchronised nodes is far below it.
 const futureSlack = 5 * 60
+
+// sendTimeSlack is how far a version 2 datagram's send time may lie from
+// this node's clock, either way: the clocks of synchronised nodes agree to
+// milliseconds, and a datagram spends microseconds on the way. Older is
+// stale_sequence, newer future_sequence. It bounds what a restart can let
+// through: a sender whose clock runs ahead by d has its datagrams of the
+// last d before this node restarted accepted once after it.
+const sendTimeSlack = 30 * time.Second
 
 // datagrams is a batch of relay datagrams: a *transport.Listener's, or a
 // test's.
@@ -149,6 +166,9 @@ type receiver struct {
 	set     *peerSet
 	now     uint64 // dedup time of the batch in hand
 	nowUnix uint64 // Unix seconds of the batch in hand
+	// sentMin and sentMax bound the send times of version 2 datagrams the
+	// batch in hand accepts, in Unix nanoseconds.
+	sentMin, sentMax int64
 }
 
 // run receives until the socket is closed.
@@ -185,6 +205,9 @@ func (rv *receiver) stamp(t time.Time) {
 	rv.opener = rv.r.keys.Load().opener
 	rv.now = rv.r.dedup.now(t)
 	rv.nowUnix = uint64(t.Unix())
+	n := t.UnixNano()
+	rv.sentMin = max(rv.r.started, n-int64(sendTimeSlack))
+	rv.sentMax = n + int64(sendTimeSlack)
 }
 
 // handle checks datagram i and injects its packet; 0 means injected.
@@ -206,6 +229,9 @@ func (rv *receiver) handle(i int) RecvDropReason {
 		}
 		return RecvDropReason(wire.ErrEnvelopeTag)
 	}
+	if env.Version == 1 && !rv.r.cfg.acceptsEnvelopeV1() {
+		return RecvDropReason(wire.ErrEnvelopeVersion)
+	}
 	f, err := wire.Parse(env.Packet)
 	if err != nil {
 		if e, ok := err.(wire.Error); ok && e > 0 && e < wire.ErrorCount {
@@ -225,6 +251,17 @@ func (rv *receiver) handle(i int) RecvDropReason {
 		return RecvInnerIgnoredNetwork
 	default:
 		return RecvInnerUntrustedSource
+	}
+	// A datagram sealed before this node started may have been captured
+	// before it: the windows below are new. Unauthenticated send times
+	// prove nothing, but checking them costs nothing either.
+	if env.Version == 2 {
+		if env.UnixNano < rv.sentMin {
+			return RecvStaleSequence
+		}
+		if env.UnixNano > rv.sentMax {
+			return RecvFutureSequence
+		}
 	}
 	// Only a verified datagram may move the window, or a forger could push
 	// it forward and make genuine copies look old. Unauthenticated ones are

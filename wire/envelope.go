@@ -15,19 +15,27 @@ import (
 )
 
 // EnvelopeLen is the length of the header that precedes the router's packet
-// in a udp relay datagram: datagram = header || packet, the packet exactly as
+// in a udp relay datagram of version 2, the version a Sealer writes unless
+// made with NewSealerV1: datagram = header || packet, the packet exactly as
 // NFLOG delivered it. The header, every field big-endian:
 //
 //	offset size
 //	 0      4   magic "PMTD"
-//	 4      1   version, 1
-//	 5      1   flags, 0: reserved. Version 1 receivers reject other values,
-//	            so every datagram they accept is exactly what a Sealer makes.
+//	 4      1   version, 2
+//	 5      1   flags, 0: reserved. Receivers reject other values, so every
+//	            datagram they accept is exactly what a Sealer makes.
 //	 6      2   key id: 1..65535 names the Key the tag is made with; 0 means
 //	            unauthenticated, and the tag is all zero
 //	 8      8   sequence number, strictly increasing per sender (see Sequence)
-//	16     16   tag: the first 16 bytes of
-//	            HMAC-SHA256(secret, header[0:16] || sender || packet)
+//	16      8   send time: the sender's clock when it sealed the datagram, in
+//	            nanoseconds since the Unix epoch
+//	24     16   tag: the first 16 bytes of
+//	            HMAC-SHA256(secret, header[0:24] || sender || packet)
+//
+// Version 1 (EnvelopeLenV1, 32 bytes) is the same without the send time: the
+// tag is at offset 16 and covers header[0:16]. The send time lets a receiver
+// refuse datagrams sealed before it started, which a sequence number cannot
+// prove: a restarted receiver's replay windows start empty.
 //
 // sender is the sender's IP address as 16 bytes (an IPv4 address in its
 // IPv4-mapped form ::ffff:a.b.c.d): the source address its peers see on the
@@ -40,7 +48,11 @@ import (
 //
 // The tag is HMAC-SHA-256-128, as IPsec uses it (RFC 4868): 128 bits leave a
 // forger one chance in 2^128 per try.
-const EnvelopeLen = 32
+const EnvelopeLen = 40
+
+// EnvelopeLenV1 is the length of a version 1 header: EnvelopeLen without the
+// send time.
+const EnvelopeLenV1 = 32
 
 // MinSecretLen is the shortest Key.Secret NewSealer and NewOpener accept: 128
 // bits. 32 random bytes is the natural size; HMAC-SHA256 hashes secrets
@@ -48,10 +60,11 @@ const EnvelopeLen = 32
 const MinSecretLen = 16
 
 const (
-	envelopeMagic   = 0x504d5444 // "PMTD"
-	envelopeVersion = 1
-	tagLen          = 16
-	macInputLen     = 32 // header[0:16] || sender: what the tag covers before the packet
+	envelopeMagic = 0x504d5444 // "PMTD"
+	tagLen        = 16
+	// macInputLen is what the tag covers before the packet, at most:
+	// header[0:24] || sender for version 2; version 1 covers 8 bytes less.
+	macInputLen = EnvelopeLen - tagLen + 16
 )
 
 // EnvelopeError is why Opener.Open rejected a datagram. Its String (and
@@ -66,8 +79,10 @@ const (
 	// ErrEnvelopeMagic: the datagram does not start with "PMTD": not go-pmtud
 	// traffic.
 	ErrEnvelopeMagic
-	// ErrEnvelopeVersion: a version other than 1, or flags other than 0: a
-	// header this version does not define, from a newer (or broken) sender.
+	// ErrEnvelopeVersion: a version other than 1 or 2, or flags other than
+	// 0: a header this version does not define, from a newer (or broken)
+	// sender. Receivers also count a version they refuse by choice under
+	// its label (the daemon's version 1 without --relay-accept-v1).
 	ErrEnvelopeVersion
 	// ErrEnvelopeKey: a key id the Opener does not hold, including any id
 	// other than 0 at an Opener without keys. A sender on another key, or a
@@ -176,30 +191,45 @@ func (q *Sequence) Next() uint64 { return q.next.Add(1) - 1 }
 // A Sealer is not safe for concurrent use (it holds an HMAC state): give each
 // worker its own, all made with the same Sequence.
 type Sealer struct {
-	seq *Sequence
-	mac hash.Hash // nil: unauthenticated
-	// in is header[0:16] || sender, built here rather than in the caller's
-	// array so that the caller's header does not escape through the hash
-	// interface; only the sequence number changes between calls.
+	seq  *Sequence
+	mac  hash.Hash // nil: unauthenticated
+	hlen int       // EnvelopeLen, or EnvelopeLenV1
+	// in is the tagged header fields || sender, built here rather than in
+	// the caller's array so that the caller's header does not escape
+	// through the hash interface; only the sequence number and the send
+	// time change between calls.
 	in  [macInputLen]byte
 	sum [sha256.Size]byte
 }
 
-// NewSealer returns a Sealer that numbers envelopes from seq and tags them
-// with key, on behalf of sender, the address the peers will see the datagrams
-// come from (the address the relay socket is bound to). With a nil key it
-// seals unauthenticated envelopes: key id 0, an all-zero tag, and sender is
-// not used.
+// NewSealer returns a Sealer of version 2 envelopes that numbers them from
+// seq and tags them with key, on behalf of sender, the address the peers will
+// see the datagrams come from (the address the relay socket is bound to).
+// With a nil key it seals unauthenticated envelopes: key id 0, an all-zero
+// tag, and sender is not used.
 //
 // It returns an error if key has id 0 or a secret shorter than MinSecretLen,
 // if sender is not a valid address while key is not nil, or if seq is nil.
 func NewSealer(key *Key, seq *Sequence, sender netip.Addr) (*Sealer, error) {
+	return newSealer(2, key, seq, sender)
+}
+
+// NewSealerV1 is NewSealer for version 1 envelopes, which carry no send time:
+// for a rolling upgrade from a release that knows only version 1.
+func NewSealerV1(key *Key, seq *Sequence, sender netip.Addr) (*Sealer, error) {
+	return newSealer(1, key, seq, sender)
+}
+
+func newSealer(version byte, key *Key, seq *Sequence, sender netip.Addr) (*Sealer, error) {
 	if seq == nil {
 		return nil, errors.New("wire: NewSealer: nil Sequence")
 	}
-	s := &Sealer{seq: seq}
+	s := &Sealer{seq: seq, hlen: EnvelopeLen}
+	if version == 1 {
+		s.hlen = EnvelopeLenV1
+	}
 	binary.BigEndian.PutUint32(s.in[0:4], envelopeMagic)
-	s.in[4] = envelopeVersion
+	s.in[4] = version
 	if key == nil {
 		return s, nil
 	}
@@ -211,40 +241,56 @@ func NewSealer(key *Key, seq *Sequence, sender netip.Addr) (*Sealer, error) {
 	}
 	binary.BigEndian.PutUint16(s.in[6:8], key.ID)
 	a := sender.Unmap().As16()
-	copy(s.in[16:], a[:])
+	copy(s.in[s.hlen-tagLen:], a[:])
 	s.mac = newMAC(key)
 	return s, nil
 }
 
+// Len returns the length of the headers s writes: EnvelopeLen, or
+// EnvelopeLenV1 for a Sealer made by NewSealerV1.
+func (s *Sealer) Len() int { return s.hlen }
+
 // Seal writes into hdr the envelope header for packet, with the next sequence
-// number. Afterwards hdr || packet is the datagram for every peer.
+// number and now as the send time (version 2), and returns the header's
+// length, s.Len(). Afterwards hdr[:n] || packet is the datagram for every
+// peer.
 //
-// It allocates nothing and copies nothing but the 32-byte header. Keyed, it
-// costs one HMAC-SHA256 over 32 + len(packet) bytes, a fifth more than SHA-256
-// of the packet alone (BenchmarkSeal; figures in docs/performance.md).
+// It allocates nothing and copies nothing but the header. Keyed, it costs one
+// HMAC-SHA256 over 40 + len(packet) bytes, a fifth more than SHA-256 of the
+// packet alone (BenchmarkSeal; figures in docs/performance.md).
 // Unauthenticated, it costs a header write.
-func (s *Sealer) Seal(hdr *[EnvelopeLen]byte, packet []byte) {
-	s.seal(hdr, s.seq.Next(), packet)
+func (s *Sealer) Seal(hdr *[EnvelopeLen]byte, packet []byte, now time.Time) int {
+	return s.seal(hdr, s.seq.Next(), now.UnixNano(), packet)
 }
 
-// seal is Seal with the sequence number given.
-func (s *Sealer) seal(hdr *[EnvelopeLen]byte, seq uint64, packet []byte) {
+// seal is Seal with the sequence number and send time given.
+func (s *Sealer) seal(hdr *[EnvelopeLen]byte, seq uint64, unixNano int64, packet []byte) int {
+	fields := s.hlen - tagLen // the header bytes before the tag
 	binary.BigEndian.PutUint64(s.in[8:16], seq)
-	copy(hdr[:16], s.in[:16])
+	if s.hlen == EnvelopeLen {
+		binary.BigEndian.PutUint64(s.in[16:24], uint64(unixNano))
+	}
+	copy(hdr[:fields], s.in[:fields])
 	if s.mac == nil {
-		clear(hdr[16:])
-		return
+		clear(hdr[fields:s.hlen])
+		return s.hlen
 	}
 	s.mac.Reset()
-	s.mac.Write(s.in[:])
+	s.mac.Write(s.in[:fields+16])
 	s.mac.Write(packet)
-	copy(hdr[16:], s.mac.Sum(s.sum[:0]))
+	copy(hdr[fields:s.hlen], s.mac.Sum(s.sum[:0]))
+	return s.hlen
 }
 
 // Envelope is a datagram Opener.Open accepted.
 type Envelope struct {
-	KeyID uint16 // 0: unauthenticated
-	Seq   uint64 // the sender's sequence number, for its ReplayWindow
+	Version byte   // 1 or 2
+	KeyID   uint16 // 0: unauthenticated
+	Seq     uint64 // the sender's sequence number, for its ReplayWindow
+	// UnixNano is the send time of a version 2 envelope: the sender's clock
+	// when it sealed the datagram, in nanoseconds since the Unix epoch. 0
+	// in version 1.
+	UnixNano int64
 	// Packet is the datagram after the header: a view into it, valid as long
 	// as the datagram's buffer is, whose capacity ends with the datagram. It
 	// may be empty; whether it is a frag-needed is ParseFragNeeded's call.
@@ -265,7 +311,7 @@ type Opener struct {
 	n    int
 	ids  [2]uint16
 	macs [2]hash.Hash
-	in   [macInputLen]byte // header[0:16] || sender, as Sealer.in
+	in   [macInputLen]byte // the tagged header fields || sender, as Sealer.in
 	sum  [sha256.Size]byte
 }
 
@@ -294,37 +340,56 @@ func NewOpener(keys ...Key) (*Opener, error) {
 }
 
 // Open checks datagram, received from the address from, and returns its
-// header fields and the packet it carries. The checks, in order: length,
-// magic, version and flags, key id (known to the Opener; 0 only at an Opener
-// without keys), then the tag, compared in constant time (for key id 0: all
-// zero). A rejection is an EnvelopeError. What Open accepts, a Sealer with the
-// same key, sequence number and sender reproduces byte for byte.
+// header fields and the packet it carries. It takes versions 1 and 2; which
+// versions a receiver accepts, and how old a send time may be, is the
+// caller's policy. The checks, in order: length, magic, version and flags,
+// key id (known to the Opener; 0 only at an Opener without keys), then the
+// tag, compared in constant time (for key id 0: all zero). A rejection is an
+// EnvelopeError. What Open accepts, a Sealer with the same version, key,
+// sequence number, send time and sender reproduces byte for byte.
 //
 // from is the datagram's source address as received; an IPv4-mapped IPv6
 // address (from a dual-stack socket) is the same as the IPv4 address. It is
 // not used for unauthenticated envelopes.
 //
-// It allocates nothing and copies nothing but the 16 header bytes the tag
-// covers. A keyed envelope costs one HMAC-SHA256 over 32 + len(packet) bytes,
-// as Seal does, whether the tag verifies or not (BenchmarkOpen,
-// BenchmarkOpenBadTag); every other rejection costs a few comparisons.
+// It allocates nothing and copies nothing but the header bytes the tag
+// covers. A keyed envelope costs one HMAC-SHA256 over 40 + len(packet) bytes
+// (32 + len(packet) in version 1), as Seal does, whether the tag verifies or
+// not (BenchmarkOpen, BenchmarkOpenBadTag); every other rejection costs a few
+// comparisons.
 func (o *Opener) Open(datagram []byte, from netip.Addr) (Envelope, error) {
-	if len(datagram) < EnvelopeLen {
+	if len(datagram) < EnvelopeLenV1 {
 		return Envelope{}, ErrEnvelopeShort
 	}
-	h := datagram[:EnvelopeLen]
-	if binary.BigEndian.Uint32(h[0:4]) != envelopeMagic {
+	if binary.BigEndian.Uint32(datagram[0:4]) != envelopeMagic {
 		return Envelope{}, ErrEnvelopeMagic
 	}
-	if h[4] != envelopeVersion || h[5] != 0 {
+	var hlen int
+	switch {
+	case datagram[5] != 0:
+		return Envelope{}, ErrEnvelopeVersion
+	case datagram[4] == 1:
+		hlen = EnvelopeLenV1
+	case datagram[4] == 2:
+		hlen = EnvelopeLen
+	default:
 		return Envelope{}, ErrEnvelopeVersion
 	}
-	e := Envelope{
-		KeyID:  binary.BigEndian.Uint16(h[6:8]),
-		Seq:    binary.BigEndian.Uint64(h[8:16]),
-		Packet: datagram[EnvelopeLen:len(datagram):len(datagram)],
+	if len(datagram) < hlen {
+		return Envelope{}, ErrEnvelopeShort
 	}
-	tag := h[16:EnvelopeLen]
+	h := datagram[:hlen]
+	fields := hlen - tagLen
+	e := Envelope{
+		Version: h[4],
+		KeyID:   binary.BigEndian.Uint16(h[6:8]),
+		Seq:     binary.BigEndian.Uint64(h[8:16]),
+		Packet:  datagram[hlen:len(datagram):len(datagram)],
+	}
+	if hlen == EnvelopeLen {
+		e.UnixNano = int64(binary.BigEndian.Uint64(h[16:24]))
+	}
+	tag := h[fields:hlen]
 	if e.KeyID == 0 {
 		if o.n > 0 {
 			return Envelope{}, ErrEnvelopeUnauthenticated
@@ -344,11 +409,11 @@ func (o *Opener) Open(datagram []byte, from netip.Addr) (Envelope, error) {
 	if mac == nil {
 		return Envelope{}, ErrEnvelopeKey
 	}
-	copy(o.in[:16], h[:16])
+	copy(o.in[:fields], h[:fields])
 	a := from.Unmap().As16()
-	copy(o.in[16:], a[:])
+	copy(o.in[fields:fields+16], a[:])
 	mac.Reset()
-	mac.Write(o.in[:])
+	mac.Write(o.in[:fields+16])
 	mac.Write(e.Packet)
 	if subtle.ConstantTimeCompare(mac.Sum(o.sum[:0])[:tagLen], tag) != 1 {
 		return Envelope{}, ErrEnvelopeTag

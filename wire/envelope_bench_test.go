@@ -17,7 +17,7 @@ func BenchmarkSeal(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(int64(len(pkt)))
 	for b.Loop() {
-		s.Seal(&hdr, pkt)
+		s.Seal(&hdr, pkt, sent)
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pkts/s")
 }
@@ -30,7 +30,7 @@ func BenchmarkSealUnauthenticated(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(int64(len(pkt)))
 	for b.Loop() {
-		s.Seal(&hdr, pkt)
+		s.Seal(&hdr, pkt, sent)
 	}
 }
 
@@ -46,7 +46,7 @@ func BenchmarkSealParallel(b *testing.B) {
 		s := mustSealer(b, &key1, seq, nodeA)
 		var hdr [wire.EnvelopeLen]byte
 		for pb.Next() {
-			s.Seal(&hdr, pkt)
+			s.Seal(&hdr, pkt, sent)
 		}
 	})
 }

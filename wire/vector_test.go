@@ -35,12 +35,19 @@ const (
 	// seconds: its first sequence number is vectorStart << 32.
 	vectorStart = 1767225600
 	vectorSeq   = uint64(0x6955b90000000000)
-	// The first datagram: the 32-byte header, then the packet.
-	vectorHeaderHex   = "504d5444010000016955b90000000000" + "f90f0c1823080fdfa2ba7176a4384b92"
+	// vectorSent is the send time of the first datagram,
+	// 2026-01-01T00:00:01.5Z, in Unix nanoseconds: 0x1886725247622f00.
+	vectorSent = 1767225601500000000
+	// The first datagram: the 40-byte header, then the packet.
+	vectorHeaderHex   = "504d5444020000016955b90000000000" + "1886725247622f00" + "e4b1aa59bc4233a94491c6f4387d9ba1"
 	vectorDatagramHex = vectorHeaderHex + vectorPacketHex
 	// The same packet sealed first by an unauthenticated sender
 	// (--insecure-no-auth): key id 0, an all-zero tag.
-	vectorUnauthHeaderHex = "504d5444010000006955b90000000000" + "00000000000000000000000000000000"
+	vectorUnauthHeaderHex = "504d5444020000006955b90000000000" + "1886725247622f00" + "00000000000000000000000000000000"
+	// Version 1 (--relay-envelope 1): the 32-byte header without the send
+	// time, keyed and unauthenticated.
+	vectorV1HeaderHex       = "504d5444010000016955b90000000000" + "f90f0c1823080fdfa2ba7176a4384b92"
+	vectorV1UnauthHeaderHex = "504d5444010000006955b90000000000" + "00000000000000000000000000000000"
 )
 
 func vectorHex(t *testing.T, s string) []byte {
@@ -69,12 +76,12 @@ func TestProtocolVector(t *testing.T) {
 			t.Fatal(err)
 		}
 		var hdr [wire.EnvelopeLen]byte
-		s.Seal(&hdr, packet)
+		s.Seal(&hdr, packet, time.Unix(0, vectorSent))
 		if got := append(hdr[:], packet...); !bytes.Equal(got, datagram) {
 			t.Fatalf("sealed datagram\n got %x\nwant %x", got, datagram)
 		}
 		// The next datagram carries the next number.
-		s.Seal(&hdr, packet)
+		s.Seal(&hdr, packet, time.Unix(0, vectorSent))
 		if got := hdr[8:16]; !bytes.Equal(got, []byte{0x69, 0x55, 0xb9, 0, 0, 0, 0, 1}) {
 			t.Fatalf("second sequence number %x, want %x", got, vectorSeq+1)
 		}
@@ -82,15 +89,20 @@ func TestProtocolVector(t *testing.T) {
 
 	t.Run("tag", func(t *testing.T) {
 		// The tag as the document defines it, computed without the package:
-		// HMAC-SHA256(secret, header[0:16] || ::ffff:sender || packet)[:16].
-		m := hmac.New(sha256.New, key.Secret)
-		m.Write(datagram[:16])
-		m.Write(append(make([]byte, 10), 0xff, 0xff))
-		a := sender.As4()
-		m.Write(a[:])
-		m.Write(packet)
-		if got, want := m.Sum(nil)[:16], datagram[16:32]; !bytes.Equal(got, want) {
-			t.Fatalf("reference tag %x, datagram has %x", got, want)
+		// HMAC-SHA256(secret, header[0:24] || ::ffff:sender || packet)[:16];
+		// version 1: header[0:16].
+		for _, h := range []string{vectorHeaderHex, vectorV1HeaderHex} {
+			hdr := vectorHex(t, h)
+			fields := len(hdr) - 16
+			m := hmac.New(sha256.New, key.Secret)
+			m.Write(hdr[:fields])
+			m.Write(append(make([]byte, 10), 0xff, 0xff))
+			a := sender.As4()
+			m.Write(a[:])
+			m.Write(packet)
+			if got, want := m.Sum(nil)[:16], hdr[fields:]; !bytes.Equal(got, want) {
+				t.Fatalf("version %d: reference tag %x, header has %x", hdr[4], got, want)
+			}
 		}
 	})
 
@@ -104,9 +116,9 @@ func TestProtocolVector(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Open from %v: %v", from, err)
 			}
-			if env.KeyID != vectorKeyID || env.Seq != vectorSeq || !bytes.Equal(env.Packet, packet) {
-				t.Fatalf("Open from %v = key %d, seq %#x, packet %x; want key %d, seq %#x, packet %x",
-					from, env.KeyID, env.Seq, env.Packet, vectorKeyID, vectorSeq, packet)
+			if env.Version != 2 || env.KeyID != vectorKeyID || env.Seq != vectorSeq || env.UnixNano != vectorSent || !bytes.Equal(env.Packet, packet) {
+				t.Fatalf("Open from %v = version %d, key %d, seq %#x, sent %d, packet %x; want 2, key %d, seq %#x, sent %d, packet %x",
+					from, env.Version, env.KeyID, env.Seq, env.UnixNano, env.Packet, vectorKeyID, vectorSeq, vectorSent, packet)
 			}
 		}
 		// The tag binds the sender's address.
@@ -135,7 +147,7 @@ func TestProtocolVector(t *testing.T) {
 			t.Fatal(err)
 		}
 		var hdr [wire.EnvelopeLen]byte
-		s.Seal(&hdr, packet)
+		s.Seal(&hdr, packet, time.Unix(0, vectorSent))
 		if want := vectorHex(t, vectorUnauthHeaderHex); !bytes.Equal(hdr[:], want) {
 			t.Fatalf("unauthenticated header\n got %x\nwant %x", hdr, want)
 		}
@@ -150,6 +162,31 @@ func TestProtocolVector(t *testing.T) {
 		}
 	})
 
+	t.Run("version 1", func(t *testing.T) {
+		for _, tt := range []struct {
+			key *wire.Key
+			hex string
+		}{{&key, vectorV1HeaderHex}, {nil, vectorV1UnauthHeaderHex}} {
+			s, err := wire.NewSealerV1(tt.key, wire.NewSequence(time.Unix(vectorStart, 0)), sender)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var hdr [wire.EnvelopeLen]byte
+			n := s.Seal(&hdr, packet, time.Unix(0, vectorSent))
+			if want := vectorHex(t, tt.hex); !bytes.Equal(hdr[:n], want) {
+				t.Fatalf("version 1 header (keyed %v)\n got %x\nwant %x", tt.key != nil, hdr[:n], want)
+			}
+			o, _ := wire.NewOpener()
+			if tt.key != nil {
+				o, _ = wire.NewOpener(key)
+			}
+			env, err := o.Open(append(hdr[:n:n], packet...), sender)
+			if err != nil || env.Version != 1 || env.Seq != vectorSeq || env.UnixNano != 0 || !bytes.Equal(env.Packet, packet) {
+				t.Fatalf("Open version 1 (keyed %v) = %+v, %v", tt.key != nil, env, err)
+			}
+		}
+	})
+
 	t.Run("documented", func(t *testing.T) {
 		b, err := os.ReadFile("../docs/protocol.md")
 		if err != nil {
@@ -159,12 +196,13 @@ func TestProtocolVector(t *testing.T) {
 		for name, h := range map[string]string{
 			"secret": vectorSecretHex, "packet": vectorPacketHex,
 			"header": vectorHeaderHex, "unauthenticated header": vectorUnauthHeaderHex,
+			"version 1 header": vectorV1HeaderHex, "version 1 unauthenticated header": vectorV1UnauthHeaderHex,
 		} {
 			if !strings.Contains(doc, h) {
 				t.Errorf("docs/protocol.md does not hold the vector's %s: %s", name, h)
 			}
 		}
-		for _, s := range []string{vectorSender, "1767225600", "0x6955b90000000000"} {
+		for _, s := range []string{vectorSender, "1767225600", "0x6955b90000000000", "1767225601500000000"} {
 			if !strings.Contains(string(b), s) {
 				t.Errorf("docs/protocol.md does not mention %s", s)
 			}

@@ -284,7 +284,7 @@ func (s *peerSender) seal(i int) {
 	copy(pkt, s.tmpl.pkt)
 	s.tmpl.stamp(pkt, s.seq)
 	s.seq++
-	s.sealer.Seal((*[wire.EnvelopeLen]byte)(b), pkt)
+	s.sealer.Seal((*[wire.EnvelopeLen]byte)(b), pkt, time.Now())
 }
 
 // run sends rate datagrams per second for d, paced by pace.

@@ -60,7 +60,7 @@ func TestResolve(t *testing.T) {
 				if c.Source != netip.MustParseAddr("198.18.0.10") || c.TTL != 10 || c.NFLOG.Group != 33 ||
 					c.NodeName != "host-a" || s.metricsAddr != "198.18.0.10:30040" || len(c.Peers) != 2 ||
 					c.NFLOG.QThreshold != 64 || c.NFLOG.Timeout != 10*time.Millisecond ||
-					c.RateLimit != 5000 || c.SourceRateLimit != 1000 {
+					c.RateLimit != 5000 || c.SourceRateLimit != 1000 || c.Envelope != 2 || c.AcceptEnvelopeV1 {
 					t.Errorf("unexpected settings %+v metrics %q", c, s.metricsAddr)
 				}
 			},
@@ -123,6 +123,17 @@ func TestResolve(t *testing.T) {
 			check: func(t *testing.T, s settings) {
 				if !s.logJSON {
 					t.Error("--log-format json did not select JSON")
+				}
+			},
+		},
+		{name: "envelope 3", args: []string{"--peers", "198.18.0.11", "--relay-envelope", "3"}, env: env(), wantErr: "--relay-envelope 3 is not 1 or 2"},
+		{name: "envelope 0", args: []string{"--peers", "198.18.0.11", "--relay-envelope", "0"}, env: env(), wantErr: "--relay-envelope 0 is not 1 or 2"},
+		{
+			name: "envelope 1 for an upgrade", args: []string{"--peers", "198.18.0.11", "--relay-envelope", "1"},
+			env: env("PMTUD_RELAY_ACCEPT_V1", "true"),
+			check: func(t *testing.T, s settings) {
+				if s.relay.Envelope != 1 || !s.relay.AcceptEnvelopeV1 {
+					t.Errorf("envelope %d, accept v1 %v; want 1, true", s.relay.Envelope, s.relay.AcceptEnvelopeV1)
 				}
 			},
 		},

@@ -50,6 +50,7 @@ func TestDaemonServesMetricsAndStopsOnSIGTERM(t *testing.T) {
 		`go_pmtud_relay_unreachable_total{node="node-b",peer="198.18.1.10"} 0`,
 		`go_pmtud_relay_socket_drops_total{node="node-b"} 0`,
 		`go_pmtud_relay_dropped_total{node="node-b",reason="future_sequence"} 0`,
+		`go_pmtud_relay_dropped_total{node="node-b",reason="stale_sequence"} 0`,
 		`go_pmtud_dropped_packets_total{node="node-b",reason="rate_limited"} 0`,
 		`go_pmtud_dropped_packets_total{node="node-b",reason="ipv6_icmp_relay"} 0`,
 		`go_pmtud_peers{node="node-b"} 1`,
