@@ -159,6 +159,10 @@ type Config struct {
 	// every peer), with a burst of one second's worth; 0 means no limit.
 	// What exceeds it is dropped and counted as rate_limited.
 	RateLimit int
+	// Targets are static ownership entries (--peer-groups): an ICMP about a
+	// flow that left from a target's addresses goes to its nodes only.
+	// SetTargets adds to them at run time.
+	Targets []Target
 	// SourceRateLimit caps the ICMPs relayed per second from any one outer
 	// source address (a router), with a burst of one second's worth,
 	// checked before RateLimit, so one flooding source cannot use up the
@@ -254,6 +258,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%d workers × %d packets per NFLOG batch put %d sequence numbers in flight, more than the peers' replay window of %d: lower --workers or --nflog-qthreshold",
 				w, batch, w*batch, wire.ReplayWindowSize)
 		}
+	}
+	if err := checkTargets(c.Targets); err != nil {
+		return err
 	}
 	if c.RateLimit < 0 || c.RateLimit > MaxRateLimit {
 		return fmt.Errorf("rate limit %d is outside 0..%d ICMPs per second", c.RateLimit, MaxRateLimit)

@@ -23,6 +23,9 @@ type relayMetrics struct {
 	malformed *metrics.Counter
 	dropped   [dropReasonCount]*metrics.Counter
 	duration  *metrics.PrometheusHistogram
+	// go_pmtud_targeted_total and go_pmtud_targeted_peers_total by scope:
+	// ICMPs relayed, and the peers chosen for them.
+	targeted, targetedPeers [scopeCount]*metrics.Counter
 	// sendErrors counts copies the kernel refused, all peers, including
 	// peers that have left since.
 	sendErrors atomic.Uint64
@@ -74,6 +77,10 @@ func newRelayMetrics(node string, mode Mode, peers func() int) *relayMetrics {
 		m.dropped[r] = s.NewCounter(fmt.Sprintf("go_pmtud_dropped_packets_total{node=%s,reason=%s}", quote(node), quote(r.String())))
 	}
 	s.NewGauge("go_pmtud_peers"+n, func() float64 { return float64(peers()) })
+	for sc := range scopeCount {
+		m.targeted[sc] = s.NewCounter(fmt.Sprintf("go_pmtud_targeted_total{node=%s,scope=%s}", quote(node), quote(sc.String())))
+		m.targetedPeers[sc] = s.NewCounter(fmt.Sprintf("go_pmtud_targeted_peers_total{node=%s,scope=%s}", quote(node), quote(sc.String())))
+	}
 	upd := func(result string) *metrics.Counter {
 		return s.NewCounter(fmt.Sprintf("go_pmtud_peer_updates_total{node=%s,result=%s}", quote(node), quote(result)))
 	}

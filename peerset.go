@@ -40,6 +40,10 @@ type peerSet struct {
 	// window back, so datagrams it sent before it left cannot be replayed
 	// into a fresh window.
 	retired []*peerState
+	// targets maps a quoted flow's source to the peers that can own it
+	// (nil: every ICMP goes to every peer). It is built for this set's
+	// indexes; SetTargets publishes a copy of the set with a new table.
+	targets *targetTable
 }
 
 // maxRetired bounds peerSet.retired: 1,024 departed peers' state (about
@@ -149,6 +153,7 @@ func (r *Relay) SetPeers(addrs []netip.Addr) (PeerChange, error) {
 	}
 	prev := r.set.Load()
 	s := newPeerSet(&r.cfg, prev, addrs)
+	s.targets = newTargetTable(r.targets, s, r.cfg.ownAddrs())
 	added, removed := s.diff(prev)
 	ch := PeerChange{Added: added, Removed: removed, Peers: len(s.addrs)}
 	if added == 0 && removed == 0 {
@@ -190,6 +195,50 @@ func (r *Relay) filterPeers(addrs []netip.Addr) {
 		r.m.errors.Inc()
 		r.log.Warn("relay socket filter not updated", "err", err)
 	}
+}
+
+// SetTargets makes ts the relay's knowledge of which nodes own which flows
+// (see Target), while packets flow: from the next batch on, an ICMP whose
+// quoted flow left from a target's addresses goes only to that target's
+// peers, and every other ICMP to every peer. ts replaces the targets of the
+// previous call; Config.Targets stay (nil leaves only those). The
+// table is rebuilt for every later peer set. It returns an error, and
+// keeps the targets in force, for an invalid entry or more than
+// MaxTargets. Calls are serialised with SetPeers; it allocates the table
+// (a bitmap over the peers per entry) and is meant for target sources,
+// not the packet path.
+func (r *Relay) SetTargets(ts []Target) error {
+	if err := checkTargets(ts); err != nil {
+		return err
+	}
+	r.setMu.Lock()
+	defer r.setMu.Unlock()
+	prev := r.set.Load()
+	s := *prev
+	r.targets = append(slices.Clone(r.cfg.Targets), ts...)
+	s.targets = newTargetTable(r.targets, &s, r.cfg.ownAddrs())
+	r.set.Store(&s)
+	// A later SetPeers waits only for jobs on the set it replaces: none
+	// may still hold this one's predecessor.
+	r.quiesce(prev)
+	nService, nGroup, unknown := 0, 0, 0
+	if t := s.targets; t != nil {
+		nService, nGroup, unknown = t.nService, t.nGroup, t.unknown
+	}
+	r.log.Info("targets changed", "services", nService, "groups", nGroup, "unknown_owners", unknown)
+	return nil
+}
+
+// writeTargetMetrics writes the size of the target table in force.
+func (r *Relay) writeTargetMetrics(w io.Writer) {
+	var nService, nGroup, unknown int
+	if t := r.set.Load().targets; t != nil {
+		nService, nGroup, unknown = t.nService, t.nGroup, t.unknown
+	}
+	n := quote(r.cfg.NodeName)
+	metrics.WriteGaugeUint64(w, "go_pmtud_target_entries{node="+n+`,scope="service"}`, uint64(nService))
+	metrics.WriteGaugeUint64(w, "go_pmtud_target_entries{node="+n+`,scope="group"}`, uint64(nGroup))
+	metrics.WriteGaugeUint64(w, "go_pmtud_target_unknown_owners{node="+n+"}", uint64(unknown))
 }
 
 // PeerUpdateFailed records that a peer source could not produce a set:

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,13 +42,17 @@ const logEvery = 10 * time.Second
 // returns to the pool; SetPeers publishes a new set, then waits until no
 // job holds the old one.
 type Relay struct {
-	cfg    Config
-	log    *slog.Logger
-	set    atomic.Pointer[peerSet]
-	setMu  sync.Mutex // serialises SetPeers
-	keyMu  sync.Mutex // serialises SetKeys
-	policy policy
-	m      *relayMetrics
+	cfg   Config
+	log   *slog.Logger
+	set   atomic.Pointer[peerSet]
+	setMu sync.Mutex // serialises SetPeers and SetTargets
+	// targets are the ownership entries in force, Config.Targets and
+	// those of the last SetTargets, rebuilt into every new peer set's
+	// table. Guarded by setMu.
+	targets []Target
+	keyMu   sync.Mutex // serialises SetKeys
+	policy  policy
+	m       *relayMetrics
 
 	reader *nl.Reader
 	seq    *wire.Sequence // udp relay: one numbering for all sealers
@@ -88,10 +93,14 @@ type Relay struct {
 type job struct {
 	batch    *nl.Batch
 	start    time.Time
-	payloads [][]byte                 // views into batch: ICMP messages or whole packets
+	payloads [][]byte                 // views into batch: ICMP messages or whole packets, for every peer
 	heads    [][]byte                 // udp relay: views into hdrs, one per payload
 	hdrs     [][wire.EnvelopeLen]byte // udp relay: sealed envelope headers
-	pending  atomic.Int32             // SplitPeer: workers still sending it
+	// Targeted payloads: for the peers their bitmap (a view into the
+	// set's target table) names.
+	somePayloads, someHeads [][]byte
+	someSets                [][]uint64
+	pending                 atomic.Int32 // SplitPeer: workers still sending it
 	// set is the peer set the job is prepared and sent with; nil while it
 	// is in the pool.
 	set atomic.Pointer[peerSet]
@@ -102,10 +111,13 @@ type job struct {
 
 func newJob() *job {
 	return &job{
-		batch:    nl.NewBatch(),
-		payloads: make([][]byte, 0, 256),
-		heads:    make([][]byte, 0, 256),
-		hdrs:     make([][wire.EnvelopeLen]byte, 256),
+		batch:        nl.NewBatch(),
+		payloads:     make([][]byte, 0, 256),
+		heads:        make([][]byte, 0, 256),
+		hdrs:         make([][wire.EnvelopeLen]byte, 256),
+		somePayloads: make([][]byte, 0, 256),
+		someHeads:    make([][]byte, 0, 256),
+		someSets:     make([][]uint64, 0, 256),
 	}
 }
 
@@ -191,9 +203,13 @@ func newRelay(cfg Config, log *slog.Logger, res resources) (*Relay, error) {
 		res = system{stopping: &r.stopping}
 	}
 	r.open = res
-	r.set.Store(newPeerSet(&r.cfg, nil, cfg.Peers))
+	first := newPeerSet(&r.cfg, nil, cfg.Peers)
+	r.targets = slices.Clone(cfg.Targets)
+	first.targets = newTargetTable(r.targets, first, r.cfg.ownAddrs())
+	r.set.Store(first)
 	r.m = newRelayMetrics(cfg.NodeName, cfg.Mode, func() int { return len(r.set.Load().addrs) })
 	r.m.set.RegisterMetricsWriter(r.writePeerMetrics)
+	r.m.set.RegisterMetricsWriter(r.writeTargetMetrics)
 	for range cap(r.free) {
 		j := newJob()
 		r.jobs = append(r.jobs, j)
@@ -282,6 +298,9 @@ func (r *Relay) newWorker(i, n int) (*worker, error) {
 type sender interface {
 	SetPeers(peers []netip.Addr) // allocates only for a larger set than any before
 	Send(heads, payloads [][]byte)
+	// SendSome sends payload i to the peers bitmap sets[i] names, bit
+	// base+k for peer k.
+	SendSome(heads, payloads [][]byte, sets [][]uint64, base int)
 	Tally() *transport.Tally
 	Close() error
 }
@@ -349,6 +368,10 @@ func (s system) sender(c *Config) (sender, error) {
 // most). It allocates only when the set has changed.
 func (w *worker) use(s *peerSet) {
 	if w.set == s {
+		return
+	}
+	if w.set != nil && sameAddrs(w.set.addrs, s.addrs) {
+		w.set = s // new targets, same peers: the messages stand
 		return
 	}
 	peers, base := s.addrs, 0
@@ -505,7 +528,7 @@ func (r *Relay) dispatch(j *job) {
 		return
 	}
 	r.pre.prepare(j)
-	if len(j.payloads) == 0 {
+	if len(j.payloads)+len(j.somePayloads) == 0 {
 		r.done(j)
 		return
 	}
@@ -557,7 +580,7 @@ func (w *worker) run() error {
 // allocates nothing.
 func (w *worker) handle(j *job) {
 	w.pre.prepare(j)
-	if len(j.payloads) > 0 {
+	if len(j.payloads)+len(j.somePayloads) > 0 {
 		w.send(j)
 	}
 }
@@ -593,6 +616,8 @@ func (p *preparer) prepare(j *job) {
 		r.m.lost.AddInt64(int64(b.Lost))
 	}
 	payloads, heads := j.payloads[:0], j.heads[:0]
+	somePayloads, someHeads, someSets := j.somePayloads[:0], j.someHeads[:0], j.someSets[:0]
+	sealed := 0 // headers sealed into j.hdrs
 	for i := range b.Packets {
 		pkt := &b.Packets[i]
 		if pkt.InIfindex != 0 && pkt.InIfindex == r.policy.tunIndex {
@@ -639,22 +664,43 @@ func (p *preparer) prepare(j *job) {
 			r.m.dropped[DropDuplicate].Inc()
 			continue
 		}
-		if p.sealer == nil {
-			payloads = append(payloads, f.ICMP)
-			continue
+		scope, targets := set.targets.lookup(&f)
+		n := len(set.addrs)
+		if scope != ScopeAll {
+			n = countBits(targets)
 		}
-		k := len(payloads)
-		if k == len(j.hdrs) {
-			j.hdrs = append(j.hdrs, [wire.EnvelopeLen]byte{}) // a bigger batch than ever: grows once
-			j.hdrs = j.hdrs[:cap(j.hdrs)]
+		r.m.targeted[scope].Inc()
+		r.m.targetedPeers[scope].Add(n)
+		if n == 0 {
+			continue // the flow's owners are this node alone: it has the ICMP
 		}
-		n := p.sealer.Seal(&j.hdrs[k], f.Packet, j.start)
-		heads = append(heads, j.hdrs[k][:n])
-		payloads = append(payloads, f.Packet)
+		payload := f.ICMP
+		var head []byte
+		if p.sealer != nil {
+			if sealed == len(j.hdrs) {
+				j.hdrs = append(j.hdrs, [wire.EnvelopeLen]byte{}) // a bigger batch than ever: grows once
+				j.hdrs = j.hdrs[:cap(j.hdrs)]
+			}
+			hl := p.sealer.Seal(&j.hdrs[sealed], f.Packet, j.start)
+			head, payload = j.hdrs[sealed][:hl], f.Packet
+			sealed++
+		}
+		if scope == ScopeAll {
+			payloads = append(payloads, payload)
+			if p.sealer != nil {
+				heads = append(heads, head)
+			}
+		} else {
+			somePayloads, someSets = append(somePayloads, payload), append(someSets, targets)
+			if p.sealer != nil {
+				someHeads = append(someHeads, head)
+			}
+		}
 	}
 	j.payloads, j.heads = payloads, heads
+	j.somePayloads, j.someHeads, j.someSets = somePayloads, someHeads, someSets
 	if p.sealer == nil {
-		j.heads = nil
+		j.heads, j.someHeads = nil, nil
 	}
 }
 
@@ -663,7 +709,12 @@ func (p *preparer) prepare(j *job) {
 func (w *worker) send(j *job) {
 	r := w.r
 	w.use(j.set.Load())
-	w.fan.Send(j.heads, j.payloads)
+	if len(j.payloads) > 0 {
+		w.fan.Send(j.heads, j.payloads)
+	}
+	if len(j.somePayloads) > 0 {
+		w.fan.SendSome(j.someHeads, j.somePayloads, j.someSets, w.base)
+	}
 	t := w.fan.Tally()
 	state := w.set.state[w.base : w.base+w.npeers]
 	var total uint64
@@ -847,4 +898,10 @@ func (r *Relay) Health() error {
 		return r.tun.Up()
 	}
 	return nil
+}
+
+// sameAddrs reports whether a and b are the same slice: a set that only
+// changed its targets shares its predecessor's addresses.
+func sameAddrs(a, b []netip.Addr) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }

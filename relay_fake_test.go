@@ -69,6 +69,22 @@ func (s *fakeSender) Send(heads, payloads [][]byte) {
 	}
 }
 
+func (s *fakeSender) SendSome(heads, payloads [][]byte, sets [][]uint64, base int) {
+	for i, p := range payloads {
+		for k, a := range s.peers {
+			if w := (base + k) / 64; w >= len(sets[i]) || sets[i][w]&(1<<((base+k)%64)) == 0 {
+				continue
+			}
+			var d []byte
+			if heads != nil {
+				d = append(d, heads[i]...)
+			}
+			s.copies = append(s.copies, copyTo{peer: a, datagram: append(d, p...), peerIndex: k})
+			s.tally.Sent[k]++
+		}
+	}
+}
+
 func (s *fakeSender) Tally() *transport.Tally { return &s.tally }
 func (s *fakeSender) Close() error            { return nil }
 

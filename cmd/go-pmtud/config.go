@@ -53,6 +53,7 @@ type options struct {
 	ttl             int
 	ignoreNetworks  string
 	trustedSources  string
+	peerGroups      string
 	logLevel        string
 	logFormat       string
 	manageRules     string
@@ -121,6 +122,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.StringVar(&o.metricsAddress, "metrics-address", "", "host:port of the /metrics, /healthz and /readyz endpoints, overriding the --iface address and --metrics-port")
 	fs.IntVar(&o.ttl, "ttl", 10, "TTL of the copies (1..255)")
 	fs.StringVar(&o.ignoreNetworks, "ignore-networks", "", "comma-separated CIDRs: ICMPs whose outer source lies inside are never replicated")
+	fs.StringVar(&o.peerGroups, "peer-groups", "", "entries CIDR[:PORT]=NODE,NODE,... separated by ';': an ICMP about a flow that left from the prefix (and port) goes only to those nodes (the anycast prefixes only some nodes serve); the most specific entry wins")
 	fs.StringVar(&o.trustedSources, "trusted-sources", "", "comma-separated CIDRs: when set, only ICMPs whose outer source (the router) lies inside are relayed; the rest are dropped as untrusted_source")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text (logfmt) or json")
@@ -198,6 +200,9 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 	}
 	if c.TrustedSources, err = parsePrefixes(o.trustedSources); err != nil {
 		return s, fmt.Errorf("--trusted-sources: %w", err)
+	}
+	if c.Targets, err = parsePeerGroups(o.peerGroups); err != nil {
+		return s, fmt.Errorf("--peer-groups: %w", err)
 	}
 	if o.group > 65535 {
 		return s, fmt.Errorf("--nflog-group %d is outside 0..65535", o.group)
@@ -398,6 +403,45 @@ func parseAddrs(s string) ([]netip.Addr, error) {
 			return nil, fmt.Errorf("%q is not an IPv4 address (IPv6 is not supported yet)", f)
 		}
 		out = append(out, a.Unmap())
+	}
+	return out, nil
+}
+
+// parsePeerGroups parses --peer-groups: entries separated by ";" or blank
+// space, each CIDR[:PORT]=NODE,NODE,... (the nodes that serve the flows
+// leaving from the prefix, and port if given). Nodes may include this
+// node's own addresses.
+func parsePeerGroups(s string) ([]pmtud.Target, error) {
+	var out []pmtud.Target
+	for _, e := range strings.FieldsFunc(s, func(r rune) bool { return r == ';' || unicode.IsSpace(r) }) {
+		lhs, rhs, ok := strings.Cut(e, "=")
+		if !ok || rhs == "" {
+			return nil, fmt.Errorf("%q is not CIDR[:PORT]=NODE,NODE,...", printable(e))
+		}
+		t := pmtud.Target{Scope: pmtud.ScopeGroup}
+		// The port follows the prefix length: after the "/".
+		if slash := strings.IndexByte(lhs, '/'); slash >= 0 {
+			if c := strings.IndexByte(lhs[slash:], ':'); c >= 0 {
+				port, err := strconv.ParseUint(lhs[slash+c+1:], 10, 16)
+				if err != nil || port == 0 {
+					return nil, fmt.Errorf("%q: port %q is not 1..65535", printable(e), printable(lhs[slash+c+1:]))
+				}
+				t.Port, lhs = uint16(port), lhs[:slash+c]
+			}
+		}
+		p, err := netip.ParsePrefix(lhs)
+		if err != nil {
+			return nil, fmt.Errorf("%q: %q is not a CIDR such as 198.18.100.0/24", printable(e), printable(lhs))
+		}
+		t.Prefix = p.Masked()
+		for _, n := range strings.Split(rhs, ",") {
+			a, err := netip.ParseAddr(strings.TrimSpace(n))
+			if err != nil || !a.Is4() {
+				return nil, fmt.Errorf("%q: node %q is not an IPv4 address", printable(e), printable(n))
+			}
+			t.Nodes = append(t.Nodes, a)
+		}
+		out = append(out, t)
 	}
 	return out, nil
 }

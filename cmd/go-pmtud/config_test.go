@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	pmtud "github.com/go-pmtud/go-pmtud"
 )
 
 // fakeHost is a machine with eth0 = 198.18.0.10 (default route) and lo.
@@ -126,6 +128,22 @@ func TestResolve(t *testing.T) {
 				}
 			},
 		},
+		{
+			name: "peer groups", args: []string{"--peers", "198.18.0.11", "--insecure-no-auth"},
+			env: env("PMTUD_PEER_GROUPS", "198.18.100.7/24=198.18.0.11,198.18.0.12;\n 198.18.101.0/24:443=198.18.0.13"),
+			check: func(t *testing.T, s settings) {
+				ts := s.relay.Targets
+				if len(ts) != 2 || ts[0].Prefix != netip.MustParsePrefix("198.18.100.0/24") || ts[0].Port != 0 || len(ts[0].Nodes) != 2 ||
+					ts[1].Prefix != netip.MustParsePrefix("198.18.101.0/24") || ts[1].Port != 443 || ts[1].Nodes[0] != netip.MustParseAddr("198.18.0.13") ||
+					ts[0].Scope != pmtud.ScopeGroup {
+					t.Errorf("targets %+v", ts)
+				}
+			},
+		},
+		{name: "peer group without nodes", args: []string{"--peers", "198.18.0.11", "--peer-groups", "198.18.100.0/24"}, env: env(), wantErr: `--peer-groups: "198.18.100.0/24" is not CIDR[:PORT]=NODE,NODE,...`},
+		{name: "peer group port 0", args: []string{"--peers", "198.18.0.11", "--peer-groups", "198.18.100.0/24:0=198.18.0.11"}, env: env(), wantErr: `port "0" is not 1..65535`},
+		{name: "peer group prefix", args: []string{"--peers", "198.18.0.11", "--peer-groups", "198.18.100/24=198.18.0.11"}, env: env(), wantErr: `"198.18.100/24" is not a CIDR`},
+		{name: "peer group node", args: []string{"--peers", "198.18.0.11", "--peer-groups", "198.18.100.0/24=2001:db8::1"}, env: env(), wantErr: `node "2001:db8::1" is not an IPv4 address`},
 		{name: "envelope 3", args: []string{"--peers", "198.18.0.11", "--relay-envelope", "3"}, env: env(), wantErr: "--relay-envelope 3 is not 1 or 2"},
 		{name: "envelope 0", args: []string{"--peers", "198.18.0.11", "--relay-envelope", "0"}, env: env(), wantErr: "--relay-envelope 0 is not 1 or 2"},
 		{

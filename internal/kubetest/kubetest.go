@@ -299,6 +299,13 @@ func (a *Server) Close() {
 	os.RemoveAll(a.dir)
 }
 
+// diagnose returns the tails of the API server's and etcd's logs, for a
+// request that failed: writes that time out under load have not been
+// explained yet.
+func (a *Server) diagnose() string {
+	return "kube-apiserver.log:\n" + a.logTail("kube-apiserver.log") + "\netcd.log:\n" + a.logTail("etcd.log")
+}
+
 func (a *Server) logTail(name string) string {
 	b, _ := os.ReadFile(filepath.Join(a.dir, name))
 	if len(b) > 4000 {
@@ -319,7 +326,7 @@ func (a *Server) CreateNode(t testing.TB, name string, labels map[string]string,
 		}
 		return err
 	}); err != nil {
-		t.Fatal(err)
+		t.Fatalf("create node %s: %v\n%s", name, err, a.diagnose())
 	}
 	a.SetAddrs(t, name, as...)
 }
@@ -345,7 +352,7 @@ func (a *Server) Patch(t testing.TB, name, sub, patch string) {
 		_, err := a.Client.CoreV1().Nodes().Patch(context.Background(), name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}, subs...)
 		return err
 	}); err != nil {
-		t.Fatalf("patch node %s %s %s: %v", name, sub, patch, err)
+		t.Fatalf("patch node %s %s %s: %v\n%s", name, sub, patch, err, a.diagnose())
 	}
 }
 

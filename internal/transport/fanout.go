@@ -9,6 +9,7 @@ package transport
 import (
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"sync/atomic"
 	"syscall"
@@ -63,7 +64,18 @@ type Fanout struct {
 	iovs  []unix.Iovec            // parts per payload of a group
 	msgs  []unix.Mmsghdr          // group * len(peers)
 
-	// State of the send in progress.
+	// Targeted sends (SendSome): messages to chosen peers, built per
+	// batch in buffers of their own, allocated on first use. somePeer[i]
+	// is the peer of some[i]; someCount counts a flush's messages per peer.
+	some      []unix.Mmsghdr
+	someIovs  []unix.Iovec
+	somePeer  []int32
+	someCount []uint64
+
+	// State of the send in progress: msgs or some, cur[off:end] to go;
+	// curPeer names each message's peer (nil: message i goes to peer i%P).
+	cur      []unix.Mmsghdr
+	curPeer  []int32
 	off, end int
 	retries  int
 	// stopping, when set and true, ends retries: the relay is shutting
@@ -211,6 +223,7 @@ func (f *Fanout) SetPeers(peers []netip.Addr) {
 	f.iovs = resize(f.iovs, group*f.parts)
 	f.msgs = resize(f.msgs, group*p)
 	f.errs = resize(f.errs, p)
+	f.someCount = resize(f.someCount, p)
 	f.tally.Sent = resize(f.tally.Sent, p)
 	f.tally.Errors = resize(f.tally.Errors, p)
 	f.tally.Unreachable = resize(f.tally.Unreachable, p)
@@ -265,21 +278,95 @@ func (f *Fanout) Send(heads, payloads [][]byte) {
 	for len(payloads) > 0 {
 		g := min(len(payloads), len(f.iovs)/f.parts)
 		for i, b := range payloads[:g] {
-			iov := f.iovs[i*f.parts : (i+1)*f.parts]
-			if f.parts == 2 {
-				iov[0].Base = unsafe.SliceData(heads[i])
-				iov[0].SetLen(len(heads[i]))
-			}
-			iov[f.parts-1].Base = unsafe.SliceData(b)
-			iov[f.parts-1].SetLen(len(b))
+			f.point(f.iovs[i*f.parts:(i+1)*f.parts], heads, i, b)
 		}
 		clear(f.errs)
+		f.cur, f.curPeer = f.msgs, nil
 		f.off, f.end, f.retries, f.resentAt = 0, g*p, 0, -1
 		f.sendmmsg()
 		f.account(g)
 		payloads = payloads[g:]
 		if heads != nil {
 			heads = heads[g:]
+		}
+	}
+}
+
+// SendSome sends each payload, preceded by its header as Send does, to the
+// peers its bitmap names: sets[i] is a bitmap over a peer list of which
+// this Fanout's peers are the part from index base on, so bit base+k
+// selects peer k (bits outside that part are someone else's, and bits
+// beyond the bitmap are clear). It batches the messages of many payloads
+// into each sendmmsg, blocks while the socket buffer is full, and adds the
+// outcomes to the Tally. It allocates its message buffers on first use
+// (about 100 KiB), then nothing. Unlike Send it writes a message and its
+// iovecs per copy: a few more stores per copy, for few copies.
+func (f *Fanout) SendSome(heads, payloads [][]byte, sets [][]uint64, base int) {
+	p := len(f.peers)
+	if p == 0 {
+		return
+	}
+	if f.some == nil {
+		f.some = make([]unix.Mmsghdr, maxMmsg)
+		f.someIovs = make([]unix.Iovec, maxMmsg*f.parts)
+		f.somePeer = make([]int32, maxMmsg)
+	}
+	n := 0 // messages filled; message n uses someIovs[n*parts:]
+	for i, b := range payloads {
+		set := sets[i]
+		lo, hi := base, min(base+p, len(set)*64)
+		for w := lo / 64; w*64 < hi; w++ {
+			word := set[w]
+			for word != 0 {
+				k := w*64 + bits.TrailingZeros64(word)
+				word &= word - 1
+				if k < lo || k >= hi {
+					continue
+				}
+				if n == len(f.some) {
+					f.flushSome(n)
+					n = 0
+				}
+				v := f.someIovs[n*f.parts : (n+1)*f.parts]
+				f.point(v, heads, i, b)
+				h := &f.some[n].Hdr
+				h.Name = (*byte)(unsafe.Pointer(&f.addrs[k-base]))
+				h.Namelen = unix.SizeofSockaddrInet4
+				h.Iov = &v[0]
+				h.SetIovlen(f.parts)
+				f.somePeer[n] = int32(k - base)
+				f.someCount[k-base]++
+				n++
+			}
+		}
+	}
+	f.flushSome(n)
+}
+
+// point sets a message's iovecs v to heads[i] (with two parts) and payload.
+func (f *Fanout) point(v []unix.Iovec, heads [][]byte, i int, payload []byte) {
+	if f.parts == 2 {
+		v[0].Base = unsafe.SliceData(heads[i])
+		v[0].SetLen(len(heads[i]))
+	}
+	v[f.parts-1].Base = unsafe.SliceData(payload)
+	v[f.parts-1].SetLen(len(payload))
+}
+
+// flushSome sends the first n targeted messages and accounts for them.
+func (f *Fanout) flushSome(n int) {
+	if n == 0 {
+		return
+	}
+	clear(f.errs)
+	f.cur, f.curPeer = f.some, f.somePeer
+	f.off, f.end, f.retries, f.resentAt = 0, n, 0, -1
+	f.sendmmsg()
+	for k, c := range f.someCount {
+		if c > 0 {
+			f.tally.Sent[k] += c - f.errs[k]
+			f.tally.Errors[k] += f.errs[k]
+			f.someCount[k] = 0
 		}
 	}
 }
@@ -292,12 +379,12 @@ func (f *Fanout) account(g int) {
 	}
 }
 
-// sendmmsg sends msgs[off:end], resuming after partial sends.
+// sendmmsg sends cur[off:end], resuming after partial sends.
 func (f *Fanout) sendmmsg() {
 	p := len(f.peers)
 	for f.off < f.end {
 		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(f.fd),
-			uintptr(unsafe.Pointer(&f.msgs[f.off])), uintptr(min(f.end-f.off, maxMmsg)), 0, 0, 0)
+			uintptr(unsafe.Pointer(&f.cur[f.off])), uintptr(min(f.end-f.off, maxMmsg)), 0, 0, 0)
 		switch {
 		case errno == 0:
 			if f.recvErr && int(n) < min(f.end-f.off, maxMmsg) {
@@ -333,8 +420,12 @@ func (f *Fanout) sendmmsg() {
 		// The first message of the call failed: count it against its peer
 		// and go on with the next, so one unreachable peer never stops
 		// the others.
-		f.errs[f.off%p]++
-		f.tally.LastErrno, f.tally.LastPeer = errno, f.off%p
+		k := f.off % p
+		if f.curPeer != nil {
+			k = int(f.curPeer[f.off])
+		}
+		f.errs[k]++
+		f.tally.LastErrno, f.tally.LastPeer = errno, k
 		f.off++
 		f.retries = 0
 	}
