@@ -61,6 +61,14 @@
 // namespaces, first without swaps, then with a swap every DURATION, and
 // prints both and the ratio of their throughput (within 5 % or not).
 //
+// With -overload ROUNDS the harness measures degradation under overload on
+// one daemon: a sweep finds the held rate H, then each round runs -duration
+// at H and -duration at 2×H in turn, so both meet the same machine state,
+// and prints the copies/s delivered at 2×H against H's of the same round,
+// and for every run the NFLOG accounting (logged by the rule, read, counted
+// lost, unaccounted). Rounds differ when other processes take CPU: each
+// line says how much they took.
+//
 // Every injected ICMP quotes its own TCP sequence number, so no two are
 // alike and the daemon's dedup window (1 s by default) drops none of them:
 // the runs measure the fan-out, not dedup, at any rate.
@@ -100,6 +108,8 @@
 //	sudo go run ./bench/load -peers 16 -sweep -swap-every 100ms
 //	sudo go run ./bench/load -receive -rate 50000 -duration 5s
 //	sudo go run ./bench/load -receive -sweep
+//	sudo go run ./bench/load -peers 16 -quote 28 -latency-rate 0 -overload 5 \
+//	    -daemon-args "--workers 1 --rate-limit 0 --source-rate-limit 0"
 //
 // Traffic never leaves the namespaces: all addresses lie in 198.18.0.0/15,
 // and the namespaces, the daemon and the temporary directory are removed on
@@ -141,6 +151,8 @@ type options struct {
 	// compareSwap. 0 is off.
 	swapEvery   time.Duration
 	compareSwap time.Duration
+	// overload is the rounds of the overload measurement (0: off).
+	overload int
 }
 
 // swapInterval returns the interval of the peers-file swaps, 0 if the
@@ -202,6 +214,7 @@ func parseOptions(args []string) (options, error) {
 	fs.BoolVar(&o.excludeTUN, "exclude-tun", false, "with -receive: accept packets arriving on the daemon's TUN device before the NFLOG rule (as --manage-rules nftables does), so the packets it injects are not logged a second time")
 	fs.BoolVar(&o.dropLogged, "drop-logged", false, "drop the injected ICMPs in the node right after the NFLOG rule, so the node's kernel does not route and deliver them: a cheaper packet source for the daemon (the injector's CPU pays for the node's receive path)")
 	fs.DurationVar(&o.swapEvery, "swap-every", 0, "start go-pmtud with --peers-file in a ConfigMap-style directory and, during each run, swap the file the kubelet's way every DURATION between the P peers and the same with the last replaced by a spare address the sink holds (0: off, --peers)")
+	fs.IntVar(&o.overload, "overload", 0, "after a sweep for the held rate H on the same daemon, ROUNDS rounds of -duration at H then at 2×H: delivered copies/s at 2×H against H in the same round, and the NFLOG accounting of every run (0: off)")
 	fs.DurationVar(&o.compareSwap, "compare-swap", 0, "measure the run (or sweep) twice on the same daemon, without swaps and with a swap every DURATION as -swap-every does, and print both and their ratio (0: off)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -229,6 +242,10 @@ func parseOptions(args []string) (options, error) {
 		return o, fmt.Errorf("-quote %d is outside %d..1400", o.quote, minQuote)
 	case o.swapEvery != 0 && o.compareSwap != 0:
 		return o, errors.New("give -swap-every or -compare-swap, not both")
+	case o.overload < 0 || o.overload > 20:
+		return o, fmt.Errorf("-overload %d is outside 0..20", o.overload)
+	case o.overload > 0 && (o.sweep || o.compareSwap != 0 || o.receive):
+		return o, errors.New("-overload runs its own sweep: give it without -sweep, -compare-swap and -receive")
 	}
 	for _, d := range []struct {
 		name string
@@ -391,6 +408,10 @@ func runForward(r *report, t *topology, bin, dir string, cl *cleanups) error {
 		swapped.swap = newSwapper(cm, t, o.swapInterval())
 	}
 	switch {
+	case o.overload > 0:
+		if r.sweep, err = runOverload(p, d, o, r.ceiling); err != nil {
+			return err
+		}
 	case o.compareSwap > 0:
 		progress("compare: without swaps")
 		if r.load, r.sweep, err = measureForward(p, d, o, r.ceiling); err != nil {
@@ -414,10 +435,13 @@ func runForward(r *report, t *topology, bin, dir string, cl *cleanups) error {
 	return stopDaemon(r, d)
 }
 
+// roundK rounds x to thousands.
+func roundK(x float64) float64 { return math.Round(x/1000) * 1000 }
+
 // measureForward runs the throughput phase on p, or the sweep with -sweep.
 func measureForward(p path, d *daemon, o options, c ceiling) (l load, s sweep, err error) {
 	if o.sweep {
-		start := max(1000, math.Round(c.rate/float64(o.peers)/4/1000)*1000)
+		start := max(1000, roundK(c.rate/float64(o.peers)/4))
 		s, err = sweepRates(p, d, o, start)
 		return l, s, err
 	}

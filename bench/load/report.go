@@ -71,8 +71,8 @@ func (r *report) print(w io.Writer) {
 		c.cpuPerMillion(), c.others.Seconds())
 	if r.swapped != nil {
 		r.printCompare(line)
-	} else if o.sweep {
-		r.printSweep(line, r.sweep)
+	} else if o.sweep || o.overload > 0 {
+		r.printSweep(line, r.sweep) // -overload printed its rounds as it went
 	} else {
 		r.printLoad(line, r.load)
 	}
