@@ -213,6 +213,9 @@ func (r *Relay) SetTargets(ts []Target) error {
 	}
 	r.setMu.Lock()
 	defer r.setMu.Unlock()
+	if slices.EqualFunc(ts, r.targets[len(r.cfg.Targets):], Target.equal) {
+		return nil // unchanged: no new table, no log line
+	}
 	prev := r.set.Load()
 	s := *prev
 	r.targets = append(slices.Clone(r.cfg.Targets), ts...)

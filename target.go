@@ -62,6 +62,10 @@ type Target struct {
 	Nodes []netip.Addr
 }
 
+func (t Target) equal(u Target) bool {
+	return t.Scope == u.Scope && t.Prefix == u.Prefix && t.Proto == u.Proto && t.Port == u.Port && slices.Equal(t.Nodes, u.Nodes)
+}
+
 // MaxTargets bounds the entries SetTargets takes: far above the
 // LoadBalancer Services of any cluster, and a bound on what a bad API
 // answer can make the relay allocate.

@@ -42,6 +42,7 @@ type options struct {
 	peers           string
 	peersFile       string
 	peersFrom       string
+	targetServices  bool
 	kubeconfig      string
 	nodeSelector    string
 	nodeAddressType string
@@ -83,6 +84,8 @@ type settings struct {
 	// The peer source, when not --peers: a file, or the Kubernetes API.
 	peersFile string
 	kube      *peers.KubernetesConfig
+	// targetServices: with kube, follow Services and EndpointSlices too.
+	targetServices bool
 	// keyFile is the udp relay's key file, followed at run time; keyData
 	// its content at start-up.
 	keyFile     string
@@ -114,6 +117,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.StringVar(&o.peersFrom, "peers-from", "", "kubernetes: the peers are the Node objects' addresses, followed through the API")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "with --peers-from kubernetes: kubeconfig file (default: the in-cluster service account)")
 	fs.StringVar(&o.nodeSelector, "node-selector", "", "with --peers-from kubernetes: label selector of the nodes that are peers (default: all)")
+	fs.BoolVar(&o.targetServices, "target-services", true, "with --peers-from kubernetes: also watch Services and EndpointSlices, and send an ICMP about a flow from an externalTrafficPolicy Local Service's load-balancer or external IP and port only to the nodes with its endpoints")
 	fs.StringVar(&o.nodeAddressType, "node-address-type", "InternalIP", "with --peers-from kubernetes: the node address type that is a peer's address: InternalIP or ExternalIP")
 	fs.StringVar(&o.iface, "iface", "", "cluster interface: copies leave from its first IPv4 address that is not link-local (default: the interface of the default route)")
 	fs.StringVar(&o.nodeName, "nodename", "", "node name for the metrics' node label (default $NODE_NAME, then the hostname)")
@@ -388,6 +392,7 @@ func resolvePeers(o options, s *settings) error {
 		}
 		s.kube = &peers.KubernetesConfig{Kubeconfig: o.kubeconfig, NodeSelector: o.nodeSelector, AddressType: o.nodeAddressType}
 		s.relay.DynamicPeers = true
+		s.targetServices = o.targetServices
 	}
 	return nil
 }

@@ -144,7 +144,10 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 				return
 			}
-			io.WriteString(w, "ok\n")
+			// The Services source does not gate readiness: until it
+			// syncs, and while it cannot, ICMPs go to every peer or by
+			// the last owners, which is safe.
+			io.WriteString(w, "ok\n"+src.targeting()+"\n")
 		})
 		srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() {

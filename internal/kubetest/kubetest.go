@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -377,10 +378,38 @@ func startProcess(logPath, bin string, args ...string) (*exec.Cmd, error) {
 	c := exec.Command(bin, args...)
 	c.Stdout, c.Stderr = f, f
 	c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // killed if the test binary dies uncleanly
-	if err := c.Start(); err != nil {
+	if err := onSpawnerThread(c.Start); err != nil {
 		return nil, fmt.Errorf("%s: %w", bin, err)
 	}
 	return c, nil
+}
+
+// The kernel sends Pdeathsig when the thread that forked the child exits,
+// not the process (prctl(2), PR_SET_PDEATHSIG). Go threads come and go: a
+// goroutine that locks its thread into a network namespace and ends takes
+// the thread with it (netlab.NS.Do does), and a child forked from that
+// thread was killed with it: etcd or the API server vanished mid-test, and
+// requests timed out or were refused. Children are therefore forked from
+// one thread that lives as long as the process.
+var (
+	spawnOnce sync.Once
+	spawns    chan func()
+)
+
+// onSpawnerThread runs start on the spawner thread and returns its error.
+func onSpawnerThread(start func() error) error {
+	spawnOnce.Do(func() {
+		spawns = make(chan func())
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread lives on
+			for f := range spawns {
+				f()
+			}
+		}()
+	})
+	errc := make(chan error, 1)
+	spawns <- func() { errc <- start() }
+	return <-errc
 }
 
 // freePorts returns n distinct loopback TCP ports that were free a moment

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
@@ -81,46 +83,58 @@ func NewKubernetes(c KubernetesConfig, log *slog.Logger) (*Kubernetes, error) {
 	default:
 		return nil, fmt.Errorf("--node-address-type %q: want %s or %s", c.AddressType, corev1.NodeInternalIP, corev1.NodeExternalIP)
 	}
+	log = log.With("source", "kubernetes")
+	cfg, err := restConfig(c.Kubeconfig, log)
+	if err != nil {
+		return nil, err
+	}
+	k := &Kubernetes{selector: sel.String(), addrType: addrType, log: log}
+	if k.nodes, k.params, err = apiClient(cfg, corev1.SchemeGroupVersion, "/api", corev1.AddToScheme); err != nil {
+		return nil, fmt.Errorf("--kubeconfig %q: %w", c.Kubeconfig, err)
+	}
+	return k, nil
+}
 
+// restConfig reads the kubeconfig at path, or the in-cluster config when
+// path is "", and sets what every client of the daemon shares: its user
+// agent, protobuf, and warnings logged to log at debug level.
+func restConfig(path string, log *slog.Logger) (*rest.Config, error) {
 	var cfg *rest.Config
-	if c.Kubeconfig == "" {
+	var err error
+	if path == "" {
 		cfg, err = rest.InClusterConfig()
 		if err != nil {
 			return nil, fmt.Errorf("--kubeconfig not set and no in-cluster config: %w", err)
 		}
 	} else {
-		cfg, err = clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
+		cfg, err = clientcmd.BuildConfigFromFlags("", path)
 		if err != nil {
-			return nil, fmt.Errorf("--kubeconfig %q: %w", c.Kubeconfig, err)
+			return nil, fmt.Errorf("--kubeconfig %q: %w", path, err)
 		}
 	}
-	log = log.With("source", "kubernetes")
 	cfg.UserAgent = "go-pmtud"
 	// Protobuf is several times smaller and cheaper to decode than JSON for
 	// Node objects, whose status (images, conditions) dwarfs the addresses.
 	cfg.ContentType = runtime.ContentTypeProtobuf
 	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
 	cfg.WarningHandlerWithContext = warningLogger{log}
-	k := &Kubernetes{selector: sel.String(), addrType: addrType, log: log}
-	if k.nodes, k.params, err = nodeClient(cfg); err != nil {
-		return nil, fmt.Errorf("--kubeconfig %q: %w", c.Kubeconfig, err)
-	}
-	return k, nil
+	return cfg, nil
 }
 
-// nodeClient returns a REST client for core/v1 whose scheme knows only
-// what the source reads: Node, NodeList and the meta/v1 types of a list or
-// watch. client-go's clientset would register every API group: measured,
+// apiClient returns a REST client for the API group version gv (at apiPath,
+// "/api" for core, "/apis" for the others) whose scheme knows only what add
+// registers: the types a source reads, with meta/v1's list and watch
+// types. client-go's clientset would register every API group: measured,
 // a binary that links it peaks at 18 MiB RSS on start against 8.4 MiB, and
 // is 20 MB larger.
-func nodeClient(cfg *rest.Config) (*rest.RESTClient, runtime.ParameterCodec, error) {
+func apiClient(cfg *rest.Config, gv schema.GroupVersion, apiPath string, add func(*runtime.Scheme) error) (*rest.RESTClient, runtime.ParameterCodec, error) {
 	scheme := runtime.NewScheme()
-	if err := corev1.AddToScheme(scheme); err != nil { // with meta/v1's list and watch types
+	if err := add(scheme); err != nil {
 		return nil, nil, err
 	}
 	c := rest.CopyConfig(cfg)
-	c.GroupVersion = &corev1.SchemeGroupVersion
-	c.APIPath = "/api"
+	c.GroupVersion = &gv
+	c.APIPath = apiPath
 	c.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
 	rc, err := rest.RESTClientFor(c)
 	return rc, runtime.NewParameterCodec(scheme), err
@@ -172,7 +186,7 @@ func timeoutOf(o metav1.ListOptions) time.Duration {
 func (k *Kubernetes) Run(ctx context.Context, apply func(Update)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	r := &run{Kubernetes: k, wake: make(chan struct{}, 1)}
+	r := &run{log: k.log, what: "nodes", listWatched: k.listWatched, wake: make(chan struct{}, 1)}
 
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
@@ -216,10 +230,11 @@ func (k *Kubernetes) Run(ctx context.Context, apply func(Update)) error {
 
 	synced := reg.HasSyncedChecker().Done()
 	var (
-		isSynced bool
-		failing  bool         // an Update with Err was applied, no success since
-		last     []netip.Addr // the last set applied; nil before the first and after an outage
-		anySet   bool         // a set was applied
+		isSynced  bool
+		failing   bool         // an Update with Err was applied, no success since
+		last      []netip.Addr // the last set applied; nil before the first and after an outage
+		lastNames map[string][]netip.Addr
+		anySet    bool // a set was applied
 	)
 	for {
 		select {
@@ -243,15 +258,17 @@ func (k *Kubernetes) Run(ctx context.Context, apply func(Update)) error {
 				last = nil // apply the current set even if unchanged
 			}
 			if isSynced {
-				addrs, without := nodeAddrs(inf.GetStore().List(), k.addrType)
-				if last == nil || !slices.Equal(addrs, last) {
+				objs := inf.GetStore().List()
+				addrs, without := nodeAddrs(objs, k.addrType)
+				names := nodeNames(objs, k.addrType)
+				if last == nil || !slices.Equal(addrs, last) || !maps.EqualFunc(names, lastNames, slices.Equal) {
 					k.log.Debug("peer set", "addrs", len(addrs), "nodes_without_address", without, "address_type", k.addrType)
 					if !anySet {
 						anySet = true
 						k.log.Info("kubernetes nodes synced", "addrs", len(addrs), "nodes_without_address", without)
 					}
-					last = addrs
-					apply(Update{Addrs: slices.Clone(addrs)})
+					last, lastNames = addrs, names
+					apply(Update{Addrs: slices.Clone(addrs), Names: names})
 				}
 			}
 		}
@@ -264,11 +281,13 @@ func (k *Kubernetes) Run(ctx context.Context, apply func(Update)) error {
 	}
 }
 
-// run is the state one call of Run shares between the informer's goroutines
+// run is the state one call of Run shares between an informer's goroutines
 // and its own loop.
 type run struct {
-	*Kubernetes
-	wake chan struct{} // capacity 1: a pending recomputation
+	log         *slog.Logger
+	what        string        // the resource, for the debug log
+	listWatched func(error)   // tests: see Kubernetes.listWatched
+	wake        chan struct{} // capacity 1: a pending recomputation
 
 	mu  sync.Mutex
 	err error // outcome of the last list or watch call
@@ -294,7 +313,7 @@ func (r *run) observe(ctx context.Context, err error) {
 		r.listWatched(err)
 	}
 	if err != nil {
-		r.log.Debug("list/watch nodes failed", "err", err)
+		r.log.Debug("list/watch failed", "resource", r.what, "err", err)
 	}
 	r.mu.Lock()
 	changed := (r.err == nil) != (err == nil)
@@ -350,6 +369,23 @@ func nodeAddrs(objs []any, t corev1.NodeAddressType) (addrs []netip.Addr, withou
 	}
 	slices.SortFunc(addrs, netip.Addr.Compare)
 	return slices.Compact(addrs), without
+}
+
+// nodeNames maps the name of each node that nodeAddrs takes addresses from
+// to those addresses.
+func nodeNames(objs []any, t corev1.NodeAddressType) map[string][]netip.Addr {
+	names := map[string][]netip.Addr{}
+	for _, o := range objs {
+		n, ok := o.(*corev1.Node)
+		if !ok || n.DeletionTimestamp != nil {
+			continue
+		}
+		as, _ := nodeAddrs([]any{n}, t)
+		if len(as) > 0 {
+			names[n.Name] = as
+		}
+	}
+	return names
 }
 
 // slimNode keeps the parts of a Node that nodeAddrs reads (and the

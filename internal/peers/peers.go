@@ -14,6 +14,9 @@ type Update struct {
 	// Addrs is the whole set, in the source's order, when Err is nil. It
 	// may be empty (a cluster of one node). The receiver may keep it.
 	Addrs []netip.Addr
+	// Names maps each node's name to its addresses in Addrs (the
+	// Kubernetes source only), to resolve the node names of Owners.
+	Names map[string][]netip.Addr
 	// Err says why no set could be produced; nil when Addrs is valid.
 	Err error
 }
