@@ -357,6 +357,17 @@ func (a *Server) Patch(t testing.TB, name, sub, patch string) {
 	}
 }
 
+// PatchService applies a JSON merge patch to a Service.
+func (a *Server) PatchService(t testing.TB, ns, name, patch string) {
+	t.Helper()
+	if err := retry(func() error {
+		_, err := a.Client.CoreV1().Services(ns).Patch(context.Background(), name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+		return err
+	}); err != nil {
+		t.Fatalf("patch service %s/%s %s: %v\n%s", ns, name, patch, err, a.diagnose())
+	}
+}
+
 // retry calls fn up to three times while it fails with a server-side
 // timeout (an overloaded test machine), not on other errors.
 func retry(fn func() error) error {

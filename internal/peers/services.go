@@ -231,42 +231,65 @@ func ownersOf(svcObjs, sliceObjs []any) []Owner {
 			nodes[key] = append(nodes[key], name)
 		}
 	}
+	// An address and port that a Service with externalTrafficPolicy
+	// Cluster also uses may reach any node: whoever can create a Service
+	// with that external IP must not narrow its copies to their own nodes.
+	type key struct {
+		addr  netip.Addr
+		proto uint8
+		port  uint16
+	}
+	anyNode := map[key]bool{}
 	var out []Owner
 	for _, o := range svcObjs {
 		svc, ok := o.(*corev1.Service)
-		if !ok || svc.Spec.ExternalTrafficPolicy != corev1.ServiceExternalTrafficPolicyLocal {
+		if !ok {
 			continue
 		}
+		local := svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
 		ns := nodes[svc.Namespace+"/"+svc.Name]
-		if len(ns) == 0 {
+		if local && len(ns) == 0 {
 			continue
 		}
 		slices.Sort(ns)
 		ns = slices.Compact(ns)
-		var addrs []netip.Addr
-		for _, ing := range svc.Status.LoadBalancer.Ingress {
-			if a, err := netip.ParseAddr(ing.IP); err == nil {
-				addrs = append(addrs, a.Unmap())
-			}
-		}
-		for _, ip := range svc.Spec.ExternalIPs {
-			if a, err := netip.ParseAddr(ip); err == nil {
-				addrs = append(addrs, a.Unmap())
-			}
-		}
-		for _, a := range addrs {
+		for _, a := range serviceAddrs(svc) {
 			for _, p := range svc.Spec.Ports {
-				if proto := protoNumber(p.Protocol); proto != 0 && p.Port > 0 && p.Port < 65536 {
-					out = append(out, Owner{Addr: a, Proto: proto, Port: uint16(p.Port), Nodes: ns})
+				proto := protoNumber(p.Protocol)
+				if proto == 0 || p.Port <= 0 || p.Port > 65535 {
+					continue
 				}
+				if !local {
+					anyNode[key{a, proto, uint16(p.Port)}] = true
+					continue
+				}
+				out = append(out, Owner{Addr: a, Proto: proto, Port: uint16(p.Port), Nodes: ns})
 			}
 		}
 	}
+	out = slices.DeleteFunc(out, func(o Owner) bool { return anyNode[key{o.Addr, o.Proto, o.Port}] })
 	slices.SortFunc(out, func(a, b Owner) int {
 		return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.Port, b.Port),
 			slices.Compare(a.Nodes, b.Nodes))
 	})
 	return out
+}
+
+// serviceAddrs returns a Service's load-balancer ingress IPs and external
+// IPs; hostnames and unparsable entries are skipped.
+func serviceAddrs(svc *corev1.Service) []netip.Addr {
+	var addrs []netip.Addr
+	for _, ing := range svc.Status.LoadBalancer.Ingress {
+		if a, err := netip.ParseAddr(ing.IP); err == nil {
+			addrs = append(addrs, a.Unmap())
+		}
+	}
+	for _, ip := range svc.Spec.ExternalIPs {
+		if a, err := netip.ParseAddr(ip); err == nil {
+			addrs = append(addrs, a.Unmap())
+		}
+	}
+	return addrs
 }
 
 // owning reports whether an endpoint's node owns flows: a serving endpoint
