@@ -25,6 +25,11 @@ const (
 	// the peer's kernel sees exactly what the router sent (RELATED to the
 	// flow, NAT reversed), so pods behind DNAT learn too.
 	ModeUDP
+	// ModeL2 sends the router's packet, untouched, in one Ethernet
+	// broadcast frame on the cluster interface (L2Iface), whatever the
+	// number of peers. Every node on the segment receives it as if from
+	// the router; none needs a daemon. Nodes must share the segment.
+	ModeL2
 )
 
 // Split says how work is divided among several workers.
@@ -70,6 +75,8 @@ func (m Mode) String() string {
 		return "icmp"
 	case ModeUDP:
 		return "udp"
+	case ModeL2:
+		return "l2"
 	}
 	return fmt.Sprintf("Mode(%d)", uint8(m))
 }
@@ -81,8 +88,10 @@ func ParseMode(s string) (Mode, error) {
 		return ModeICMP, nil
 	case "udp":
 		return ModeUDP, nil
+	case "l2":
+		return ModeL2, nil
 	}
-	return 0, fmt.Errorf("unknown relay mode %q (want udp or icmp)", s)
+	return 0, fmt.Errorf("unknown relay mode %q (want udp, icmp or l2)", s)
 }
 
 // MaxWorkers is the largest Config.Workers.
@@ -170,6 +179,10 @@ type Config struct {
 	// source_rate_limited.
 	SourceRateLimit int
 
+	// L2Iface names the interface the l2 relay broadcasts on: the cluster
+	// segment (ModeL2 only).
+	L2Iface string
+
 	// The udp relay's settings; ignored in ModeICMP.
 
 	// RelayPort is the UDP port of every node's go-pmtud; 0 means
@@ -224,6 +237,10 @@ func (c *Config) Validate() error {
 		}
 		if c.TUNAddr.IsValid() && !c.TUNAddr.Is4() {
 			return fmt.Errorf("TUN address %v is not an IPv4 address", c.TUNAddr)
+		}
+	case ModeL2:
+		if c.L2Iface == "" {
+			return errors.New("the l2 relay needs the interface of the cluster segment (--iface)")
 		}
 	default:
 		return fmt.Errorf("relay mode %v is not supported", c.Mode)

@@ -298,6 +298,9 @@ func (r *Relay) Peers() []netip.Addr { return r.set.Load().addrs }
 // writePeerMetrics writes the per-peer series of the peers in force, so
 // series are bounded by the current set: a peer that left has none.
 func (r *Relay) writePeerMetrics(w io.Writer) {
+	if r.cfg.Mode == ModeL2 {
+		return // frames go to the segment: nothing is per peer
+	}
 	s := r.set.Load()
 	for _, st := range s.state {
 		metrics.WriteCounterUint64(w, "go_pmtud_sent_packets_peer"+st.labels, st.sent.Load())

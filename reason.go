@@ -35,6 +35,10 @@ const (
 	// DropUntrustedSource: Config.TrustedSources is set and the outer
 	// source lies outside it.
 	DropUntrustedSource
+	// DropL2Copy: the packet arrived in a link-layer broadcast or
+	// multicast frame. A router sends its ICMPs to one host; this is
+	// another node's l2 relay copy, which no node relays again.
+	DropL2Copy
 	// dropReasonCount bounds the enum for iteration.
 	dropReasonCount
 )
@@ -66,6 +70,8 @@ func (r DropReason) String() string {
 		return "source_rate_limited"
 	case DropUntrustedSource:
 		return "untrusted_source"
+	case DropL2Copy:
+		return "l2_copy"
 	}
 	if r > 0 && r < DropReason(wire.ErrorCount) {
 		return wire.Error(r).String()

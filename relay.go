@@ -346,14 +346,21 @@ func needs(err error, caps string) string {
 func (s system) sender(c *Config) (sender, error) {
 	var f *transport.Fanout
 	var err error
-	if c.Mode == ModeICMP {
-		f, err = transport.NewICMP(c.Source, c.TTL, nil)
-	} else {
+	switch c.Mode {
+	case ModeL2:
+		var ifi *net.Interface
+		if ifi, err = net.InterfaceByName(c.L2Iface); err != nil {
+			return nil, fmt.Errorf("pmtud: l2 relay interface: %w", err)
+		}
+		f, err = transport.NewL2(ifi.Index)
+	case ModeUDP:
 		f, err = transport.NewUDP(c.Source, c.TTL, nil, c.RelayPort)
+	default:
+		f, err = transport.NewICMP(c.Source, c.TTL, nil)
 	}
 	if err != nil {
 		caps := "CAP_NET_ADMIN"
-		if c.Mode == ModeICMP {
+		if c.Mode != ModeUDP {
 			caps = "CAP_NET_RAW"
 		}
 		return nil, fmt.Errorf("pmtud: %w%s", err, needs(err, caps))
@@ -624,6 +631,10 @@ func (p *preparer) prepare(j *job) {
 			r.m.dropped[DropFromTUN].Inc()
 			continue
 		}
+		if pkt.L2Group() {
+			r.m.dropped[DropL2Copy].Inc()
+			continue
+		}
 		f, err := wire.Parse(pkt.Payload)
 		if err != nil {
 			if we, ok := err.(wire.Error); ok && we > 0 && we < wire.ErrorCount {
@@ -675,6 +686,9 @@ func (p *preparer) prepare(j *job) {
 			continue // the flow's owners are this node alone: it has the ICMP
 		}
 		payload := f.ICMP
+		if r.cfg.Mode == ModeL2 {
+			payload = f.Packet // the router's packet, as the receivers' kernels would have had it
+		}
 		var head []byte
 		if p.sealer != nil {
 			if sealed == len(j.hdrs) {
@@ -716,6 +730,19 @@ func (w *worker) send(j *job) {
 		w.fan.SendSome(j.someHeads, j.somePayloads, j.someSets, w.base)
 	}
 	t := w.fan.Tally()
+	if r.cfg.Mode == ModeL2 {
+		// Frames go to the segment, not to peers: no per-peer counts.
+		r.m.sent.AddInt64(int64(t.Sent[0]))
+		if n := t.Errors[0]; n > 0 {
+			r.m.sendErrors.Add(n)
+			r.m.errors.AddInt64(int64(n))
+		}
+		if t.LastErrno != 0 && throttled(&w.lastLog) {
+			r.log.Warn("l2 relay send failed (repeats are counted in go_pmtud_error_total)", "iface", r.cfg.L2Iface, "err", t.LastErrno)
+		}
+		t.Reset()
+		return
+	}
 	state := w.set.state[w.base : w.base+w.npeers]
 	var total uint64
 	for k, st := range state {

@@ -333,7 +333,7 @@ func TestPeerLearnsPathMTU(t *testing.T) {
 		{"ipv6", true, netlab.Anycast6, netlab.ClientAddr6,
 			append([]string{"ip6tables"}, netlab.NFLOGRule6(group+1)...), checkRealPacketTooBig},
 	} {
-		for _, mode := range []pmtud.Mode{0, pmtud.ModeICMP, pmtud.ModeUDP} {
+		for _, mode := range []pmtud.Mode{0, pmtud.ModeICMP, pmtud.ModeUDP, pmtud.ModeL2} {
 			name := fam.name + "/without go-pmtud"
 			if mode != 0 {
 				name = fam.name + "/" + mode.String() + " relay"
@@ -354,7 +354,7 @@ func TestPeerLearnsPathMTU(t *testing.T) {
 				}
 				var relays []*pmtud.Relay
 				switch mode {
-				case pmtud.ModeICMP:
+				case pmtud.ModeICMP, pmtud.ModeL2: // A needs no daemon
 					relays = startDaemons(t, c, mode, 1)
 				case pmtud.ModeUDP:
 					relays = startDaemons(t, c, mode, 0, 1)
@@ -380,7 +380,7 @@ func TestPeerLearnsPathMTU(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				learns := mode == pmtud.ModeUDP || mode == pmtud.ModeICMP && !fam.ipv6
+				learns := mode == pmtud.ModeUDP || mode == pmtud.ModeL2 || mode == pmtud.ModeICMP && !fam.ipv6
 				if !learns {
 					if got == size || mtu != 0 {
 						t.Fatalf("transferred %d of %d bytes, A caches mtu %d; want a stall and no cached MTU", got, size, mtu)
@@ -429,6 +429,7 @@ func startDaemons(t *testing.T, c *netlab.Cluster, mode pmtud.Mode, nodes ...int
 		}
 		relays = append(relays, startRelay(t, c.Nodes[i], pmtud.Config{
 			Mode:       mode,
+			L2Iface:    "eth0",
 			Source:     netlab.NodeAddr(i),
 			LocalAddrs: []netip.Addr{netlab.NodeAddr(i), netlab.Anycast, netlab.NodeAddr6(i), netlab.Anycast6},
 			Peers:      peers,
@@ -500,47 +501,66 @@ func writeSeed(t *testing.T, path, values string) {
 	t.Logf("wrote fuzz seed %s", path)
 }
 
-// TestTwoDaemonsDoNotPingPong runs go-pmtud on two nodes that list each
-// other, with no --ignore-networks: one router ICMP to each gives exactly
-// one copy each way, and the copies are not copied again.
+// TestTwoDaemonsDoNotPingPong runs go-pmtud on two and on three nodes that
+// list each other, with no --ignore-networks: one router ICMP to each node
+// gives exactly one copy to every other node, and the copies are not copied
+// again.
 func TestTwoDaemonsDoNotPingPong(t *testing.T) {
-	for _, mode := range []pmtud.Mode{pmtud.ModeICMP, pmtud.ModeUDP} {
-		t.Run(mode.String()+" relay", func(t *testing.T) {
-			lab := netlab.NewT(t)
-			c, err := netlab.BuildCluster(lab, 2, 1400)
-			if err != nil {
-				t.Fatal(err)
-			}
-			relays := startDaemons(t, c, mode, 0, 1)
-			inj := newInjector(t, c.Router)
-			inj.send(t, netlab.NodeAddr(0), fragNeeded(netlab.RouterLoopback, 1400, 41000))
-			inj.send(t, netlab.NodeAddr(1), fragNeeded(netlab.RouterLoopback, 1400, 41001))
+	for _, n := range []int{2, 3} {
+		for _, mode := range []pmtud.Mode{pmtud.ModeICMP, pmtud.ModeUDP, pmtud.ModeL2} {
+			t.Run(fmt.Sprintf("%d daemons/%v relay", n, mode), func(t *testing.T) { noPingPong(t, n, mode) })
+		}
+	}
+}
 
-			// icmp: each node logs the router's ICMP and the peer's copy,
-			// which comes from the peer's address. udp: each node logs the
-			// router's ICMP and the injected copy, which arrives on its TUN.
-			copyReason := pmtud.DropFromPeer
-			if mode == pmtud.ModeUDP {
-				copyReason = pmtud.DropFromTUN
+func noPingPong(t *testing.T, n int, mode pmtud.Mode) {
+	lab := netlab.NewT(t)
+	c, err := netlab.BuildCluster(lab, n, 1400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := make([]int, n)
+	for i := range nodes {
+		nodes[i] = i
+	}
+	relays := startDaemons(t, c, mode, nodes...)
+	inj := newInjector(t, c.Router)
+	for i := range n {
+		inj.send(t, netlab.NodeAddr(i), fragNeeded(netlab.RouterLoopback, 1400, uint16(41000+i)))
+	}
+
+	// icmp: each node logs the router's ICMP and the peers' copies,
+	// which come from the peers' addresses. udp: each node logs
+	// the router's ICMP and the injected copies, which arrive on
+	// its TUN. l2: each node logs the router's ICMP and the peers'
+	// broadcast frames; each sends one frame, not one per peer.
+	copyReason, sent := pmtud.DropFromPeer, uint64(n-1)
+	switch mode {
+	case pmtud.ModeUDP:
+		copyReason = pmtud.DropFromTUN
+	case pmtud.ModeL2:
+		copyReason, sent = pmtud.DropL2Copy, 1
+	}
+	check := func() bool {
+		for _, r := range relays {
+			st := r.Stats()
+			if st.Received != uint64(n) || st.Sent != sent || st.Dropped[copyReason] != uint64(n-1) {
+				return false
 			}
-			check := func() bool {
-				for _, r := range relays {
-					st := r.Stats()
-					if st.Received != 2 || st.Sent != 1 || st.Dropped[copyReason] != 1 {
-						return false
-					}
-					if mode == pmtud.ModeUDP && st.Injected != 1 {
-						return false
-					}
-				}
-				return true
+			if mode == pmtud.ModeUDP && st.Injected != uint64(n-1) {
+				return false
 			}
-			waitFor(t, "one copy each way", check)
-			// A ping-pong would keep the counters moving; give it time to show.
-			time.Sleep(300 * time.Millisecond)
-			if !check() {
-				t.Fatalf("counters moved after the exchange: A %+v, B %+v", relays[0].Stats(), relays[1].Stats())
-			}
-		})
+		}
+		return true
+	}
+	waitFor(t, "one copy each way", check)
+	// A ping-pong would keep the counters moving; give it time to show.
+	time.Sleep(300 * time.Millisecond)
+	if !check() {
+		var sts []string
+		for _, r := range relays {
+			sts = append(sts, fmt.Sprintf("%+v", r.Stats()))
+		}
+		t.Fatalf("counters moved after the exchange: %v", sts)
 	}
 }

@@ -22,10 +22,12 @@ import (
 // udp relay delivers the router's packet to A untouched, so conntrack
 // relates it to the flow, reverses the NAT and the pod learns the MTU. The
 // icmp relay's copy is INVALID to A's conntrack and dropped: the transfer
-// stalls. go-pmtud runs on every node, as a DaemonSet.
+// stalls. The l2 relay's broadcast frame reaches A, but A does not forward
+// a packet that came as a link-layer broadcast: the transfer stalls too.
+// go-pmtud runs on every node, as a DaemonSet.
 func TestPodBehindDNATLearnsPathMTU(t *testing.T) {
 	const size = 1 << 20
-	for _, mode := range []pmtud.Mode{pmtud.ModeUDP, pmtud.ModeICMP} {
+	for _, mode := range []pmtud.Mode{pmtud.ModeUDP, pmtud.ModeL2, pmtud.ModeICMP} {
 		t.Run(mode.String()+" relay", func(t *testing.T) {
 			lab := netlab.NewT(t)
 			c, err := netlab.BuildCluster(lab, 2, 1400)
@@ -49,9 +51,22 @@ func TestPodBehindDNATLearnsPathMTU(t *testing.T) {
 			if onB.Sent == 0 {
 				t.Fatalf("B replicated nothing: the scenario did not put the router's ICMP on B: %+v", onB)
 			}
-			if mode == pmtud.ModeUDP {
+			if mode == pmtud.ModeL2 {
+				// The documented limit of l2 broadcast frames: A takes the
+				// copy, conntrack relates it and reverses the NAT, but a
+				// packet that arrived as a link-layer broadcast is not
+				// forwarded (ip_forward drops pkt_type != PACKET_HOST).
+				if got == size || mtu != 0 {
+					t.Fatalf("l2 broadcast: transferred %d of %d bytes, the pod caches mtu %d; want a stall", got, size, mtu)
+				}
+				if st := relays[0].Stats(); st.Dropped[pmtud.DropL2Copy] == 0 {
+					t.Fatalf("A logged no l2 copy: %+v", st)
+				}
+				return
+			}
+			if mode != pmtud.ModeICMP {
 				if got != size || mtu != 1400 {
-					t.Fatalf("udp relay: transferred %d of %d bytes, the pod caches mtu %d; want all and 1400 (A: %+v)", got, size, mtu, relays[0].Stats())
+					t.Fatalf("%v relay: transferred %d of %d bytes, the pod caches mtu %d; want all and 1400 (A: %+v)", mode, got, size, mtu, relays[0].Stats())
 				}
 				return
 			}

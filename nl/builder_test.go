@@ -45,11 +45,10 @@ func be32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
 // Attribute types the kernel sends that Decode skips
 // (include/uapi/linux/netfilter/nfnetlink_log.h).
 const (
-	nfulaHwaddr   = 8
-	nfulaPrefix   = 10
-	nfulaHwType   = 15
-	nfulaHwHeader = 16
-	nfulaHwLen    = 17
+	nfulaHwaddr = 8
+	nfulaPrefix = 10
+	nfulaHwType = 15
+	nfulaHwLen  = 17
 )
 
 // kernelPacket returns the body of an NFULNL_MSG_PACKET message with the

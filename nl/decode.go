@@ -46,6 +46,7 @@ const (
 	nfulaIfindexIndev = 4  // NFULA_IFINDEX_INDEV: __be32
 	nfulaPayload      = 9  // NFULA_PAYLOAD: the packet from the network header on, copy_range bytes at most
 	nfulaSeq          = 12 // NFULA_SEQ: __be32 instance-local sequence number (NFULNL_CFG_F_SEQ)
+	nfulaHwHeader     = 16 // NFULA_HWHEADER: the link-layer header the packet arrived with (Ethernet: destination, source, EtherType)
 
 	packetHdrMin = 2  // bytes of NFULA_PACKET_HDR that Decode reads (hw_protocol)
 	timestampLen = 16 // sizeof(struct nfulnl_msg_packet_timestamp)
@@ -75,7 +76,18 @@ type Packet struct {
 	// microseconds); 0 when absent. The kernel includes it for the
 	// PREROUTING, INPUT and FORWARD hooks only.
 	Timestamp int64
+	// HwHeader is NFULA_HWHEADER: the link-layer header the packet arrived
+	// with, a view like Payload (on Ethernet 14 bytes: destination and
+	// source address, EtherType). Nil when absent: the kernel includes it
+	// for received packets whose device has one.
+	HwHeader []byte
 }
+
+// L2Group reports whether the packet arrived in a link-layer broadcast or
+// multicast frame: an Ethernet header whose destination has the group bit
+// (the least significant bit of its first byte) set. A router sends its
+// ICMPs to one host; such a frame is another node's l2 relay copy.
+func (p *Packet) L2Group() bool { return len(p.HwHeader) >= 14 && p.HwHeader[0]&1 == 1 }
 
 // ErrMalformed is matched (errors.Is) by every error Decode and Reader.Read
 // return for a datagram that does not parse: a length that overruns its
@@ -183,6 +195,8 @@ func decodePacket(body []byte, p *Packet) error {
 			p.InIfindex = binary.BigEndian.Uint32(v)
 		case nfulaPayload:
 			p.Payload = v
+		case nfulaHwHeader:
+			p.HwHeader = v
 		case nfulaSeq:
 			if len(v) != 4 {
 				return errAttrSize

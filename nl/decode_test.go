@@ -18,7 +18,7 @@ func TestDecode(t *testing.T) {
 	// want is the Packet kernelPacket(…, payload, seq, 1, 1700000000, usec) decodes to.
 	want := func(payload []byte, seq uint32, usec int64) Packet {
 		return Packet{Payload: payload, Seq: seq, HasSeq: true, InIfindex: 1, HwProto: 0x0800,
-			Timestamp: 1700000000*1e9 + usec*1e3}
+			Timestamp: 1700000000*1e9 + usec*1e3, HwHeader: []byte{0: 0, 12: 0x08, 13: 0x00}}
 	}
 	pkt := func(payload []byte, seq uint32) []byte {
 		return appendMsg(nil, msgTypePacket, 0, 0, kernelPacket(33, payload, seq, 1, 1700000000, 0))
@@ -190,5 +190,26 @@ func TestDecodeAllocs(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Errorf("Decode error path: %v allocations, want 0", allocs)
+	}
+}
+
+func TestL2Group(t *testing.T) {
+	eth := func(dst ...byte) []byte { return append(append(dst, 2, 0, 0, 0, 0, 1), 0x08, 0x00) }
+	for _, tc := range []struct {
+		name string
+		hw   []byte
+		want bool
+	}{
+		{"none", nil, false},
+		{"unicast", eth(2, 0, 0, 0, 0, 9), false},
+		{"broadcast", eth(0xff, 0xff, 0xff, 0xff, 0xff, 0xff), true},
+		{"IPv4 multicast", eth(0x01, 0x00, 0x5e, 0, 0, 1), true},
+		{"IPv6 multicast", eth(0x33, 0x33, 0, 0, 0, 1), true},
+		{"too short for Ethernet", []byte{0xff, 0xff}, false},
+	} {
+		p := Packet{HwHeader: tc.hw}
+		if got := p.L2Group(); got != tc.want {
+			t.Errorf("%s: L2Group() = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

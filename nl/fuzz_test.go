@@ -62,6 +62,9 @@ func referenceDecode(b []byte) ([]Packet, error) {
 			if a.HwProtocol != nil {
 				p.HwProto = *a.HwProtocol
 			}
+			if a.HwHeader != nil {
+				p.HwHeader = *a.HwHeader
+			}
 			if a.Timestamp != nil {
 				p.Timestamp = a.Timestamp.UnixNano()
 			}
@@ -111,6 +114,9 @@ func checkDecode(t *testing.T, d []byte) {
 		}
 		if g.HwProto != w.HwProto {
 			t.Errorf("packet %d: hw protocol %#x, reference %#x", i, g.HwProto, w.HwProto)
+		}
+		if !bytes.Equal(g.HwHeader, w.HwHeader) {
+			t.Errorf("packet %d: hw header %x, reference %x", i, g.HwHeader, w.HwHeader)
 		}
 		if timestampComparable(d, i) && g.Timestamp != w.Timestamp {
 			t.Errorf("packet %d: timestamp %d, reference %d", i, g.Timestamp, w.Timestamp)

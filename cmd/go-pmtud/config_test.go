@@ -177,6 +177,14 @@ func TestResolve(t *testing.T) {
 		{name: "group", args: []string{"--peers", "198.18.0.11", "--nflog-group", "65536"}, env: env(), wantErr: "--nflog-group 65536"},
 		{name: "unknown interface", args: []string{"--peers", "198.18.0.11", "--iface", "nope0"}, env: env(), wantErr: `--iface "nope0": no such interface`},
 		{name: "interface without IPv4", args: []string{"--peers", "198.18.0.11", "--iface", "v6only"}, env: env(), wantErr: "no IPv4 address"},
+		{
+			name: "l2 relay", args: []string{"--peers", "198.18.0.11", "--relay", "l2"}, env: env(),
+			check: func(t *testing.T, s settings) {
+				if s.relay.Mode != pmtud.ModeL2 || s.relay.L2Iface != "eth0" {
+					t.Errorf("mode %v on %q, want l2 on eth0", s.relay.Mode, s.relay.L2Iface)
+				}
+			},
+		},
 		{name: "relay mode", args: []string{"--peers", "198.18.0.11", "--relay", "carrier-pigeon"}, env: env(), wantErr: "--relay"},
 		{name: "log level", args: []string{"--peers", "198.18.0.11", "--log-level", "loud"}, env: env(), wantErr: "--log-level"},
 		{name: "metrics address", args: []string{"--peers", "198.18.0.11", "--metrics-address", "nope"}, env: env(), wantErr: "--metrics-address"},

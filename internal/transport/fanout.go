@@ -59,7 +59,11 @@ type Fanout struct {
 	port uint16 // destination port; 0 for raw sockets
 
 	peers []netip.Addr
-	parts int                     // iovecs per message: 1, or 2 with a header
+	parts int // iovecs per message: 1, or 2 with a header
+	// ll, for an L2 Fanout, are the link-layer destinations of IPv4 and
+	// IPv6 payloads: the broadcast address of one interface. Its one
+	// "peer" is the segment.
+	ll    *[2]unix.RawSockaddrLinklayer
 	addrs []unix.RawSockaddrInet4 // one per peer
 	iovs  []unix.Iovec            // parts per payload of a group
 	msgs  []unix.Mmsghdr          // group * len(peers)
@@ -146,7 +150,7 @@ func NewICMP(src netip.Addr, ttl int, peers []netip.Addr) (*Fanout, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	return newFanout(fd, "icmp", peers, 0, 1)
+	return newFanout(fd, "icmp", peers, 0, 1, nil)
 }
 
 // NewUDP opens a UDP socket bound to src (any port) whose messages carry a
@@ -183,17 +187,51 @@ func NewUDP(src netip.Addr, ttl int, peers []netip.Addr, port uint16) (*Fanout, 
 		unix.Close(fd)
 		return nil, err
 	}
-	f, err := newFanout(fd, "udp", peers, port, 2)
+	f, err := newFanout(fd, "udp", peers, port, 2, nil)
 	if f != nil {
 		f.recvErr = true
 	}
 	return f, err
 }
 
+// segment is the one destination of an L2 Fanout: the interface's segment.
+var segment = []netip.Addr{{}}
+
+// NewL2 opens an AF_PACKET socket that sends each payload, a whole IPv4 or
+// IPv6 packet, as one Ethernet broadcast frame out of the interface
+// ifindex, whatever the peers: the kernel adds the link-layer header (the
+// interface's address as source, EtherType by the payload's version). The
+// socket receives nothing (protocol 0). Its Tally has one entry, the
+// segment; SetPeers's peers are ignored and SendSome sends to all. It needs
+// CAP_NET_RAW.
+func NewL2(ifindex int) (*Fanout, error) {
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("transport: AF_PACKET socket: %w", err)
+	}
+	ll := new([2]unix.RawSockaddrLinklayer)
+	for i, proto := range [2]uint16{unix.ETH_P_IP, unix.ETH_P_IPV6} {
+		a := &ll[i]
+		a.Family = unix.AF_PACKET
+		// sll_protocol is in network byte order.
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&a.Protocol))[:], proto)
+		a.Ifindex = int32(ifindex)
+		a.Halen = 6
+		for k := range 6 {
+			a.Addr[k] = 0xff
+		}
+	}
+	f, err := newFanout(fd, "l2", nil, 0, 1, ll)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
 // newFanout takes ownership of the blocking socket fd and prepares messages
 // to peers; port is the destination port (0 for raw sockets), parts the
 // iovecs per message (2: header and payload).
-func newFanout(fd int, name string, peers []netip.Addr, port uint16, parts int) (*Fanout, error) {
+func newFanout(fd int, name string, peers []netip.Addr, port uint16, parts int, ll *[2]unix.RawSockaddrLinklayer) (*Fanout, error) {
 	// A send that waits longer than this for buffer space gives up and is
 	// retried, then counted: a wedged device must not wedge the worker.
 	tv := unix.NsecToTimeval(sendTimeout.Nanoseconds())
@@ -201,7 +239,7 @@ func newFanout(fd int, name string, peers []netip.Addr, port uint16, parts int) 
 		unix.Close(fd)
 		return nil, fmt.Errorf("transport: %s socket: set SO_SNDTIMEO: %w", name, err)
 	}
-	f := &Fanout{fd: fd, port: port, parts: parts}
+	f := &Fanout{fd: fd, port: port, parts: parts, ll: ll}
 	f.SetPeers(peers)
 	return f, nil
 }
@@ -213,6 +251,9 @@ func newFanout(fd int, name string, peers []netip.Addr, port uint16, parts int) 
 // more than maxMmsg peers a group is one payload, whose messages sendmmsg
 // takes in several calls.
 func (f *Fanout) SetPeers(peers []netip.Addr) {
+	if f.ll != nil {
+		peers = segment
+	}
 	p := len(peers)
 	group := 0 // payloads per group: one sendmmsg's worth
 	if p > 0 {
@@ -229,6 +270,9 @@ func (f *Fanout) SetPeers(peers []netip.Addr) {
 	f.tally.Unreachable = resize(f.tally.Unreachable, p)
 	f.tally.LastErrno, f.tally.LastPeer = 0, 0
 	for j, a := range peers {
+		if f.ll != nil {
+			break // the segment: Send names the link-layer destination
+		}
 		f.addrs[j] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
 		// sin_port is in network byte order.
 		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&f.addrs[j].Port))[:], f.port)
@@ -238,6 +282,9 @@ func (f *Fanout) SetPeers(peers []netip.Addr) {
 			h := &f.msgs[i*p+j].Hdr
 			h.Name = (*byte)(unsafe.Pointer(&f.addrs[j]))
 			h.Namelen = unix.SizeofSockaddrInet4
+			if f.ll != nil { // Send points it at the payload's family
+				h.Namelen = unix.SizeofSockaddrLinklayer
+			}
 			h.Iov = &f.iovs[i*f.parts]
 			h.SetIovlen(f.parts)
 		}
@@ -279,6 +326,13 @@ func (f *Fanout) Send(heads, payloads [][]byte) {
 		g := min(len(payloads), len(f.iovs)/f.parts)
 		for i, b := range payloads[:g] {
 			f.point(f.iovs[i*f.parts:(i+1)*f.parts], heads, i, b)
+			if f.ll != nil {
+				fam := 0
+				if len(b) > 0 && b[0]>>4 == 6 {
+					fam = 1
+				}
+				f.msgs[i].Hdr.Name = (*byte)(unsafe.Pointer(&f.ll[fam]))
+			}
 		}
 		clear(f.errs)
 		f.cur, f.curPeer = f.msgs, nil
@@ -304,6 +358,10 @@ func (f *Fanout) Send(heads, payloads [][]byte) {
 func (f *Fanout) SendSome(heads, payloads [][]byte, sets [][]uint64, base int) {
 	p := len(f.peers)
 	if p == 0 {
+		return
+	}
+	if f.ll != nil {
+		f.Send(heads, payloads) // one frame reaches every node anyway
 		return
 	}
 	if f.some == nil {

@@ -26,8 +26,8 @@ which every rendering has.
 {{- if and (ne .Values.peersFrom "kubernetes") (not .Values.peers) }}
 {{- fail (printf "values: peersFrom %s needs peers, the nodes' cluster addresses (or use peersFrom: kubernetes)" .Values.peersFrom) }}
 {{- end }}
-{{- if not (has .Values.relay (list "udp" "icmp")) }}
-{{- fail "values: relay must be udp or icmp" }}
+{{- if not (has .Values.relay (list "udp" "icmp" "l2")) }}
+{{- fail "values: relay must be udp, icmp or l2" }}
 {{- end }}
 {{- if not (has .Values.manageRules (list "iptables-init" "nftables" "none")) }}
 {{- fail (printf "values: manageRules must be iptables-init, nftables or none, not %q" (toString .Values.manageRules)) }}
