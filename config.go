@@ -179,9 +179,15 @@ type Config struct {
 	// source_rate_limited.
 	SourceRateLimit int
 
-	// L2Iface names the interface the l2 relay broadcasts on: the cluster
-	// segment (ModeL2 only).
+	// L2Iface names the interface the l2 relay sends its frames on: the
+	// cluster segment (ModeL2 only).
 	L2Iface string
+	// L2Dest is where the l2 relay's frames go: L2Broadcast ("" means it)
+	// or L2Peers.
+	L2Dest string
+	// resolve gives the l2 relay's Fanouts the peers' link-layer addresses
+	// (L2Peers); set by the relay on its own copy.
+	resolve func(netip.Addr) ([6]byte, bool)
 
 	// The udp relay's settings; ignored in ModeICMP.
 
@@ -241,6 +247,9 @@ func (c *Config) Validate() error {
 	case ModeL2:
 		if c.L2Iface == "" {
 			return errors.New("the l2 relay needs the interface of the cluster segment (--iface)")
+		}
+		if c.L2Dest != "" && c.L2Dest != L2Broadcast && c.L2Dest != L2Peers {
+			return fmt.Errorf("l2 destination %q is not %s or %s", c.L2Dest, L2Broadcast, L2Peers)
 		}
 	default:
 		return fmt.Errorf("relay mode %v is not supported", c.Mode)

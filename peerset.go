@@ -40,6 +40,10 @@ type peerSet struct {
 	// window back, so datagrams it sent before it left cannot be replayed
 	// into a fresh window.
 	retired []*peerState
+	// l2gen counts the republications of the same peers with new
+	// link-layer addresses (the l2 relay's unicast frames): a worker whose
+	// messages are built for another generation rebuilds them.
+	l2gen uint64
 	// targets maps a quoted flow's source to the peers that can own it
 	// (nil: every ICMP goes to every peer). It is built for this set's
 	// indexes; SetTargets publishes a copy of the set with a new table.
@@ -175,6 +179,7 @@ func (r *Relay) SetPeers(addrs []netip.Addr) (PeerChange, error) {
 	r.set.Store(s)
 	r.quiesce(prev)
 	r.filterPeers(s.addrs)
+	r.solicit(s)
 	r.m.updApplied.Inc()
 	r.log.Info("peer set changed", "added", added, "removed", removed, "peers", len(s.addrs))
 	return ch, nil

@@ -36,8 +36,10 @@ const (
 	// source lies outside it.
 	DropUntrustedSource
 	// DropL2Copy: the packet arrived in a link-layer broadcast or
-	// multicast frame. A router sends its ICMPs to one host; this is
-	// another node's l2 relay copy, which no node relays again.
+	// multicast frame, or (l2 relay to peers) in a frame from a peer's
+	// link-layer address. A router sends its ICMPs to one host from its
+	// own address; this is another node's l2 relay copy, which no node
+	// relays again.
 	DropL2Copy
 	// dropReasonCount bounds the enum for iteration.
 	dropReasonCount

@@ -69,7 +69,10 @@ type Relay struct {
 	free    chan *job // jobs ready to be read into
 	work    chan *job // SplitBatch: jobs ready to be handled
 
-	lastLog   time.Time // of the reader's warnings
+	lastLog time.Time // of the reader's warnings
+	// neigh is the l2 relay's neighbour table for unicast frames; nil
+	// otherwise.
+	neigh     *neighbours
 	dedup     *dedup
 	limit     *limiter       // nil: no rate limit
 	srcLimit  *sourceLimiter // nil: no per-source limit
@@ -207,9 +210,18 @@ func newRelay(cfg Config, log *slog.Logger, res resources) (*Relay, error) {
 	r.targets = slices.Clone(cfg.Targets)
 	first.targets = newTargetTable(r.targets, first, r.cfg.ownAddrs())
 	r.set.Store(first)
+	var err error
+	if r.neigh, err = openNeighbours(&r.cfg); err != nil {
+		return nil, err
+	}
 	r.m = newRelayMetrics(cfg.NodeName, cfg.Mode, func() int { return len(r.set.Load().addrs) })
 	r.m.set.RegisterMetricsWriter(r.writePeerMetrics)
 	r.m.set.RegisterMetricsWriter(r.writeTargetMetrics)
+	if r.neigh != nil {
+		r.cfg.resolve = r.neigh.resolve
+		r.m.set.RegisterMetricsWriter(r.writeL2Metrics)
+		r.solicit(first)
+	}
 	for range cap(r.free) {
 		j := newJob()
 		r.jobs = append(r.jobs, j)
@@ -238,7 +250,6 @@ func newRelay(cfg Config, log *slog.Logger, res resources) (*Relay, error) {
 		}
 		r.workers = append(r.workers, w)
 	}
-	var err error
 	if r.reader, err = res.nflog(&r.cfg); err != nil {
 		r.closeWorkers()
 		return nil, err
@@ -352,7 +363,7 @@ func (s system) sender(c *Config) (sender, error) {
 		if ifi, err = net.InterfaceByName(c.L2Iface); err != nil {
 			return nil, fmt.Errorf("pmtud: l2 relay interface: %w", err)
 		}
-		f, err = transport.NewL2(ifi.Index)
+		f, err = transport.NewL2(ifi.Index, c.resolve)
 	case ModeUDP:
 		f, err = transport.NewUDP(c.Source, c.TTL, nil, c.RelayPort)
 	default:
@@ -377,7 +388,7 @@ func (w *worker) use(s *peerSet) {
 	if w.set == s {
 		return
 	}
-	if w.set != nil && sameAddrs(w.set.addrs, s.addrs) {
+	if w.set != nil && sameAddrs(w.set.addrs, s.addrs) && w.set.l2gen == s.l2gen {
 		w.set = s // new targets, same peers: the messages stand
 		return
 	}
@@ -442,6 +453,12 @@ func (r *Relay) Run(ctx context.Context) error {
 
 	errc := make(chan error, len(r.workers)+1)
 	var wg sync.WaitGroup
+	if r.neigh != nil {
+		nctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { r.refreshNeighbours(nctx); close(done) }()
+		defer func() { cancel(); <-done }()
+	}
 	for _, w := range r.workers {
 		wg.Add(1)
 		go func() {
@@ -631,7 +648,7 @@ func (p *preparer) prepare(j *job) {
 			r.m.dropped[DropFromTUN].Inc()
 			continue
 		}
-		if pkt.L2Group() {
+		if pkt.L2Group() || r.neigh != nil && r.neigh.copyFromPeer(pkt.HwHeader) {
 			r.m.dropped[DropL2Copy].Inc()
 			continue
 		}
@@ -731,11 +748,16 @@ func (w *worker) send(j *job) {
 	}
 	t := w.fan.Tally()
 	if r.cfg.Mode == ModeL2 {
-		// Frames go to the segment, not to peers: no per-peer counts.
-		r.m.sent.AddInt64(int64(t.Sent[0]))
-		if n := t.Errors[0]; n > 0 {
-			r.m.sendErrors.Add(n)
-			r.m.errors.AddInt64(int64(n))
+		// Frames, to the segment or to peers' link-layer addresses (a
+		// broadcast one for a peer not resolved yet): no per-peer counts.
+		var sent, errs uint64
+		for k := range t.Sent {
+			sent, errs = sent+t.Sent[k], errs+t.Errors[k]
+		}
+		r.m.sent.AddInt64(int64(sent))
+		if errs > 0 {
+			r.m.sendErrors.Add(errs)
+			r.m.errors.AddInt64(int64(errs))
 		}
 		if t.LastErrno != 0 && throttled(&w.lastLog) {
 			r.log.Warn("l2 relay send failed (repeats are counted in go_pmtud_error_total)", "iface", r.cfg.L2Iface, "err", t.LastErrno)
@@ -798,6 +820,9 @@ func (r *Relay) teardown() error {
 		var err error
 		if r.reader != nil {
 			err = r.reader.Close()
+		}
+		if r.neigh != nil {
+			err = errors.Join(err, r.neigh.conn.Close())
 		}
 		r.closeErr = errors.Join(err, r.closeWorkers())
 	})

@@ -11,6 +11,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -415,6 +417,12 @@ func TestPeerLearnsPathMTU(t *testing.T) {
 // on the given nodes of c, each listing every node of c as a peer, as a DaemonSet would.
 func startDaemons(t *testing.T, c *netlab.Cluster, mode pmtud.Mode, nodes ...int) []*pmtud.Relay {
 	t.Helper()
+	return startDaemonsTo(t, c, mode, "", nodes...)
+}
+
+// startDaemonsTo is startDaemons with the l2 relay's destination (Config.L2Dest).
+func startDaemonsTo(t *testing.T, c *netlab.Cluster, mode pmtud.Mode, l2dest string, nodes ...int) []*pmtud.Relay {
+	t.Helper()
 	var peers []netip.Addr
 	for i := range c.Nodes {
 		peers = append(peers, netlab.NodeAddr(i))
@@ -430,6 +438,7 @@ func startDaemons(t *testing.T, c *netlab.Cluster, mode pmtud.Mode, nodes ...int
 		relays = append(relays, startRelay(t, c.Nodes[i], pmtud.Config{
 			Mode:       mode,
 			L2Iface:    "eth0",
+			L2Dest:     l2dest,
 			Source:     netlab.NodeAddr(i),
 			LocalAddrs: []netip.Addr{netlab.NodeAddr(i), netlab.Anycast, netlab.NodeAddr6(i), netlab.Anycast6},
 			Peers:      peers,
@@ -507,13 +516,16 @@ func writeSeed(t *testing.T, path, values string) {
 // again.
 func TestTwoDaemonsDoNotPingPong(t *testing.T) {
 	for _, n := range []int{2, 3} {
-		for _, mode := range []pmtud.Mode{pmtud.ModeICMP, pmtud.ModeUDP, pmtud.ModeL2} {
-			t.Run(fmt.Sprintf("%d daemons/%v relay", n, mode), func(t *testing.T) { noPingPong(t, n, mode) })
+		for _, tc := range []struct {
+			mode pmtud.Mode
+			dest string
+		}{{pmtud.ModeICMP, ""}, {pmtud.ModeUDP, ""}, {pmtud.ModeL2, pmtud.L2Broadcast}, {pmtud.ModeL2, pmtud.L2Peers}} {
+			t.Run(fmt.Sprintf("%d daemons/%v relay %s", n, tc.mode, tc.dest), func(t *testing.T) { noPingPong(t, n, tc.mode, tc.dest) })
 		}
 	}
 }
 
-func noPingPong(t *testing.T, n int, mode pmtud.Mode) {
+func noPingPong(t *testing.T, n int, mode pmtud.Mode, dest string) {
 	lab := netlab.NewT(t)
 	c, err := netlab.BuildCluster(lab, n, 1400)
 	if err != nil {
@@ -523,7 +535,20 @@ func noPingPong(t *testing.T, n int, mode pmtud.Mode) {
 	for i := range nodes {
 		nodes[i] = i
 	}
-	relays := startDaemons(t, c, mode, nodes...)
+	relays := startDaemonsTo(t, c, mode, dest, nodes...)
+	if dest == pmtud.L2Peers {
+		// Unicast frames, not broadcast ones, are the case to prove.
+		waitFor(t, "every node to resolve its peers", func() bool {
+			for _, r := range relays {
+				var m strings.Builder
+				r.WritePrometheus(&m)
+				if !regexp.MustCompile(`(?m)^go_pmtud_l2_unresolved_peers\{[^}]*\} 0$`).MatchString(m.String()) {
+					return false
+				}
+			}
+			return true
+		})
+	}
 	inj := newInjector(t, c.Router)
 	for i := range n {
 		inj.send(t, netlab.NodeAddr(i), fragNeeded(netlab.RouterLoopback, 1400, uint16(41000+i)))
@@ -539,7 +564,10 @@ func noPingPong(t *testing.T, n int, mode pmtud.Mode) {
 	case pmtud.ModeUDP:
 		copyReason = pmtud.DropFromTUN
 	case pmtud.ModeL2:
-		copyReason, sent = pmtud.DropL2Copy, 1
+		copyReason = pmtud.DropL2Copy
+		if dest == pmtud.L2Broadcast {
+			sent = 1
+		}
 	}
 	check := func() bool {
 		for _, r := range relays {

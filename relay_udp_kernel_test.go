@@ -27,8 +27,15 @@ import (
 // go-pmtud runs on every node, as a DaemonSet.
 func TestPodBehindDNATLearnsPathMTU(t *testing.T) {
 	const size = 1 << 20
-	for _, mode := range []pmtud.Mode{pmtud.ModeUDP, pmtud.ModeL2, pmtud.ModeICMP} {
-		t.Run(mode.String()+" relay", func(t *testing.T) {
+	for _, tc := range []struct {
+		mode pmtud.Mode
+		dest string
+	}{{pmtud.ModeUDP, ""}, {pmtud.ModeL2, pmtud.L2Broadcast}, {pmtud.ModeL2, pmtud.L2Peers}, {pmtud.ModeICMP, ""}} {
+		mode, name := tc.mode, tc.mode.String()+" relay"
+		if tc.dest != "" {
+			name += " to " + tc.dest
+		}
+		t.Run(name, func(t *testing.T) {
 			lab := netlab.NewT(t)
 			c, err := netlab.BuildCluster(lab, 2, 1400)
 			if err != nil {
@@ -38,7 +45,7 @@ func TestPodBehindDNATLearnsPathMTU(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			relays := startDaemons(t, c, mode, 0, 1)
+			relays := startDaemonsTo(t, c, mode, tc.dest, 0, 1)
 			got, err := c.Transfer(pod, size, 3*time.Second)
 			if err != nil {
 				t.Fatal(err)
@@ -51,7 +58,7 @@ func TestPodBehindDNATLearnsPathMTU(t *testing.T) {
 			if onB.Sent == 0 {
 				t.Fatalf("B replicated nothing: the scenario did not put the router's ICMP on B: %+v", onB)
 			}
-			if mode == pmtud.ModeL2 {
+			if tc.dest == pmtud.L2Broadcast {
 				// The documented limit of l2 broadcast frames: A takes the
 				// copy, conntrack relates it and reverses the NAT, but a
 				// packet that arrived as a link-layer broadcast is not

@@ -69,6 +69,7 @@ type options struct {
 	relayKeyFile    string
 	insecureNoAuth  bool
 	relayEnvelope   uint
+	l2Dest          string
 	acceptV1        bool
 	tunName         string
 	tunAddress      string
@@ -133,6 +134,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.StringVar(&o.manageRules, "manage-rules", "auto", "nftables: install the rules that log ICMPs to --nflog-group as a table of the daemon's own (inet go_pmtud), replacing a leftover one, and remove it on exit; auto: the same where the kernel has nf_tables; none: the rules are managed elsewhere")
 	fs.BoolVar(&o.version, "version", false, "print the version (module version and VCS revision of the build) and exit")
 	fs.StringVar(&o.relay, "relay", "udp", "how copies travel: udp (the router's packet, authenticated, to the peer's go-pmtud, which injects it through TUN), icmp (re-originated ICMP from a raw socket; peers need no daemon) or l2 (the router's packet in one Ethernet broadcast frame on --iface, whatever the number of peers; nodes must share that segment and need no daemon)")
+	fs.StringVar(&o.l2Dest, "l2-dest", pmtud.L2Broadcast, "with --relay l2: broadcast (one frame per ICMP on --iface) or peers (one unicast frame per peer, to its address in the neighbour table; pods behind DNAT learn too)")
 	fs.UintVar(&o.relayPort, "relay-port", uint(pmtud.DefaultRelayPort), "UDP port of the udp relay on every node")
 	fs.StringVar(&o.relayKeyFile, "relay-key-file", "", "file of relay keys, one ID:HEX-SECRET per line (secret >= 16 bytes); the first seals, both open (rotation); read again when it changes and on SIGHUP. The udp relay needs it unless --insecure-no-auth")
 	fs.BoolVar(&o.insecureNoAuth, "insecure-no-auth", false, "run the udp relay without --relay-key-file: datagrams are accepted from the peers' addresses, unverified (anyone who can spoof a peer's address can inject)")
@@ -326,6 +328,10 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 		return s, fmt.Errorf("--iface %q: %w", iface, err)
 	}
 	c.L2Iface = iface
+	if o.l2Dest != pmtud.L2Broadcast && o.l2Dest != pmtud.L2Peers {
+		return s, fmt.Errorf("--l2-dest %q: want %s or %s", printable(o.l2Dest), pmtud.L2Broadcast, pmtud.L2Peers)
+	}
+	c.L2Dest = o.l2Dest
 	for _, a := range addrs {
 		if a.Is4() && !a.IsLinkLocalUnicast() {
 			c.Source = a

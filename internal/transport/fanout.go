@@ -60,10 +60,8 @@ type Fanout struct {
 
 	peers []netip.Addr
 	parts int // iovecs per message: 1, or 2 with a header
-	// ll, for an L2 Fanout, are the link-layer destinations of IPv4 and
-	// IPv6 payloads: the broadcast address of one interface. Its one
-	// "peer" is the segment.
-	ll    *[2]unix.RawSockaddrLinklayer
+	// l2 is set for an L2 Fanout (NewL2).
+	l2    *l2Dest
 	addrs []unix.RawSockaddrInet4 // one per peer
 	iovs  []unix.Iovec            // parts per payload of a group
 	msgs  []unix.Mmsghdr          // group * len(peers)
@@ -194,44 +192,71 @@ func NewUDP(src netip.Addr, ttl int, peers []netip.Addr, port uint16) (*Fanout, 
 	return f, err
 }
 
-// segment is the one destination of an L2 Fanout: the interface's segment.
+// segment is the one destination of a broadcast L2 Fanout: the
+// interface's segment.
 var segment = []netip.Addr{{}}
 
+// l2Dest is what an L2 Fanout sends to.
+type l2Dest struct {
+	ifindex int32
+	// resolve returns a peer's link-layer address; nil: broadcast.
+	resolve func(netip.Addr) ([6]byte, bool)
+	// ll[j] are peer j's destinations for IPv4 and IPv6 payloads (one
+	// entry, the broadcast address, without resolve).
+	ll [][2]unix.RawSockaddrLinklayer
+	// unresolved counts the peers of the last SetPeers that resolve had no
+	// address for: they get broadcast frames.
+	unresolved int
+}
+
+// set makes d (IPv4 and IPv6) the link-layer destination mac.
+func (l *l2Dest) set(d *[2]unix.RawSockaddrLinklayer, mac [6]byte) {
+	for i, proto := range [2]uint16{unix.ETH_P_IP, unix.ETH_P_IPV6} {
+		a := &d[i]
+		a.Family = unix.AF_PACKET
+		// sll_protocol is in network byte order.
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&a.Protocol))[:], proto)
+		a.Ifindex = l.ifindex
+		a.Halen = 6
+		copy(a.Addr[:6], mac[:])
+	}
+}
+
+var broadcastMAC = [6]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+
 // NewL2 opens an AF_PACKET socket that sends each payload, a whole IPv4 or
-// IPv6 packet, as one Ethernet broadcast frame out of the interface
-// ifindex, whatever the peers: the kernel adds the link-layer header (the
-// interface's address as source, EtherType by the payload's version). The
-// socket receives nothing (protocol 0). Its Tally has one entry, the
-// segment; SetPeers's peers are ignored and SendSome sends to all. It needs
-// CAP_NET_RAW.
-func NewL2(ifindex int) (*Fanout, error) {
+// IPv6 packet, in Ethernet frames out of the interface ifindex: the kernel
+// adds the link-layer header (the interface's address as source, EtherType
+// by the payload's version). The socket receives nothing (protocol 0). It
+// needs CAP_NET_RAW.
+//
+// With a nil resolve it sends one broadcast frame per payload, whatever the
+// peers: its Tally has one entry, the segment; SetPeers's peers are ignored
+// and SendSome sends to all. With resolve it sends one unicast frame per
+// peer, to the address resolve returns when SetPeers builds the messages
+// (a peer resolve has no address for gets broadcast frames until the next
+// SetPeers; Unresolved counts them), like the other Fanouts.
+func NewL2(ifindex int, resolve func(netip.Addr) ([6]byte, bool)) (*Fanout, error) {
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("transport: AF_PACKET socket: %w", err)
 	}
-	ll := new([2]unix.RawSockaddrLinklayer)
-	for i, proto := range [2]uint16{unix.ETH_P_IP, unix.ETH_P_IPV6} {
-		a := &ll[i]
-		a.Family = unix.AF_PACKET
-		// sll_protocol is in network byte order.
-		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&a.Protocol))[:], proto)
-		a.Ifindex = int32(ifindex)
-		a.Halen = 6
-		for k := range 6 {
-			a.Addr[k] = 0xff
-		}
+	return newFanout(fd, "l2", nil, 0, 1, &l2Dest{ifindex: int32(ifindex), resolve: resolve})
+}
+
+// Unresolved returns how many peers of the last SetPeers an L2 unicast
+// Fanout had no link-layer address for (they get broadcast frames).
+func (f *Fanout) Unresolved() int {
+	if f.l2 == nil {
+		return 0
 	}
-	f, err := newFanout(fd, "l2", nil, 0, 1, ll)
-	if err != nil {
-		return nil, err
-	}
-	return f, nil
+	return f.l2.unresolved
 }
 
 // newFanout takes ownership of the blocking socket fd and prepares messages
 // to peers; port is the destination port (0 for raw sockets), parts the
 // iovecs per message (2: header and payload).
-func newFanout(fd int, name string, peers []netip.Addr, port uint16, parts int, ll *[2]unix.RawSockaddrLinklayer) (*Fanout, error) {
+func newFanout(fd int, name string, peers []netip.Addr, port uint16, parts int, l2 *l2Dest) (*Fanout, error) {
 	// A send that waits longer than this for buffer space gives up and is
 	// retried, then counted: a wedged device must not wedge the worker.
 	tv := unix.NsecToTimeval(sendTimeout.Nanoseconds())
@@ -239,7 +264,7 @@ func newFanout(fd int, name string, peers []netip.Addr, port uint16, parts int, 
 		unix.Close(fd)
 		return nil, fmt.Errorf("transport: %s socket: set SO_SNDTIMEO: %w", name, err)
 	}
-	f := &Fanout{fd: fd, port: port, parts: parts, ll: ll}
+	f := &Fanout{fd: fd, port: port, parts: parts, l2: l2}
 	f.SetPeers(peers)
 	return f, nil
 }
@@ -251,7 +276,7 @@ func newFanout(fd int, name string, peers []netip.Addr, port uint16, parts int, 
 // more than maxMmsg peers a group is one payload, whose messages sendmmsg
 // takes in several calls.
 func (f *Fanout) SetPeers(peers []netip.Addr) {
-	if f.ll != nil {
+	if f.l2 != nil && f.l2.resolve == nil {
 		peers = segment
 	}
 	p := len(peers)
@@ -269,9 +294,22 @@ func (f *Fanout) SetPeers(peers []netip.Addr) {
 	f.tally.Errors = resize(f.tally.Errors, p)
 	f.tally.Unreachable = resize(f.tally.Unreachable, p)
 	f.tally.LastErrno, f.tally.LastPeer = 0, 0
+	if l := f.l2; l != nil {
+		l.ll, l.unresolved = resize(l.ll, p), 0
+		for j, a := range peers {
+			mac, ok := broadcastMAC, false
+			if l.resolve != nil {
+				if mac, ok = l.resolve(a); !ok {
+					mac = broadcastMAC
+					l.unresolved++
+				}
+			}
+			l.set(&l.ll[j], mac)
+		}
+	}
 	for j, a := range peers {
-		if f.ll != nil {
-			break // the segment: Send names the link-layer destination
+		if f.l2 != nil {
+			break // Send names the link-layer destination of the payload's family
 		}
 		f.addrs[j] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
 		// sin_port is in network byte order.
@@ -282,7 +320,7 @@ func (f *Fanout) SetPeers(peers []netip.Addr) {
 			h := &f.msgs[i*p+j].Hdr
 			h.Name = (*byte)(unsafe.Pointer(&f.addrs[j]))
 			h.Namelen = unix.SizeofSockaddrInet4
-			if f.ll != nil { // Send points it at the payload's family
+			if f.l2 != nil {
 				h.Namelen = unix.SizeofSockaddrLinklayer
 			}
 			h.Iov = &f.iovs[i*f.parts]
@@ -326,12 +364,11 @@ func (f *Fanout) Send(heads, payloads [][]byte) {
 		g := min(len(payloads), len(f.iovs)/f.parts)
 		for i, b := range payloads[:g] {
 			f.point(f.iovs[i*f.parts:(i+1)*f.parts], heads, i, b)
-			if f.ll != nil {
-				fam := 0
-				if len(b) > 0 && b[0]>>4 == 6 {
-					fam = 1
+			if f.l2 != nil {
+				fam := family(b)
+				for j := range p {
+					f.msgs[i*p+j].Hdr.Name = (*byte)(unsafe.Pointer(&f.l2.ll[j][fam]))
 				}
-				f.msgs[i].Hdr.Name = (*byte)(unsafe.Pointer(&f.ll[fam]))
 			}
 		}
 		clear(f.errs)
@@ -360,7 +397,7 @@ func (f *Fanout) SendSome(heads, payloads [][]byte, sets [][]uint64, base int) {
 	if p == 0 {
 		return
 	}
-	if f.ll != nil {
+	if f.l2 != nil && f.l2.resolve == nil {
 		f.Send(heads, payloads) // one frame reaches every node anyway
 		return
 	}
@@ -390,6 +427,10 @@ func (f *Fanout) SendSome(heads, payloads [][]byte, sets [][]uint64, base int) {
 				h := &f.some[n].Hdr
 				h.Name = (*byte)(unsafe.Pointer(&f.addrs[k-base]))
 				h.Namelen = unix.SizeofSockaddrInet4
+				if f.l2 != nil {
+					h.Name = (*byte)(unsafe.Pointer(&f.l2.ll[k-base][family(b)]))
+					h.Namelen = unix.SizeofSockaddrLinklayer
+				}
 				h.Iov = &v[0]
 				h.SetIovlen(f.parts)
 				f.somePeer[n] = int32(k - base)
@@ -399,6 +440,15 @@ func (f *Fanout) SendSome(heads, payloads [][]byte, sets [][]uint64, base int) {
 		}
 	}
 	f.flushSome(n)
+}
+
+// family is 1 for an IPv6 packet, 0 otherwise: the index of its
+// link-layer destination.
+func family(pkt []byte) int {
+	if len(pkt) > 0 && pkt[0]>>4 == 6 {
+		return 1
+	}
+	return 0
 }
 
 // point sets a message's iovecs v to heads[i] (with two parts) and payload.

@@ -1,0 +1,197 @@
+package pmtud
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/go-pmtud/go-pmtud/internal/neigh"
+)
+
+// L2 destinations of the l2 relay (Config.L2Dest).
+const (
+	// L2Broadcast: one broadcast frame per ICMP, whatever the peers.
+	L2Broadcast = "broadcast"
+	// L2Peers: one unicast frame per peer, to its address in the kernel's
+	// neighbour table. Unlike a broadcast frame, the receiving kernel
+	// forwards it, so pods behind DNAT learn too.
+	L2Peers = "peers"
+)
+
+// l2Refresh is how often the l2 relay re-reads the neighbour table for its
+// peers' addresses (a dump of the table over rtnetlink): a peer's address
+// changes when its machine is replaced. While a peer is unresolved it reads
+// the table every l2Retry, so a solicited peer gets unicast frames within
+// milliseconds of its answer; each is solicited at most once a second.
+const (
+	l2Refresh = 2 * time.Second
+	l2Retry   = 50 * time.Millisecond
+)
+
+// neighbours is the l2 relay's view of the kernel's neighbour table on
+// L2Iface, for unicast frames.
+type neighbours struct {
+	conn    *neigh.Conn // in the namespace the relay was created in
+	ifindex int
+	// macs is the last table read (never nil); the Fanouts resolve peers
+	// from it when the workers rebuild their messages.
+	macs atomic.Pointer[map[netip.Addr]neigh.MAC]
+	// peerMACs holds the link-layer addresses of the peers in force: a
+	// frame from one of them is a peer's copy (l2_copy), never relayed.
+	peerMACs atomic.Pointer[map[neigh.MAC]bool]
+	// lastLog throttles the warnings; guarded by the Relay's setMu.
+	lastLog time.Time
+	// solicited is when each peer was last solicited; guarded by setMu.
+	solicited map[netip.Addr]time.Time
+}
+
+// copyFromPeer reports whether the frame whose link-layer header is hw
+// came from a peer: an Ethernet header's source address (bytes 6-11) is in
+// peerMACs. It allocates nothing.
+func (n *neighbours) copyFromPeer(hw []byte) bool {
+	if len(hw) < 14 {
+		return false
+	}
+	return (*n.peerMACs.Load())[neigh.MAC(hw[6:12])]
+}
+
+// setPeerMACs makes the addresses of s's peers in macs the peers' MACs.
+func (n *neighbours) setPeerMACs(s *peerSet, macs map[netip.Addr]neigh.MAC) {
+	m := make(map[neigh.MAC]bool, len(s.addrs))
+	for _, a := range s.addrs {
+		if mac, ok := macs[a]; ok {
+			m[mac] = true
+		}
+	}
+	n.peerMACs.Store(&m)
+}
+
+// openNeighbours reads the neighbour table of c.L2Iface. It returns nil
+// for the other relays and for broadcast frames.
+func openNeighbours(c *Config) (*neighbours, error) {
+	if c.Mode != ModeL2 || c.L2Dest != L2Peers {
+		return nil, nil
+	}
+	ifi, err := net.InterfaceByName(c.L2Iface)
+	if err != nil {
+		return nil, fmt.Errorf("pmtud: l2 relay interface: %w", err)
+	}
+	conn, err := neigh.Dial()
+	if err != nil {
+		return nil, fmt.Errorf("pmtud: %w", err)
+	}
+	n := &neighbours{conn: conn, ifindex: ifi.Index, solicited: map[netip.Addr]time.Time{}}
+	macs, err := conn.Table(n.ifindex)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("pmtud: %w%s", err, needs(err, "CAP_NET_ADMIN"))
+	}
+	n.macs.Store(&macs)
+	n.peerMACs.Store(&map[neigh.MAC]bool{})
+	return n, nil
+}
+
+// resolve returns a peer's link-layer address from the last table read,
+// for the l2 relay's Fanouts. It allocates nothing.
+func (n *neighbours) resolve(a netip.Addr) ([6]byte, bool) {
+	m, ok := (*n.macs.Load())[a]
+	return m, ok
+}
+
+// solicit asks the kernel to resolve the peers of s that the table does
+// not hold; their copies go out as broadcast frames meanwhile. Call it with
+// setMu held.
+func (r *Relay) solicit(s *peerSet) {
+	if r.neigh == nil {
+		return
+	}
+	macs := *r.neigh.macs.Load()
+	r.neigh.setPeerMACs(s, macs)
+	now := time.Now()
+	for _, a := range s.addrs {
+		if _, ok := macs[a]; ok || now.Sub(r.neigh.solicited[a]) < time.Second {
+			continue // resolved, or asked for within the last second
+		}
+		r.neigh.solicited[a] = now
+		if err := r.neigh.conn.Resolve(r.neigh.ifindex, a); err != nil && throttled(&r.neigh.lastLog) {
+			r.log.Warn("cannot solicit a peer's link-layer address", "peer", a, "err", err)
+		}
+	}
+}
+
+// refreshNeighbours re-reads the neighbour table every l2Refresh until ctx
+// is done. When a peer's address changed or appeared, it publishes the
+// peer set again (the same peers, a new generation), and the workers
+// rebuild their messages with the new addresses.
+func (r *Relay) refreshNeighbours(ctx context.Context) {
+	t := time.NewTicker(l2Retry)
+	defer t.Stop()
+	var last time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if now.Sub(last) < l2Refresh && r.unresolved() == 0 {
+				continue
+			}
+			last = now
+		}
+		macs, err := r.neigh.conn.Table(r.neigh.ifindex)
+		r.setMu.Lock()
+		if err != nil {
+			r.m.errors.Inc()
+			if throttled(&r.neigh.lastLog) {
+				r.log.Warn("cannot read the neighbour table; the l2 relay's addresses stay", "err", err)
+			}
+			r.setMu.Unlock()
+			continue
+		}
+		prev := r.set.Load()
+		old := *r.neigh.macs.Load()
+		changed := false
+		for _, a := range prev.addrs {
+			o, had := old[a]
+			n, has := macs[a]
+			if had != has || o != n {
+				changed = true
+				break
+			}
+		}
+		r.neigh.macs.Store(&macs)
+		if changed {
+			s := *prev
+			s.l2gen++
+			r.set.Store(&s)
+			r.quiesce(prev)
+		}
+		r.solicit(r.set.Load())
+		r.setMu.Unlock()
+	}
+}
+
+// unresolved returns the number of peers in force whose link-layer address
+// the table did not hold at the last read.
+func (r *Relay) unresolved() int {
+	macs := *r.neigh.macs.Load()
+	n := 0
+	for _, a := range r.set.Load().addrs {
+		if _, ok := macs[a]; !ok {
+			n++
+		}
+	}
+	return n
+}
+
+// writeL2Metrics writes go_pmtud_l2_unresolved_peers.
+func (r *Relay) writeL2Metrics(w io.Writer) {
+	if r.neigh != nil {
+		metrics.WriteGaugeUint64(w, "go_pmtud_l2_unresolved_peers"+nodeLabels(r.cfg.NodeName), uint64(r.unresolved()))
+	}
+}
