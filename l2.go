@@ -49,6 +49,22 @@ type neighbours struct {
 	lastLog time.Time
 	// solicited is when each peer was last solicited; guarded by setMu.
 	solicited map[netip.Addr]time.Time
+	// segment holds the prefixes of the interface's addresses: a peer
+	// outside them is not on the segment, no frame reaches it, and it is
+	// not solicited.
+	segment []netip.Prefix
+	// offSegment counts the peers in force outside segment.
+	offSegment atomic.Int64
+}
+
+// onSegment reports whether a lies in one of the interface's prefixes.
+func (n *neighbours) onSegment(a netip.Addr) bool {
+	for _, p := range n.segment {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // copyFromPeer reports whether the frame whose link-layer header is hw
@@ -82,11 +98,21 @@ func openNeighbours(c *Config) (*neighbours, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pmtud: l2 relay interface: %w", err)
 	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return nil, fmt.Errorf("pmtud: l2 relay interface %s: %w", c.L2Iface, err)
+	}
+	var segment []netip.Prefix
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			segment = append(segment, p.Masked())
+		}
+	}
 	conn, err := neigh.Dial()
 	if err != nil {
 		return nil, fmt.Errorf("pmtud: %w", err)
 	}
-	n := &neighbours{conn: conn, ifindex: ifi.Index, solicited: map[netip.Addr]time.Time{}}
+	n := &neighbours{conn: conn, ifindex: ifi.Index, solicited: map[netip.Addr]time.Time{}, segment: segment}
 	macs, err := conn.Table(n.ifindex)
 	if err != nil {
 		conn.Close()
@@ -114,7 +140,12 @@ func (r *Relay) solicit(s *peerSet) {
 	macs := *r.neigh.macs.Load()
 	r.neigh.setPeerMACs(s, macs)
 	now := time.Now()
+	off := 0
 	for _, a := range s.addrs {
+		if !r.neigh.onSegment(a) {
+			off++
+			continue
+		}
 		if _, ok := macs[a]; ok || now.Sub(r.neigh.solicited[a]) < time.Second {
 			continue // resolved, or asked for within the last second
 		}
@@ -122,6 +153,9 @@ func (r *Relay) solicit(s *peerSet) {
 		if err := r.neigh.conn.Resolve(r.neigh.ifindex, a); err != nil && throttled(&r.neigh.lastLog) {
 			r.log.Warn("cannot solicit a peer's link-layer address", "peer", a, "err", err)
 		}
+	}
+	if prev := r.neigh.offSegment.Swap(int64(off)); off > 0 && int64(off) != prev {
+		r.log.Warn("peers outside the l2 relay's segment get no frame they can receive (go_pmtud_l2_offsegment_peers)", "peers", off, "iface", r.cfg.L2Iface)
 	}
 }
 
@@ -176,13 +210,13 @@ func (r *Relay) refreshNeighbours(ctx context.Context) {
 	}
 }
 
-// unresolved returns the number of peers in force whose link-layer address
-// the table did not hold at the last read.
+// unresolved returns the number of peers in force on the segment whose
+// link-layer address the table did not hold at the last read.
 func (r *Relay) unresolved() int {
 	macs := *r.neigh.macs.Load()
 	n := 0
 	for _, a := range r.set.Load().addrs {
-		if _, ok := macs[a]; !ok {
+		if _, ok := macs[a]; !ok && r.neigh.onSegment(a) {
 			n++
 		}
 	}
@@ -192,6 +226,8 @@ func (r *Relay) unresolved() int {
 // writeL2Metrics writes go_pmtud_l2_unresolved_peers.
 func (r *Relay) writeL2Metrics(w io.Writer) {
 	if r.neigh != nil {
-		metrics.WriteGaugeUint64(w, "go_pmtud_l2_unresolved_peers"+nodeLabels(r.cfg.NodeName), uint64(r.unresolved()))
+		n := nodeLabels(r.cfg.NodeName)
+		metrics.WriteGaugeUint64(w, "go_pmtud_l2_unresolved_peers"+n, uint64(r.unresolved()))
+		metrics.WriteGaugeUint64(w, "go_pmtud_l2_offsegment_peers"+n, uint64(r.neigh.offSegment.Load()))
 	}
 }

@@ -592,3 +592,29 @@ func noPingPong(t *testing.T, n int, mode pmtud.Mode, dest string) {
 		t.Fatalf("counters moved after the exchange: %v", sts)
 	}
 }
+
+// TestL2PeersResolvesAndCountsOffSegment starts an l2 relay to peers on a
+// node whose neighbour table knows nobody: the peer on the segment is
+// solicited and resolved; one outside the interface's prefix is counted as
+// off the segment and not solicited.
+func TestL2PeersResolvesAndCountsOffSegment(t *testing.T) {
+	c, err := netlab.BuildCluster(netlab.NewT(t), 2, 1400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := netip.MustParseAddr("198.18.77.7")
+	r := startRelay(t, c.Nodes[1], pmtud.Config{
+		Mode: pmtud.ModeL2, L2Iface: "eth0", L2Dest: pmtud.L2Peers,
+		Source: netlab.NodeAddr(1), Peers: []netip.Addr{netlab.NodeAddr(0), netlab.NodeAddr(1), off},
+	})
+	want := regexp.MustCompile(`(?m)^go_pmtud_l2_unresolved_peers\{[^}]*\} 0\n(.|\n)*^go_pmtud_l2_offsegment_peers\{[^}]*\} 1$`)
+	var m strings.Builder
+	waitFor(t, "A resolved and the off-segment peer counted", func() bool {
+		m.Reset()
+		r.WritePrometheus(&m)
+		return want.MatchString(m.String())
+	})
+	if out := c.Nodes[1].MustRun(t, "ip", "neigh", "show", "dev", "eth0"); strings.Contains(out, off.String()) || !strings.Contains(out, netlab.NodeAddr(0).String()) {
+		t.Fatalf("neighbour table:\n%s\nwant A and not the off-segment peer", out)
+	}
+}
