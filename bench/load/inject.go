@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/binary"
 	"fmt"
+	"net"
 	"net/netip"
 	"time"
 	"unsafe"
@@ -293,10 +294,21 @@ func measureCeiling(t *topology, rl relay, payload []byte, d time.Duration) (cei
 		iov.SetLen(len(payload))
 		// Whole rounds of P peers per call, so every peer gets as many.
 		msgs := make([]unix.Mmsghdr, maxMmsg/len(addrs)*len(addrs))
+		var ll unix.RawSockaddrLinklayer
+		if rl == relayL2 {
+			ifi, err := net.InterfaceByName("eth0")
+			if err != nil {
+				return err
+			}
+			ll = broadcastSockaddr(ifi.Index)
+		}
 		for i := range msgs {
 			h := &msgs[i].Hdr
 			h.Name = (*byte)(unsafe.Pointer(&addrs[i%len(addrs)]))
 			h.Namelen = unix.SizeofSockaddrInet4
+			if rl == relayL2 {
+				h.Name, h.Namelen = (*byte)(unsafe.Pointer(&ll)), unix.SizeofSockaddrLinklayer
+			}
 			h.Iov = &iov
 			h.Iovlen = 1
 		}

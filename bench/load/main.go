@@ -9,8 +9,11 @@
 // an IP_HDRINCL raw socket; every one differs in the quoted TCP source port
 // and sequence number. The node namespace runs the real go-pmtud binary
 // (built with CGO_ENABLED=0 into a temporary directory) behind the iptables
-// NFLOG rule of the DaemonSet, with --relay icmp unless -relay udp says
-// otherwise. The sink namespace holds the P peer addresses on one veth; an
+// NFLOG rule of the DaemonSet, with --relay icmp unless -relay udp or
+// -relay l2 says otherwise. With -relay l2 the daemon broadcasts one frame
+// per ICMP on the node's eth0 (--l2-dest broadcast), so the sink counts one
+// copy per ICMP, not P, and the ceiling is an AF_PACKET socket sending
+// broadcast frames flat out; there is no latency phase. The sink namespace holds the P peer addresses on one veth; an
 // nft counter on its ingress hook counts the copies and drops them before
 // the IP stack, so the sink costs its sender next to nothing.
 //
@@ -238,6 +241,8 @@ func parseOptions(args []string) (options, error) {
 		return o, fmt.Errorf("-rate %v is outside (0, %v]", o.rate, maxRate)
 	case o.latRate < 0 || o.latRate > 10000:
 		return o, fmt.Errorf("-latency-rate %v is outside [0, 10000]", o.latRate)
+	case o.relay == relayL2 && o.latRate > 0:
+		return o, errors.New("-relay l2: the latency phase reads copies from the sink's sockets, and a broadcast frame's packet is addressed to the node: give -latency-rate 0")
 	case o.quote < minQuote || o.quote > 1400:
 		return o, fmt.Errorf("-quote %d is outside %d..1400", o.quote, minQuote)
 	case o.swapEvery != 0 && o.compareSwap != 0:
@@ -402,7 +407,7 @@ func runForward(r *report, t *topology, bin, dir string, cl *cleanups) error {
 	}
 	cl.add(func() { d.stop() })
 
-	p := forwardPath(t, inj)
+	p := forwardPath(t, inj, o.relay)
 	swapped := p
 	if cm != nil {
 		swapped.swap = newSwapper(cm, t, o.swapInterval())

@@ -50,13 +50,13 @@ type path struct {
 
 // forwardPath is the replication path: inj injects ICMPs at the node, the
 // sink counts the copies to the P peers.
-func forwardPath(t *topology, inj *injector) path {
+func forwardPath(t *topology, inj *injector, rl relay) path {
 	return path{
 		unit:   "ICMP/s",
 		send:   func(rate float64, d time.Duration) (injection, error) { return inj.run(rate, d, nil) },
 		probe:  inj.probe,
 		count:  t.sinkCount,
-		fanout: len(t.peers),
+		fanout: rl.fanout(len(t.peers)),
 		nflog:  func() (nflogCounters, error) { return readNFLOGCounters(t.node, nflogGroup) },
 	}
 }

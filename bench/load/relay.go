@@ -24,6 +24,10 @@ const (
 	// relayUDP: an envelope header and the router's whole packet, in a UDP
 	// datagram to relayPort.
 	relayUDP relay = "udp"
+	// relayL2: the router's whole packet in one Ethernet broadcast frame on
+	// the node's eth0 per ICMP, whatever P: the sink counts one copy per
+	// ICMP.
+	relayL2 relay = "l2"
 )
 
 // relayPort is the udp relay's port, passed to the daemon.
@@ -32,26 +36,32 @@ const relayPort = 2734
 // parseRelay validates a -relay value.
 func parseRelay(s string) (relay, error) {
 	switch r := relay(s); r {
-	case relayICMP, relayUDP:
+	case relayICMP, relayUDP, relayL2:
 		return r, nil
 	}
-	return "", fmt.Errorf("-relay %q is not icmp or udp", s)
+	return "", fmt.Errorf("-relay %q is not icmp, udp or l2", s)
 }
 
 // daemonFlags returns the go-pmtud flags that select the relay.
 func (r relay) daemonFlags() []string {
-	if r == relayUDP {
+	switch r {
+	case relayUDP:
 		// Unauthenticated, as the measured figures are (the sinks run no
 		// daemon); the receive mode adds a key file, which wins.
 		return []string{"--relay", "udp", "--relay-port", strconv.Itoa(relayPort), "--insecure-no-auth"}
+	case relayL2:
+		return []string{"--relay", "l2", "--iface", "eth0"}
 	}
 	return []string{"--relay", "icmp"}
 }
 
 // socketKind names the socket the daemon sends copies from.
 func (r relay) socketKind() string {
-	if r == relayUDP {
+	switch r {
+	case relayUDP:
 		return "UDP"
+	case relayL2:
+		return "AF_PACKET broadcast"
 	}
 	return "raw ICMP"
 }
@@ -59,8 +69,11 @@ func (r relay) socketKind() string {
 // payload returns what the daemon sends to each peer for the injected
 // packet pkt: its ICMP message, or an (all-zero) envelope header and pkt.
 func (r relay) payload(pkt []byte) []byte {
-	if r == relayUDP {
+	switch r {
+	case relayUDP:
 		return append(make([]byte, wire.EnvelopeLen, wire.EnvelopeLen+len(pkt)), pkt...)
+	case relayL2:
+		return append([]byte(nil), pkt...)
 	}
 	return append([]byte(nil), pkt[offICMP:]...)
 }
@@ -70,6 +83,13 @@ func (r relay) payload(pkt []byte) []byte {
 // receives nothing), but blocking, and returns it with the destination port
 // of the copies.
 func (r relay) ceilingSocket() (fd int, port uint16, err error) {
+	if r == relayL2 {
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return -1, 0, fmt.Errorf("ceiling: AF_PACKET socket: %w", err)
+		}
+		return fd, 0, nil
+	}
 	typ, proto := unix.SOCK_RAW, unix.IPPROTO_ICMP
 	if r == relayUDP {
 		typ, proto, port = unix.SOCK_DGRAM, unix.IPPROTO_UDP, relayPort
@@ -155,6 +175,25 @@ func sockaddrs(t *topology, port uint16) []unix.RawSockaddrInet4 {
 		addrs[j] = sockaddrInet4(a, port)
 	}
 	return addrs
+}
+
+// fanout returns the copies one injected ICMP gives: one per peer, or one
+// broadcast frame.
+func (r relay) fanout(peers int) int {
+	if r == relayL2 {
+		return 1
+	}
+	return peers
+}
+
+// broadcastSockaddr returns the sockaddr_ll of an IPv4 broadcast frame out
+// of interface ifindex.
+func broadcastSockaddr(ifindex int) unix.RawSockaddrLinklayer {
+	sa := unix.RawSockaddrLinklayer{Family: unix.AF_PACKET, Ifindex: int32(ifindex), Halen: 6}
+	// sll_protocol is in network byte order.
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Protocol))[:], unix.ETH_P_IP)
+	copy(sa.Addr[:], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	return sa
 }
 
 // sockaddrInet4 returns the sockaddr of IPv4 address a and port.

@@ -46,8 +46,9 @@ func setSinkDrop(ns *netlab.NS, drop bool) error {
 	if _, err := ns.Run("nft", "flush", "chain", "netdev", "load", "in"); err != nil {
 		return err
 	}
+	// The copies come from the node's address, or (l2) keep the router's.
 	rule := []string{"nft", "add", "rule", "netdev", "load", "in",
-		"ip", "saddr", nodeAddr.String(), "counter", "name", "arrived"}
+		"ip", "saddr", "{", nodeAddr.String(), ",", icmpSource.String(), "}", "counter", "name", "arrived"}
 	if drop {
 		rule = append(rule, "drop")
 	}
