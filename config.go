@@ -251,6 +251,10 @@ func (c *Config) Validate() error {
 		if c.L2Dest != "" && c.L2Dest != L2Broadcast && c.L2Dest != L2Peers {
 			return fmt.Errorf("l2 destination %q is not %s or %s", c.L2Dest, L2Broadcast, L2Peers)
 		}
+		if c.L2Dest != L2Peers && c.Split == SplitPeer && c.Workers > 1 {
+			// Every worker would send the whole batch's frames.
+			return errors.New("the l2 relay's broadcast frames cannot be split by peer: use --split batch")
+		}
 	default:
 		return fmt.Errorf("relay mode %v is not supported", c.Mode)
 	}

@@ -42,6 +42,13 @@ func TestValidate(t *testing.T) {
 		{"icmp relay without keys", func(c *Config) { c.Keys, c.Mode = nil, ModeICMP }, ""},
 		{"source rate limit too high", func(c *Config) { c.SourceRateLimit = MaxRateLimit + 1 }, "source rate limit"},
 		{"trusted source not a prefix", func(c *Config) { c.TrustedSources = []netip.Prefix{{}} }, "trusted source"},
+		{"l2 relay", func(c *Config) { c.Mode, c.L2Iface = ModeL2, "eth0" }, ""},
+		{"l2 relay without an interface", func(c *Config) { c.Mode = ModeL2 }, "--iface"},
+		{"l2 relay, unknown destination", func(c *Config) { c.Mode, c.L2Iface, c.L2Dest = ModeL2, "eth0", "anycast" }, "l2 destination"},
+		{"l2 broadcast split by peer", func(c *Config) { c.Mode, c.L2Iface, c.Split, c.Workers = ModeL2, "eth0", SplitPeer, 2 }, "--split batch"},
+		{"l2 to peers split by peer", func(c *Config) {
+			c.Mode, c.L2Iface, c.L2Dest, c.Split, c.Workers = ModeL2, "eth0", L2Peers, SplitPeer, 2
+		}, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := base()

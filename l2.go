@@ -26,12 +26,15 @@ const (
 
 // l2Refresh is how often the l2 relay re-reads the neighbour table for its
 // peers' addresses (a dump of the table over rtnetlink): a peer's address
-// changes when its machine is replaced. While a peer is unresolved it reads
-// the table every l2Retry, so a solicited peer gets unicast frames within
-// milliseconds of its answer; each is solicited at most once a second.
+// changes when its machine is replaced. For l2Eager after a peer was
+// solicited it reads the table every l2Retry, so the peer gets unicast
+// frames within milliseconds of its answer; a peer that does not answer
+// (powered off) is solicited again at most once a second and then costs
+// a dump every l2Refresh.
 const (
 	l2Refresh = 2 * time.Second
 	l2Retry   = 50 * time.Millisecond
+	l2Eager   = 3 * time.Second
 )
 
 // neighbours is the l2 relay's view of the kernel's neighbour table on
@@ -49,6 +52,8 @@ type neighbours struct {
 	lastLog time.Time
 	// solicited is when each peer was last solicited; guarded by setMu.
 	solicited map[netip.Addr]time.Time
+	// lastSolicit is when any peer was last solicited (Unix ns).
+	lastSolicit atomic.Int64
 	// segment holds the prefixes of the interface's addresses: a peer
 	// outside them is not on the segment, no frame reaches it, and it is
 	// not solicited.
@@ -77,15 +82,29 @@ func (n *neighbours) copyFromPeer(hw []byte) bool {
 	return (*n.peerMACs.Load())[neigh.MAC(hw[6:12])]
 }
 
-// setPeerMACs makes the addresses of s's peers in macs the peers' MACs.
-func (n *neighbours) setPeerMACs(s *peerSet, macs map[netip.Addr]neigh.MAC) {
+// setPeerMACs makes the addresses of s's peers on the segment in macs the
+// peers' MACs. A MAC that more than one address of the table resolves to is
+// left out: behind proxy ARP (some clouds answer every address with one
+// MAC) it may be the router's, whose ICMPs must not look like copies. It
+// returns the number left out.
+func (n *neighbours) setPeerMACs(s *peerSet, macs map[netip.Addr]neigh.MAC) (shared int) {
+	uses := make(map[neigh.MAC]int, len(macs))
+	for _, mac := range macs {
+		uses[mac]++
+	}
 	m := make(map[neigh.MAC]bool, len(s.addrs))
 	for _, a := range s.addrs {
-		if mac, ok := macs[a]; ok {
+		mac, ok := macs[a]
+		switch {
+		case !ok || !n.onSegment(a):
+		case uses[mac] > 1:
+			shared++
+		default:
 			m[mac] = true
 		}
 	}
 	n.peerMACs.Store(&m)
+	return shared
 }
 
 // openNeighbours reads the neighbour table of c.L2Iface. It returns nil
@@ -138,8 +157,15 @@ func (r *Relay) solicit(s *peerSet) {
 		return
 	}
 	macs := *r.neigh.macs.Load()
-	r.neigh.setPeerMACs(s, macs)
+	if shared := r.neigh.setPeerMACs(s, macs); shared > 0 && throttled(&r.neigh.lastLog) {
+		r.log.Warn("peers share their MAC address with other neighbours (proxy ARP?): their copies cannot be told from the router's by source address", "peers", shared)
+	}
 	now := time.Now()
+	for a := range r.neigh.solicited {
+		if _, ok := s.index[a]; !ok {
+			delete(r.neigh.solicited, a) // not a peer any more
+		}
+	}
 	off := 0
 	for _, a := range s.addrs {
 		if !r.neigh.onSegment(a) {
@@ -150,6 +176,7 @@ func (r *Relay) solicit(s *peerSet) {
 			continue // resolved, or asked for within the last second
 		}
 		r.neigh.solicited[a] = now
+		r.neigh.lastSolicit.Store(now.UnixNano())
 		if err := r.neigh.conn.Resolve(r.neigh.ifindex, a); err != nil && throttled(&r.neigh.lastLog) {
 			r.log.Warn("cannot solicit a peer's link-layer address", "peer", a, "err", err)
 		}
@@ -172,7 +199,8 @@ func (r *Relay) refreshNeighbours(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			if now.Sub(last) < l2Refresh && r.unresolved() == 0 {
+			eager := now.Sub(time.Unix(0, r.neigh.lastSolicit.Load())) < l2Eager && r.unresolved() > 0
+			if now.Sub(last) < l2Refresh && !eager {
 				continue
 			}
 			last = now

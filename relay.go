@@ -56,9 +56,11 @@ type Relay struct {
 
 	reader *nl.Reader
 	seq    *wire.Sequence // udp relay: one numbering for all sealers
-	// started is when the udp relay started, in Unix nanoseconds: the
-	// receiver refuses version 2 datagrams sealed before it.
-	started int64
+	// started is when the udp relay started, with the monotonic clock
+	// reading: the receiver refuses version 2 datagrams sealed before it.
+	// The bound is kept as an age, so a clock stepped after the start
+	// (NTP correcting a fast clock) moves it along.
+	started time.Time
 	keys    atomic.Pointer[keySet] // udp relay: the keys in force
 	pre     *preparer              // SplitPeer: the reader's
 	workers []*worker
@@ -214,6 +216,12 @@ func newRelay(cfg Config, log *slog.Logger, res resources) (*Relay, error) {
 	if r.neigh, err = openNeighbours(&r.cfg); err != nil {
 		return nil, err
 	}
+	built := false
+	defer func() {
+		if !built && r.neigh != nil {
+			r.neigh.conn.Close() // New failed: nothing else closes it
+		}
+	}()
 	r.m = newRelayMetrics(cfg.NodeName, cfg.Mode, func() int { return len(r.set.Load().addrs) })
 	r.m.set.RegisterMetricsWriter(r.writePeerMetrics)
 	r.m.set.RegisterMetricsWriter(r.writeTargetMetrics)
@@ -229,7 +237,7 @@ func newRelay(cfg Config, log *slog.Logger, res resources) (*Relay, error) {
 	}
 	if cfg.Mode == ModeUDP {
 		now := time.Now()
-		r.seq, r.started = wire.NewSequence(now), now.UnixNano()
+		r.seq, r.started = wire.NewSequence(now), now
 		if err := r.openUDP(); err != nil {
 			r.closeWorkers()
 			return nil, err
@@ -262,6 +270,7 @@ func newRelay(cfg Config, log *slog.Logger, res resources) (*Relay, error) {
 			return float64(reader.Drops())
 		})
 	}
+	built = true
 	return r, nil
 }
 
@@ -648,7 +657,7 @@ func (p *preparer) prepare(j *job) {
 			r.m.dropped[DropFromTUN].Inc()
 			continue
 		}
-		if pkt.L2Group() || r.neigh != nil && r.neigh.copyFromPeer(pkt.HwHeader) {
+		if pkt.L2Group() || r.neigh != nil && r.neigh.copyFromPeer(pkt.Ethernet()) {
 			r.m.dropped[DropL2Copy].Inc()
 			continue
 		}

@@ -551,7 +551,7 @@ func TestSendTimeBounds(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	start := time.Unix(0, b.started)
+	start := b.started
 	now := start.Add(2 * sendTimeSlack) // B's clock when the datagrams arrive
 	seq := wire.NewSequence(time.Now())
 	pkts := distinctFragNeeded(8)

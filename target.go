@@ -139,29 +139,18 @@ entries:
 			}
 			k, ok := s.index[a]
 			if !ok {
+				// The owners are unknown: the entry stays, with no bitmap,
+				// so that it sends to every peer rather than let a duplicate
+				// or a broader group narrow the copies.
 				t.unknown++
 				clear(set) // the next entry's words
+				t.add(e, nil)
 				continue entries
 			}
 			set[k/64] |= 1 << (k % 64)
 		}
 		backing = backing[:len(backing)+words]
-		if e.Scope == ScopeService {
-			key := targetKey{e.Prefix.Addr().Unmap(), e.Proto, e.Port}
-			if prev, dup := t.services[key]; dup {
-				// Two Services on one address and port (a shared IP):
-				// either may own the flow.
-				for w := range prev {
-					set[w] |= prev[w]
-				}
-			} else {
-				t.nService++
-			}
-			t.services[key] = set
-			continue
-		}
-		t.groups = append(t.groups, groupTarget{e.Prefix.Masked(), e.Proto, e.Port, set})
-		t.nGroup++
+		t.add(e, set)
 	}
 	// Most specific first: the longer prefix, then a given protocol and
 	// port over "any".
@@ -177,6 +166,31 @@ entries:
 	return t
 }
 
+// add puts entry e with bitmap set into t; a nil set means every peer (the
+// owners are unknown), and it wins over a duplicate's bitmap.
+func (t *targetTable) add(e *Target, set []uint64) {
+	if e.Scope == ScopeService {
+		key := targetKey{e.Prefix.Addr().Unmap(), e.Proto, e.Port}
+		if prev, dup := t.services[key]; dup {
+			// Two Services on one address and port (a shared IP): either
+			// may own the flow.
+			if prev == nil || set == nil {
+				set = nil
+			} else {
+				for w := range prev {
+					set[w] |= prev[w]
+				}
+			}
+		} else {
+			t.nService++
+		}
+		t.services[key] = set
+		return
+	}
+	t.groups = append(t.groups, groupTarget{e.Prefix.Masked(), e.Proto, e.Port, set})
+	t.nGroup++
+}
+
 // lookup returns the scope of f's peers and, unless the scope is ScopeAll,
 // their bitmap over the set's indexes (which may name none: the flow is
 // this node's). A nil table is all peers. It allocates nothing: a map
@@ -188,12 +202,18 @@ func (t *targetTable) lookup(f *wire.FragNeeded) (TargetScope, []uint64) {
 	in := &f.Inner
 	if in.SrcPort != 0 && len(t.services) > 0 {
 		if set, ok := t.services[targetKey{in.Src, in.Proto, in.SrcPort}]; ok {
+			if set == nil {
+				return ScopeAll, nil // owners unknown
+			}
 			return ScopeService, set
 		}
 	}
 	for i := range t.groups {
 		g := &t.groups[i]
 		if (g.port == 0 || g.port == in.SrcPort) && (g.proto == 0 || g.proto == in.Proto) && g.prefix.Contains(in.Src) {
+			if g.set == nil {
+				return ScopeAll, nil
+			}
 			return ScopeGroup, g.set
 		}
 	}

@@ -43,6 +43,11 @@ func TestTargets(t *testing.T) {
 		svc("198.18.100.2", 443, fakeA),
 		svc("198.18.100.3", 443, fakeB, netip.MustParseAddr("198.18.9.9")),
 		svc("198.18.100.4", 443, fakeB, netip.Addr{}), // a node name the source could not resolve
+		// Unknown owners are not narrowed by a duplicate that knows some, in
+		// either order, nor by a group around them.
+		svc("198.18.100.5", 443, netip.MustParseAddr("198.18.9.9")),
+		svc("198.18.100.5", 443, fakeB),
+		svc("198.18.101.6", 443, netip.MustParseAddr("198.18.9.9")),
 		group("198.18.101.0/24", 0, fakeC, fakeD),
 		group("198.18.101.0/25", 80, e),
 	}
@@ -60,6 +65,8 @@ func TestTargets(t *testing.T) {
 		{"198.18.100.2", unix.IPPROTO_TCP, 443, nil, ScopeService},
 		{"198.18.100.3", unix.IPPROTO_TCP, 443, all, ScopeAll},
 		{"198.18.100.4", unix.IPPROTO_TCP, 443, all, ScopeAll},
+		{"198.18.100.5", unix.IPPROTO_TCP, 443, all, ScopeAll},
+		{"198.18.101.6", unix.IPPROTO_TCP, 443, all, ScopeAll},
 		{"198.18.100.1", unix.IPPROTO_TCP, 444, all, ScopeAll},
 		{"198.18.100.1", unix.IPPROTO_UDP, 443, all, ScopeAll},
 		{"198.18.101.5", unix.IPPROTO_TCP, 80, []netip.Addr{e}, ScopeGroup},
@@ -117,13 +124,13 @@ func TestTargets(t *testing.T) {
 			for _, line := range []string{
 				`go_pmtud_targeted_total{node="a",scope="service"} 2`,
 				`go_pmtud_targeted_total{node="a",scope="group"} 3`,
-				`go_pmtud_targeted_total{node="a",scope="all"} 5`,
+				`go_pmtud_targeted_total{node="a",scope="all"} 7`,
 				`go_pmtud_targeted_peers_total{node="a",scope="service"} 1`,
 				`go_pmtud_targeted_peers_total{node="a",scope="group"} 5`,
-				`go_pmtud_targeted_peers_total{node="a",scope="all"} 25`,
-				`go_pmtud_target_entries{node="a",scope="service"} 2`,
+				`go_pmtud_targeted_peers_total{node="a",scope="all"} 35`,
+				`go_pmtud_target_entries{node="a",scope="service"} 6`,
 				`go_pmtud_target_entries{node="a",scope="group"} 2`,
-				`go_pmtud_target_unknown_owners{node="a"} 2`,
+				`go_pmtud_target_unknown_owners{node="a"} 4`,
 			} {
 				if !strings.Contains(m.String(), line+"\n") {
 					t.Errorf("metrics lack %q", line)

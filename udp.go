@@ -206,7 +206,7 @@ func (rv *receiver) stamp(t time.Time) {
 	rv.now = rv.r.dedup.now(t)
 	rv.nowUnix = uint64(t.Unix())
 	n := t.UnixNano()
-	rv.sentMin = max(rv.r.started, n-int64(sendTimeSlack))
+	rv.sentMin = n - int64(min(max(t.Sub(rv.r.started), 0), sendTimeSlack))
 	rv.sentMax = n + int64(sendTimeSlack)
 }
 

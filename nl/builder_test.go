@@ -47,7 +47,6 @@ func be32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
 const (
 	nfulaHwaddr = 8
 	nfulaPrefix = 10
-	nfulaHwType = 15
 	nfulaHwLen  = 17
 )
 

@@ -46,7 +46,9 @@ const (
 	nfulaIfindexIndev = 4  // NFULA_IFINDEX_INDEV: __be32
 	nfulaPayload      = 9  // NFULA_PAYLOAD: the packet from the network header on, copy_range bytes at most
 	nfulaSeq          = 12 // NFULA_SEQ: __be32 instance-local sequence number (NFULNL_CFG_F_SEQ)
+	nfulaHwType       = 15 // NFULA_HWTYPE: __be16, the device's ARPHRD_* type (include/uapi/linux/if_arp.h)
 	nfulaHwHeader     = 16 // NFULA_HWHEADER: the link-layer header the packet arrived with (Ethernet: destination, source, EtherType)
+	arphrdEther       = 1  // ARPHRD_ETHER (include/uapi/linux/if_arp.h)
 
 	packetHdrMin = 2  // bytes of NFULA_PACKET_HDR that Decode reads (hw_protocol)
 	timestampLen = 16 // sizeof(struct nfulnl_msg_packet_timestamp)
@@ -81,13 +83,26 @@ type Packet struct {
 	// source address, EtherType). Nil when absent: the kernel includes it
 	// for received packets whose device has one.
 	HwHeader []byte
+	// HwType is NFULA_HWTYPE, the receiving device's ARPHRD_* type (1:
+	// Ethernet), host order; 0 when absent. It says what HwHeader is.
+	HwType uint16
 }
 
-// L2Group reports whether the packet arrived in a link-layer broadcast or
-// multicast frame: an Ethernet header whose destination has the group bit
-// (the least significant bit of its first byte) set. A router sends its
-// ICMPs to one host; such a frame is another node's l2 relay copy.
-func (p *Packet) L2Group() bool { return len(p.HwHeader) >= 14 && p.HwHeader[0]&1 == 1 }
+// Ethernet returns the packet's Ethernet header, or nil when it did not
+// arrive on an Ethernet device with one: a tunnel's "hardware header" is
+// something else (an ipgre device reports the outer IPv4 header).
+func (p *Packet) Ethernet() []byte {
+	if p.HwType != arphrdEther || len(p.HwHeader) != 14 {
+		return nil
+	}
+	return p.HwHeader
+}
+
+// L2Group reports whether the packet arrived in an Ethernet broadcast or
+// multicast frame: a destination address with the group bit (the least
+// significant bit of its first byte) set. A router sends its ICMPs to one
+// host; such a frame is another node's l2 relay copy.
+func (p *Packet) L2Group() bool { e := p.Ethernet(); return e != nil && e[0]&1 == 1 }
 
 // ErrMalformed is matched (errors.Is) by every error Decode and Reader.Read
 // return for a datagram that does not parse: a length that overruns its
@@ -197,6 +212,11 @@ func decodePacket(body []byte, p *Packet) error {
 			p.Payload = v
 		case nfulaHwHeader:
 			p.HwHeader = v
+		case nfulaHwType:
+			if len(v) < 2 {
+				return errAttrSize
+			}
+			p.HwType = binary.BigEndian.Uint16(v)
 		case nfulaSeq:
 			if len(v) != 4 {
 				return errAttrSize

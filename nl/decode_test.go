@@ -18,7 +18,7 @@ func TestDecode(t *testing.T) {
 	// want is the Packet kernelPacket(…, payload, seq, 1, 1700000000, usec) decodes to.
 	want := func(payload []byte, seq uint32, usec int64) Packet {
 		return Packet{Payload: payload, Seq: seq, HasSeq: true, InIfindex: 1, HwProto: 0x0800,
-			Timestamp: 1700000000*1e9 + usec*1e3, HwHeader: []byte{0: 0, 12: 0x08, 13: 0x00}}
+			Timestamp: 1700000000*1e9 + usec*1e3, HwHeader: []byte{0: 0, 12: 0x08, 13: 0x00}, HwType: 772}
 	}
 	pkt := func(payload []byte, seq uint32) []byte {
 		return appendMsg(nil, msgTypePacket, 0, 0, kernelPacket(33, payload, seq, 1, 1700000000, 0))
@@ -207,9 +207,15 @@ func TestL2Group(t *testing.T) {
 		{"IPv6 multicast", eth(0x33, 0x33, 0, 0, 0, 1), true},
 		{"too short for Ethernet", []byte{0xff, 0xff}, false},
 	} {
-		p := Packet{HwHeader: tc.hw}
+		p := Packet{HwHeader: tc.hw, HwType: 1}
 		if got := p.L2Group(); got != tc.want {
 			t.Errorf("%s: L2Group() = %v, want %v", tc.name, got, tc.want)
 		}
+	}
+	// A tunnel's "hardware header" is no Ethernet header: an ipgre device
+	// reports the outer IPv4 header, whose first byte 0x45 is odd.
+	gre := Packet{HwHeader: []byte{0x45, 0, 0, 0x54, 0, 0, 0x40, 0, 0x40, 0x2f, 0, 0, 198, 18}, HwType: 778}
+	if gre.L2Group() || gre.Ethernet() != nil {
+		t.Error("an ipgre device's header read as an Ethernet group frame")
 	}
 }

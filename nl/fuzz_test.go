@@ -65,6 +65,9 @@ func referenceDecode(b []byte) ([]Packet, error) {
 			if a.HwHeader != nil {
 				p.HwHeader = *a.HwHeader
 			}
+			if a.HwType != nil {
+				p.HwType = *a.HwType
+			}
 			if a.Timestamp != nil {
 				p.Timestamp = a.Timestamp.UnixNano()
 			}
