@@ -597,8 +597,11 @@ func TestSendTimeBounds(t *testing.T) {
 func sealed(t *testing.T, version int, seq *wire.Sequence, sent time.Time, pkt []byte) []byte {
 	t.Helper()
 	newSealer := wire.NewSealer
-	if version == 1 {
+	switch version {
+	case 1:
 		newSealer = wire.NewSealerV1
+	case 3:
+		newSealer = wire.NewSealerPacked // pkt is a pack
 	}
 	s, err := newSealer(&testKey, seq, fakeA)
 	if err != nil {
@@ -615,4 +618,41 @@ func receiveAt(r *Relay, d []byte, now time.Time) RecvDropReason {
 	r.recv.in = &testDatagram{src: fakeA, buf: d}
 	r.recv.stamp(now)
 	return r.recv.handle(0)
+}
+
+// TestReceivePacked: a version 3 datagram's packets are each checked and
+// injected by themselves, after the datagram's send time and number are
+// admitted once: a packet that fails the policy is counted and the others
+// are injected; the datagram again is replayed as a whole; a pack that ends
+// in a bad length has its earlier packets injected and counts bad_pack.
+func TestReceivePacked(t *testing.T) {
+	b, err := newRelay(Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: []netip.Addr{fakeA}, TTL: 10,
+		Keys: []wire.Key{testKey}}, nil, &fakeResources{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	pkts := distinctFragNeeded(4)
+	fromPeer := bytes.Clone(pkts[1])
+	copy(fromPeer[12:16], fakeA.AsSlice())
+	fixIPv4Checksum(fromPeer)
+	pack := wire.AppendPacked(wire.AppendPacked(wire.AppendPacked(nil, pkts[0]), fromPeer), pkts[2])
+	seq := wire.NewSequence(time.Now())
+	d := sealed(t, 3, seq, time.Now(), pack)
+	if got := receiveAt(b, d, time.Now()); got != recvCounted {
+		t.Fatalf("pack: %v, want its packets counted one by one", got)
+	}
+	if st := b.Stats(); st.Injected != 2 || st.RelayDropped[RecvInnerFromPeer] != 1 {
+		t.Fatalf("after the pack: %+v; want 2 injected and 1 inner_from_peer", st)
+	}
+	if got := receiveAt(b, d, time.Now()); got != RecvReplayed {
+		t.Fatalf("the pack again: %v, want replayed", got)
+	}
+	broken := append(wire.AppendPacked(nil, pkts[3]), 0x7f, 0xff, 1)
+	if got := receiveAt(b, sealed(t, 3, seq, time.Now(), broken), time.Now()); got != recvCounted {
+		t.Fatalf("broken pack: %v", got)
+	}
+	if st := b.Stats(); st.Injected != 3 || st.RelayDropped[RecvBadPack] != 1 {
+		t.Fatalf("after the broken pack: %+v; want 3 injected and 1 bad_pack", st)
+	}
 }

@@ -60,6 +60,9 @@ const (
 	// RecvIPv6Off: an IPv6 packet, but this node's TUN device takes none
 	// (IPv6 is off on the host): the kernel would drop it unseen.
 	RecvIPv6Off
+	// RecvBadPack: a version 3 datagram whose pack ends in a malformed
+	// length: the packets before it are handled.
+	RecvBadPack
 	// RecvStaleSequence: a version 2 datagram sealed before this node's
 	// relay started, or more than sendTimeSlack before its clock reads: a
 	// replay from before a restart (the replay windows start empty), or a
@@ -80,7 +83,7 @@ const (
 // String returns the reason's label: an envelope reason ("bad_tag"), an
 // inner packet reason prefixed "inner_" ("inner_bad_checksum"), or
 // "not_peer", "replayed", "duplicate", "truncated", "inject_failed",
-// "future_sequence", "ipv6_off", "stale_sequence", or one of the policy's on the inner packet:
+// "future_sequence", "ipv6_off", "stale_sequence", "bad_pack", or one of the policy's on the inner packet:
 // "inner_from_peer", "inner_from_self", "inner_ignored_network",
 // "inner_untrusted_source".
 func (r RecvDropReason) String() string {
@@ -106,6 +109,8 @@ func (r RecvDropReason) String() string {
 		return "ipv6_off"
 	case r == RecvStaleSequence:
 		return "stale_sequence"
+	case r == RecvBadPack:
+		return "bad_pack"
 	case r == RecvInnerFromPeer:
 		return "inner_from_peer"
 	case r == RecvInnerFromSelf:
@@ -189,10 +194,12 @@ func (rv *receiver) run() error {
 		rv.r.m.relayRecv.Add(n)
 		rv.stamp(time.Now())
 		for i := range n {
-			if reason := rv.handle(i); reason != 0 {
-				rv.r.m.relayDropped[reason].Inc()
-			} else {
+			switch reason := rv.handle(i); reason {
+			case 0:
 				rv.r.m.injected.Inc()
+			case recvCounted:
+			default:
+				rv.r.m.relayDropped[reason].Inc()
 			}
 		}
 	}
@@ -232,30 +239,83 @@ func (rv *receiver) handle(i int) RecvDropReason {
 	if env.Version == 1 && !rv.r.cfg.acceptsEnvelopeV1() {
 		return RecvDropReason(wire.ErrEnvelopeVersion)
 	}
-	f, err := wire.Parse(env.Packet)
+	if env.Version == 3 {
+		return rv.handlePacked(&env, window)
+	}
+	f, reason := rv.check(env.Packet)
+	if reason != 0 {
+		return reason // before the packet may move the window
+	}
+	if reason := rv.admit(&env, window); reason != 0 {
+		return reason
+	}
+	return rv.inject(&f)
+}
+
+// handlePacked handles a version 3 datagram: once its send time and number
+// are admitted, each packet of the pack goes its own way and is counted by
+// itself, as if it had come alone. It returns recvCounted, or the reason
+// the whole datagram was refused.
+func (rv *receiver) handlePacked(env *wire.Envelope, window *wire.ReplayWindow) RecvDropReason {
+	if reason := rv.admit(env, window); reason != 0 {
+		return reason
+	}
+	m := rv.r.m
+	for rest := env.Packet; len(rest) > 0; {
+		pkt, r, ok := wire.NextPacked(rest)
+		if !ok {
+			m.relayDropped[RecvBadPack].Inc()
+			break
+		}
+		rest = r
+		f, reason := rv.check(pkt)
+		if reason == 0 {
+			reason = rv.inject(&f)
+		}
+		if reason != 0 {
+			m.relayDropped[reason].Inc()
+		} else {
+			m.injected.Inc()
+		}
+	}
+	return recvCounted
+}
+
+// recvCounted is what handle returns for a datagram whose packets it
+// counted itself (version 3); it is no drop reason.
+const recvCounted RecvDropReason = 255
+
+// check parses a packet from a datagram and applies the policy it would
+// have met arriving from the router.
+func (rv *receiver) check(pkt []byte) (wire.FragNeeded, RecvDropReason) {
+	f, err := wire.Parse(pkt)
 	if err != nil {
 		if e, ok := err.(wire.Error); ok && e > 0 && e < wire.ErrorCount {
-			return recvInnerBase + RecvDropReason(e)
+			return f, recvInnerBase + RecvDropReason(e)
 		}
-		return recvInnerBase + RecvDropReason(wire.ErrTruncated)
+		return f, recvInnerBase + RecvDropReason(wire.ErrTruncated)
 	}
-	// The packet gets the policy it would have got from the router, before
-	// it may move the window.
 	switch rv.r.policy.check(&f, rv.set) {
 	case 0:
+		return f, 0
 	case DropFromPeer:
-		return RecvInnerFromPeer
+		return f, RecvInnerFromPeer
 	case DropFromSelf:
-		return RecvInnerFromSelf
+		return f, RecvInnerFromSelf
 	case DropIgnoredNetwork:
-		return RecvInnerIgnoredNetwork
+		return f, RecvInnerIgnoredNetwork
 	default:
-		return RecvInnerUntrustedSource
+		return f, RecvInnerUntrustedSource
 	}
+}
+
+// admit checks a datagram's send time (versions 2 and 3) and, keyed, its
+// sequence number, which it records in the sender's window.
+func (rv *receiver) admit(env *wire.Envelope, window *wire.ReplayWindow) RecvDropReason {
 	// A datagram sealed before this node started may have been captured
 	// before it: the windows below are new. Unauthenticated send times
 	// prove nothing, but checking them costs nothing either.
-	if env.Version == 2 {
+	if env.Version >= 2 {
 		if env.UnixNano < rv.sentMin {
 			return RecvStaleSequence
 		}
@@ -275,6 +335,12 @@ func (rv *receiver) handle(i int) RecvDropReason {
 			return RecvReplayed
 		}
 	}
+	return 0
+}
+
+// inject writes a checked packet into the TUN device, unless this node
+// cannot take it or has had it already.
+func (rv *receiver) inject(f *wire.FragNeeded) RecvDropReason {
 	if f.Src.Is6() && !rv.tun.IPv6() {
 		return RecvIPv6Off
 	}

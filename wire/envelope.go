@@ -214,6 +214,38 @@ func NewSealer(key *Key, seq *Sequence, sender netip.Addr) (*Sealer, error) {
 	return newSealer(2, key, seq, sender)
 }
 
+// NewSealerPacked is NewSealer for version 3 envelopes: the version 2
+// header before a pack of packets (see AppendPacked) instead of one.
+func NewSealerPacked(key *Key, seq *Sequence, sender netip.Addr) (*Sealer, error) {
+	return newSealer(3, key, seq, sender)
+}
+
+// AppendPacked appends pkt to a version 3 envelope's body: its length as 2
+// bytes, big-endian, then its bytes. A packet of more than 65,535 bytes is
+// not a frag-needed: it panics.
+func AppendPacked(body, pkt []byte) []byte {
+	if len(pkt) > 0xffff {
+		panic("wire: AppendPacked: packet longer than 65535 bytes")
+	}
+	body = binary.BigEndian.AppendUint16(body, uint16(len(pkt)))
+	return append(body, pkt...)
+}
+
+// NextPacked splits the first packet off a version 3 envelope's body: pkt
+// and what follows it. ok is false when body is empty or malformed (a
+// length that runs past its end, or a zero length): the caller stops
+// there. It allocates nothing; pkt's capacity ends with it.
+func NextPacked(body []byte) (pkt, rest []byte, ok bool) {
+	if len(body) < 2 {
+		return nil, nil, false
+	}
+	n := int(binary.BigEndian.Uint16(body))
+	if n == 0 || 2+n > len(body) {
+		return nil, nil, false
+	}
+	return body[2 : 2+n : 2+n], body[2+n:], true
+}
+
 // NewSealerV1 is NewSealer for version 1 envelopes, which carry no send time:
 // for a rolling upgrade from a release that knows only version 1.
 func NewSealerV1(key *Key, seq *Sequence, sender netip.Addr) (*Sealer, error) {
@@ -284,7 +316,7 @@ func (s *Sealer) seal(hdr *[EnvelopeLen]byte, seq uint64, unixNano int64, packet
 
 // Envelope is a datagram Opener.Open accepted.
 type Envelope struct {
-	Version byte   // 1 or 2
+	Version byte   // 1, 2, or 3 (Packet is a pack: see NextPacked)
 	KeyID   uint16 // 0: unauthenticated
 	Seq     uint64 // the sender's sequence number, for its ReplayWindow
 	// UnixNano is the send time of a version 2 envelope: the sender's clock
@@ -370,7 +402,7 @@ func (o *Opener) Open(datagram []byte, from netip.Addr) (Envelope, error) {
 		return Envelope{}, ErrEnvelopeVersion
 	case datagram[4] == 1:
 		hlen = EnvelopeLenV1
-	case datagram[4] == 2:
+	case datagram[4] == 2, datagram[4] == 3:
 		hlen = EnvelopeLen
 	default:
 		return Envelope{}, ErrEnvelopeVersion

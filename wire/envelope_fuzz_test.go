@@ -34,7 +34,7 @@ func FuzzOpen(f *testing.F) {
 		f.Fatal(err)
 	}
 	// sealers[version-1][key id]
-	sealers := [2]map[uint16]*Sealer{{}, {}}
+	sealers := [3]map[uint16]*Sealer{{}, {}, {}}
 	seq := NewSequence(time.Unix(1_700_000_000, 0))
 	for v := range sealers {
 		for _, k := range append([]*Key{nil}, &keys[0], &keys[1]) {
@@ -56,8 +56,9 @@ func FuzzOpen(f *testing.F) {
 	orig := AppendIPv4(nil, netip.MustParseAddr("198.19.0.10"), netip.MustParseAddr("198.18.1.20"), protoTCP, 64, make([]byte, 1480))
 	pkt := AppendIPv4(nil, netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.19.0.10"), protoICMP, 61,
 		AppendFragNeeded(nil, 1400, orig[:548]))
-	for v, id := range [6]uint16{0, 1, 2, 0, 1, 2} {
-		for _, p := range [][]byte{pkt, nil} {
+	pack := AppendPacked(AppendPacked(nil, pkt), pkt[:60])
+	for v, id := range [9]uint16{0, 1, 2, 0, 1, 2, 0, 1, 2} {
+		for _, p := range [][]byte{pkt, nil, pack} {
 			var hdr [EnvelopeLen]byte
 			n := sealers[v/3][id].Seal(&hdr, p, sent)
 			d := append(hdr[:n:n], p...)
@@ -86,7 +87,7 @@ func FuzzOpen(f *testing.F) {
 			}
 			return
 		}
-		if e.Version != 1 && e.Version != 2 {
+		if e.Version < 1 || e.Version > 3 {
 			t.Fatalf("accepted version %d", e.Version)
 		}
 		hlen := len(d) - len(e.Packet)

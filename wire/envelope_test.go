@@ -43,8 +43,11 @@ var sent = time.Unix(1_700_000_005, 123_456_789)
 
 // newSealer is wire.NewSealer for version 2 and wire.NewSealerV1 for 1.
 func newSealer(version int, key *wire.Key, seq *wire.Sequence, sender netip.Addr) (*wire.Sealer, error) {
-	if version == 1 {
+	switch version {
+	case 1:
 		return wire.NewSealerV1(key, seq, sender)
+	case 3:
+		return wire.NewSealerPacked(key, seq, sender)
 	}
 	return wire.NewSealer(key, seq, sender)
 }
@@ -325,7 +328,8 @@ func openCases(t testing.TB) []openCase {
 		{name: "an ip packet", from: nodeA, datagram: pkt, err: wire.ErrEnvelopeMagic},
 
 		{name: "version 0", opener: both, from: nodeA, datagram: edit(keyed, func(d []byte) { d[4] = 0 }), err: wire.ErrEnvelopeVersion},
-		{name: "version 3", from: nodeA, datagram: edit(unauth, func(d []byte) { d[4] = 3 }), err: wire.ErrEnvelopeVersion},
+		{name: "version 4", from: nodeA, datagram: edit(unauth, func(d []byte) { d[4] = 4 }), err: wire.ErrEnvelopeVersion},
+		{name: "version 2 claimed as 3", opener: both, from: nodeA, datagram: edit(keyed, func(d []byte) { d[4] = 3 }), err: wire.ErrEnvelopeTag},
 		{name: "version 1 flags", opener: both, from: nodeA, datagram: edit(keyedV1, func(d []byte) { d[5] = 1 }), err: wire.ErrEnvelopeVersion},
 		{name: "flags", opener: both, from: nodeA, datagram: edit(keyed, func(d []byte) { d[5] = 1 }), err: wire.ErrEnvelopeVersion},
 		{name: "flags unauthenticated", from: nodeA, datagram: edit(unauth, func(d []byte) { d[5] = 0x80 }), err: wire.ErrEnvelopeVersion},
@@ -423,6 +427,8 @@ func rejectsTampering(t *testing.T, version int) {
 			switch {
 			case i < 4:
 				want = wire.ErrEnvelopeMagic
+			case i == 4 && (c[4] == 3 || c[4] == 2) && len(c) >= wire.EnvelopeLen:
+				want = wire.ErrEnvelopeTag // another version of the same length: the tag covers the byte
 			case i < 6:
 				want = wire.ErrEnvelopeVersion
 			case i < 8:
@@ -449,6 +455,9 @@ func rejectsTampering(t *testing.T, version int) {
 		c := bytes.Clone(u)
 		c[i] ^= 0x01
 		_, err := mustOpener(t).Open(c, nodeA)
+		if i == 4 && c[4] == 3 && err == nil {
+			continue // version 2 read as 3: nothing authenticates an unkeyed header
+		}
 		switch {
 		case i < 4 && err != wire.ErrEnvelopeMagic,
 			i >= 4 && i < 6 && err != wire.ErrEnvelopeVersion,
@@ -608,6 +617,42 @@ func TestEnvelopeErrorLabels(t *testing.T) {
 	for _, e := range []wire.EnvelopeError{0, wire.EnvelopeErrorCount, 255} {
 		if s := e.String(); label.MatchString(s) || seen[s] {
 			t.Errorf("out-of-range EnvelopeError(%d).String() = %q looks like a label", e, s)
+		}
+	}
+}
+
+// TestPacked: a version 3 body of several packets splits into them again,
+// sealed and opened like version 2; malformed bodies stop the split.
+func TestPacked(t *testing.T) {
+	a, b := typical(), []byte{0x45, 1, 2, 3}
+	body := wire.AppendPacked(wire.AppendPacked(nil, a), b)
+	s := mustSealerV(t, 3, &key1, wire.NewSequence(started), nodeA)
+	var hdr [wire.EnvelopeLen]byte
+	n := s.Seal(&hdr, body, sent)
+	e, err := mustOpener(t, key1).Open(append(hdr[:n:n], body...), nodeA)
+	if err != nil || e.Version != 3 || e.UnixNano != sent.UnixNano() {
+		t.Fatalf("Open = %+v, %v", e, err)
+	}
+	var got [][]byte
+	for rest := e.Packet; ; {
+		pkt, r, ok := wire.NextPacked(rest)
+		if !ok {
+			if len(rest) != 0 {
+				t.Fatalf("%d bytes left over", len(rest))
+			}
+			break
+		}
+		if cap(pkt) != len(pkt) {
+			t.Error("a packed packet's capacity runs past it")
+		}
+		got, rest = append(got, pkt), r
+	}
+	if len(got) != 2 || !bytes.Equal(got[0], a) || !bytes.Equal(got[1], b) {
+		t.Fatalf("split %d packets", len(got))
+	}
+	for _, bad := range [][]byte{{0}, {0, 0}, {0, 5, 1, 2}, {0xff, 0xff}} {
+		if _, _, ok := wire.NextPacked(bad); ok {
+			t.Errorf("NextPacked(%x) accepted", bad)
 		}
 	}
 }
