@@ -45,7 +45,7 @@ func sinkPeers(tb testing.TB, p int) (*netlab.NS, []netip.Addr) {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { unix.Close(fd) })
-	ns.MustRun(tb, "ip", "link", "set", "sink0", "up")
+	ns.MustRun(tb, "ip", "link", "set", "sink0", "mtu", "9000", "up") // jumbo: packed datagrams of 9,000 bytes leave whole
 	ns.MustRun(tb, "ip", "addr", "add", "198.18.50.1/24", "dev", "sink0")
 	if p <= 245 {
 		peers := make([]netip.Addr, p)
@@ -266,12 +266,16 @@ func benchSendto(b *testing.B, p int) {
 // packets, P = 16. ns/pkt is per packet sent (input packets × peers).
 func BenchmarkRelayBatch(b *testing.B) {
 	const p = 16
-	for _, mode := range []Mode{ModeICMP, ModeUDP, ModeUDP | ipv6Bench} {
-		name := mode.String()
-		if mode&ipv6Bench != 0 {
-			mode &^= ipv6Bench
-			name = "udp-ipv6"
-		}
+	for _, tc := range []struct {
+		name      string
+		mode      Mode
+		envelope  int // udp: 3 packs the batch's packets
+		packBytes int
+	}{
+		{"icmp", ModeICMP, 0, 0}, {"udp", ModeUDP, 0, 0}, {"udp-ipv6", ModeUDP | ipv6Bench, 0, 0},
+		{"udp-packed-1500", ModeUDP, 3, 1432}, {"udp-packed-9000", ModeUDP, 3, 8932},
+	} {
+		name, mode := tc.name, tc.mode&^ipv6Bench
 		b.Run(name, func(b *testing.B) {
 			ns, peers := sinkPeers(b, p)
 			cfg := Config{
@@ -282,6 +286,8 @@ func BenchmarkRelayBatch(b *testing.B) {
 				IgnoreNetworks: []netip.Prefix{netip.MustParsePrefix("198.19.254.0/24")},
 				TTL:            10,
 				NFLOG:          nl.Config{Group: 33},
+				Envelope:       tc.envelope,
+				PackBytes:      tc.packBytes,
 			}
 			if mode == ModeUDP {
 				cfg.Keys = []wire.Key{testKey}

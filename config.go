@@ -206,6 +206,11 @@ type Config struct {
 	// carries the send time (0 means 2), or 1, the only version releases
 	// before it understand, during a rolling upgrade from one.
 	Envelope int
+	// PackBytes bounds a version 3 pack (Envelope 3): the packets and
+	// their 2-byte lengths, so that the datagram fits the path between
+	// nodes; 0 means DefaultPackBytes. A packet longer than it travels in
+	// a pack of its own.
+	PackBytes int
 	// AcceptEnvelopeV1 makes the receiver accept version 1 datagrams. They
 	// carry no send time: one captured before this node restarted is
 	// accepted after the restart. Envelope 1 implies it. Without it they are
@@ -218,6 +223,17 @@ type Config struct {
 	// accepts injected packets only if the device has an address. Invalid
 	// means DefaultTUNAddr.
 	TUNAddr netip.Addr
+}
+
+// DefaultPackBytes fills a 1,500-byte path: 1500 - 20 (IPv4) - 8 (UDP) -
+// 40 (the envelope header).
+const DefaultPackBytes = 1432
+
+func (c *Config) packBytes() int {
+	if c.PackBytes > 0 {
+		return c.PackBytes
+	}
+	return DefaultPackBytes
 }
 
 // acceptsEnvelopeV1 reports whether the receiver takes version 1 datagrams.
@@ -235,8 +251,11 @@ func (c *Config) Validate() error {
 		if err := checkKeys(c.Keys); err != nil {
 			return err
 		}
-		if c.Envelope < 0 || c.Envelope > 2 {
-			return fmt.Errorf("relay envelope version %d is not 1 or 2", c.Envelope)
+		if c.Envelope < 0 || c.Envelope > 3 {
+			return fmt.Errorf("relay envelope version %d is not 1, 2 or 3", c.Envelope)
+		}
+		if c.PackBytes < 0 || c.PackBytes > 65000 {
+			return fmt.Errorf("pack size %d is outside 0..65000 bytes", c.PackBytes)
 		}
 		if len(c.TUNName) >= unix.IFNAMSIZ {
 			return fmt.Errorf("TUN name %q is longer than %d bytes", c.TUNName, unix.IFNAMSIZ-1)

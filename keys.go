@@ -122,13 +122,17 @@ func (p *preparer) rekey(s *keySet) error {
 		key = &s.keys[0]
 	}
 	newSealer := wire.NewSealer
-	if p.r.cfg.Envelope == 1 {
+	switch p.r.cfg.Envelope {
+	case 1:
 		newSealer = wire.NewSealerV1
+	case 3:
+		newSealer = wire.NewSealerPacked
 	}
 	sealer, err := newSealer(key, p.r.seq, p.r.cfg.Source)
 	if err != nil {
 		return fmt.Errorf("pmtud: relay key: %w", err)
 	}
 	p.sealer, p.keys = sealer, s
+	p.packed = p.r.cfg.Envelope == 3
 	return nil
 }

@@ -101,6 +101,8 @@ type job struct {
 	payloads [][]byte                 // views into batch: ICMP messages or whole packets, for every peer
 	heads    [][]byte                 // udp relay: views into hdrs, one per payload
 	hdrs     [][wire.EnvelopeLen]byte // udp relay: sealed envelope headers
+	// packBuf holds the version 3 packs of the batch in hand.
+	packBuf []byte
 	// Targeted payloads: for the peers their bitmap (a view into the
 	// set's target table) names.
 	somePayloads, someHeads [][]byte
@@ -133,6 +135,7 @@ type preparer struct {
 	r      *Relay
 	sealer *wire.Sealer // udp relay only
 	keys   *keySet      // the set sealer seals for
+	packed bool         // the sealer seals version 3 packs (Config.Envelope 3)
 }
 
 // worker sends jobs with its own socket, to all peers (SplitBatch) or to
@@ -715,6 +718,15 @@ func (p *preparer) prepare(j *job) {
 		if r.cfg.Mode == ModeL2 {
 			payload = f.Packet // the router's packet, as the receivers' kernels would have had it
 		}
+		if p.packed {
+			// Sealed in packs once the batch is sorted: see pack.
+			if scope == ScopeAll {
+				payloads = append(payloads, f.Packet)
+			} else {
+				somePayloads, someSets = append(somePayloads, f.Packet), append(someSets, targets)
+			}
+			continue
+		}
 		var head []byte
 		if p.sealer != nil {
 			if sealed == len(j.hdrs) {
@@ -742,6 +754,62 @@ func (p *preparer) prepare(j *job) {
 	if p.sealer == nil {
 		j.heads, j.someHeads = nil, nil
 	}
+	if p.packed {
+		p.pack(j)
+	}
+}
+
+// pack turns the packets the preparer left in j.payloads and
+// j.somePayloads into version 3 datagrams: the packets for every peer into
+// packs of up to Config.PackBytes bytes, each targeted packet into a pack
+// of its own (its peers are its own), each pack sealed once. The packets
+// are copied into the job's pack buffer, which grows only for a bigger
+// batch than any before.
+func (p *preparer) pack(j *job) {
+	need := 0
+	for _, b := range j.payloads {
+		need += 2 + len(b)
+	}
+	for _, b := range j.somePayloads {
+		need += 2 + len(b)
+	}
+	if cap(j.packBuf) < need {
+		j.packBuf = make([]byte, 0, 2*need) // a bigger batch than ever
+	}
+	buf := j.packBuf[:0]
+	limit := p.r.cfg.packBytes()
+	sealed := 0
+	seal := func(body []byte) []byte {
+		if sealed == len(j.hdrs) {
+			j.hdrs = append(j.hdrs, [wire.EnvelopeLen]byte{}) // a bigger batch than ever: grows once
+			j.hdrs = j.hdrs[:cap(j.hdrs)]
+		}
+		n := p.sealer.Seal(&j.hdrs[sealed], body, j.start)
+		sealed++
+		return j.hdrs[sealed-1][:n]
+	}
+	pkts := j.payloads
+	j.payloads, j.heads = j.payloads[:0], j.heads[:0]
+	start := 0 // of the pack being filled, in buf
+	for i, b := range pkts {
+		if len(buf)-start > 0 && len(buf)-start+2+len(b) > limit {
+			j.heads, j.payloads = append(j.heads, seal(buf[start:])), append(j.payloads, buf[start:len(buf):len(buf)])
+			start = len(buf)
+		}
+		buf = wire.AppendPacked(buf, b)
+		if i == len(pkts)-1 {
+			j.heads, j.payloads = append(j.heads, seal(buf[start:])), append(j.payloads, buf[start:len(buf):len(buf)])
+			start = len(buf)
+		}
+	}
+	some := j.somePayloads
+	j.somePayloads, j.someHeads = j.somePayloads[:0], j.someHeads[:0]
+	for _, b := range some {
+		buf = wire.AppendPacked(buf, b)
+		j.someHeads, j.somePayloads = append(j.someHeads, seal(buf[start:])), append(j.somePayloads, buf[start:len(buf):len(buf)])
+		start = len(buf)
+	}
+	j.packBuf = buf
 }
 
 // send fans the job's payloads out to the worker's peers in the job's peer

@@ -656,3 +656,79 @@ func TestReceivePacked(t *testing.T) {
 		t.Fatalf("after the broken pack: %+v; want 3 injected and 1 bad_pack", st)
 	}
 }
+
+// TestPackedSendAndReceive: relay A seals a batch of 64 router ICMPs (56
+// bytes each) in version 3 packs of up to PackBytes for its peers B and C,
+// and a targeted one in a pack of its own; B opens A's datagrams and
+// injects every packet, verbatim. The batch again allocates nothing.
+func TestPackedSendAndReceive(t *testing.T) {
+	res := &fakeResources{}
+	a, err := newRelay(Config{NodeName: "a", Mode: ModeUDP, Source: fakeA, Peers: []netip.Addr{fakeB, fakeC}, TTL: 10,
+		Keys: []wire.Key{testKey}, Envelope: 3, DedupWindow: -1}, nil, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := newRelay(Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: []netip.Addr{fakeA, fakeC}, TTL: 10,
+		Keys: []wire.Key{testKey}}, nil, &fakeResources{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := a.SetTargets([]Target{{Scope: ScopeService, Prefix: netip.MustParsePrefix("198.18.100.9/32"), Proto: 6, Port: 443, Nodes: []netip.Addr{fakeB}}}); err != nil {
+		t.Fatal(err)
+	}
+	j := newJob()
+	pkts := distinctFragNeeded(64)
+	for _, p := range pkts {
+		j.batch.Packets = append(j.batch.Packets, nl.Packet{Payload: p})
+	}
+	targeted := fragFrom(netip.MustParseAddr("198.18.100.9"), 6, 443, 7)
+	j.batch.Packets = append(j.batch.Packets, nl.Packet{Payload: targeted})
+	process(a, j)
+	var toB [][]byte
+	for _, s := range res.senders {
+		for _, c := range s.copies {
+			if c.peer == fakeB {
+				toB = append(toB, c.datagram)
+			}
+		}
+	}
+	per := DefaultPackBytes / (2 + len(pkts[0]))
+	if want := (64+per-1)/per + 1; len(toB) != want {
+		t.Fatalf("B got %d datagrams, want %d (packs of %d, and the targeted one alone)", len(toB), want, per)
+	}
+	for _, d := range toB {
+		if len(d) > wire.EnvelopeLen+DefaultPackBytes {
+			t.Errorf("a %d-byte datagram: more than the pack size", len(d))
+		}
+		if got := receiveAt(b, d, time.Now()); got != recvCounted {
+			t.Fatalf("B: %v", got)
+		}
+	}
+	devB := b.recv.tun.(*fakeTUN)
+	if st := b.Stats(); st.Injected != 65 || len(devB.written) != 65 {
+		t.Fatalf("B injected %d (%d written), want all 65: %+v", st.Injected, len(devB.written), st)
+	}
+	for i, p := range pkts {
+		if !bytes.Equal(devB.written[i], p) {
+			t.Fatalf("packet %d was not injected verbatim", i)
+		}
+	}
+	if !bytes.Equal(devB.written[64], targeted) {
+		t.Fatal("the targeted packet was not injected verbatim")
+	}
+	for _, s := range res.senders {
+		s.copies = nil
+	}
+	c, err := newRelay(Config{NodeName: "c", Mode: ModeUDP, Source: fakeA, Peers: []netip.Addr{fakeB, fakeC}, TTL: 10,
+		Keys: []wire.Key{testKey}, Envelope: 3, DedupWindow: -1}, nil, &allocFreeResources{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	process(c, j)
+	if n := testing.AllocsPerRun(100, func() { process(c, j) }); n != 0 {
+		t.Errorf("packing a batch allocates %v times, want 0", n)
+	}
+}

@@ -69,6 +69,7 @@ type options struct {
 	relayKeyFile    string
 	insecureNoAuth  bool
 	relayEnvelope   uint
+	packBytes       int
 	l2Dest          string
 	acceptV1        bool
 	tunName         string
@@ -138,7 +139,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.UintVar(&o.relayPort, "relay-port", uint(pmtud.DefaultRelayPort), "UDP port of the udp relay on every node")
 	fs.StringVar(&o.relayKeyFile, "relay-key-file", "", "file of relay keys, one ID:HEX-SECRET per line (secret >= 16 bytes); the first seals, both open (rotation); read again when it changes and on SIGHUP. The udp relay needs it unless --insecure-no-auth")
 	fs.BoolVar(&o.insecureNoAuth, "insecure-no-auth", false, "run the udp relay without --relay-key-file: datagrams are accepted from the peers' addresses, unverified (anyone who can spoof a peer's address can inject)")
-	fs.UintVar(&o.relayEnvelope, "relay-envelope", 2, "udp relay datagram version this node sends: 2 (with the send time, so a datagram captured before a receiver restarted is refused after it) or 1 (what releases before 2 understand; implies --relay-accept-v1), for a rolling upgrade")
+	fs.UintVar(&o.relayEnvelope, "relay-envelope", 2, "udp relay datagram version this node sends: 2 (with the send time, so a datagram captured before a receiver restarted is refused after it), 3 (as 2, with several packets per datagram: every node must run a release that accepts it) or 1 (what releases before 2 understand; implies --relay-accept-v1), for a rolling upgrade")
+	fs.IntVar(&o.packBytes, "relay-pack-bytes", pmtud.DefaultPackBytes, "with --relay-envelope 3: the most bytes of packets (with their 2-byte lengths) one datagram carries; 1432 fills a 1500-byte path, 8932 a 9000-byte one")
 	fs.BoolVar(&o.acceptV1, "relay-accept-v1", false, "also accept version 1 udp relay datagrams, which carry no send time (a datagram captured before this node restarted is accepted after it): only while peers still send version 1")
 	fs.StringVar(&o.tunName, "tun-name", "pmtud0", "TUN device the udp relay creates to inject received packets")
 	fs.StringVar(&o.tunAddress, "tun-address", pmtud.DefaultTUNAddr.String(), "/32 address given to the TUN device when net.ipv4.conf.all.rp_filter is not 0")
@@ -252,10 +254,14 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 	c.RelayPort = uint16(o.relayPort)
 	c.TUNName = o.tunName
 	c.InsecureNoAuth = o.insecureNoAuth
-	if o.relayEnvelope != 1 && o.relayEnvelope != 2 {
-		return s, fmt.Errorf("--relay-envelope %d is not 1 or 2", o.relayEnvelope)
+	if o.relayEnvelope < 1 || o.relayEnvelope > 3 {
+		return s, fmt.Errorf("--relay-envelope %d is not 1, 2 or 3", o.relayEnvelope)
 	}
 	c.Envelope = int(o.relayEnvelope)
+	if o.packBytes < 64 || o.packBytes > 65000 {
+		return s, fmt.Errorf("--relay-pack-bytes %d is outside 64..65000", o.packBytes)
+	}
+	c.PackBytes = o.packBytes
 	c.AcceptEnvelopeV1 = o.acceptV1
 	if c.TUNAddr, err = netip.ParseAddr(o.tunAddress); err != nil || !c.TUNAddr.Is4() {
 		return s, fmt.Errorf("--tun-address: %q is not an IPv4 address", o.tunAddress)

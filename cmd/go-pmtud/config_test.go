@@ -144,8 +144,9 @@ func TestResolve(t *testing.T) {
 		{name: "peer group port 0", args: []string{"--peers", "198.18.0.11", "--peer-groups", "198.18.100.0/24:0=198.18.0.11"}, env: env(), wantErr: `port "0" is not 1..65535`},
 		{name: "peer group prefix", args: []string{"--peers", "198.18.0.11", "--peer-groups", "198.18.100/24=198.18.0.11"}, env: env(), wantErr: `"198.18.100/24" is not a CIDR`},
 		{name: "peer group node", args: []string{"--peers", "198.18.0.11", "--peer-groups", "198.18.100.0/24=2001:db8::1"}, env: env(), wantErr: `node "2001:db8::1" is not an IPv4 address`},
-		{name: "envelope 3", args: []string{"--peers", "198.18.0.11", "--relay-envelope", "3"}, env: env(), wantErr: "--relay-envelope 3 is not 1 or 2"},
-		{name: "envelope 0", args: []string{"--peers", "198.18.0.11", "--relay-envelope", "0"}, env: env(), wantErr: "--relay-envelope 0 is not 1 or 2"},
+		{name: "envelope 4", args: []string{"--peers", "198.18.0.11", "--relay-envelope", "4"}, env: env(), wantErr: "--relay-envelope 4 is not 1, 2 or 3"},
+		{name: "pack bytes", args: []string{"--peers", "198.18.0.11", "--relay-pack-bytes", "10"}, env: env(), wantErr: "--relay-pack-bytes 10 is outside"},
+		{name: "envelope 0", args: []string{"--peers", "198.18.0.11", "--relay-envelope", "0"}, env: env(), wantErr: "--relay-envelope 0 is not 1, 2 or 3"},
 		{
 			name: "envelope 1 for an upgrade", args: []string{"--peers", "198.18.0.11", "--relay-envelope", "1"},
 			env: env("PMTUD_RELAY_ACCEPT_V1", "true"),

@@ -131,3 +131,46 @@ func captureRelayDatagram(t *testing.T, fd int, src netip.Addr) []byte {
 		return append([]byte(nil), p[ihl+8:]...)
 	}
 }
+
+// TestPackedCopiesTeachPeer runs the real binary on two nodes: B sends
+// version 3 (packed) datagrams, A runs the default (version 2) and accepts
+// them, as it must during the switch. The router's ICMPs land on B; A
+// injects B's packs, caches the path MTU and the stalled download
+// completes.
+func TestPackedCopiesTeachPeer(t *testing.T) {
+	c, err := netlab.BuildCluster(netlab.NewT(t), 2, 1400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, keyFile := buildDaemon(t), writeKeyFile(t)
+	common := []string{"PMTUD_IGNORE_NETWORKS=198.18.1.0/24", "PMTUD_RELAY_KEY_FILE=" + keyFile,
+		"PMTUD_PEERS=" + netlab.NodeAddr(0).String() + "," + netlab.NodeAddr(1).String()}
+	a := startDaemon(t, bin, c.Nodes[0], netlab.NodeAddr(0), append(common, "NODE_NAME=node-a")...)
+	b := startDaemon(t, bin, c.Nodes[1], netlab.NodeAddr(1), append(common, "NODE_NAME=node-b", "PMTUD_RELAY_ENVELOPE=3")...)
+	a.get("/metrics")
+	b.get("/metrics")
+	capture := openIn(t, c.Nodes[0], unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_UDP)
+	tv := unix.NsecToTimeval(int64(10 * time.Second))
+	if err := unix.SetsockoptTimeval(capture, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		t.Fatal(err)
+	}
+	const size = 1 << 20
+	got, err := c.Transfer(c.Nodes[0], size, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mtu, err := c.Nodes[0].CachedMTU(netlab.ClientAddr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ma := a.get("/metrics")
+	if got != size || mtu != 1400 || strings.Contains(ma, `go_pmtud_relay_injected_total{node="node-a"} 0`+"\n") {
+		t.Fatalf("transferred %d of %d bytes, A caches mtu %d; want all and 1400\nA:\n%s", got, size, mtu, ma)
+	}
+	if !strings.Contains(ma, `reason="bad_version"} 0`+"\n") {
+		t.Errorf("A refused datagrams as bad_version:\n%s", ma)
+	}
+	if d := captureRelayDatagram(t, capture, netlab.NodeAddr(1)); d[4] != 3 {
+		t.Fatalf("B sent a version %d datagram, want 3 (packed)", d[4])
+	}
+}
