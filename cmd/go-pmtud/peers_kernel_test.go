@@ -207,3 +207,21 @@ func TestPeersFileSwapTeachesNewNode(t *testing.T) {
 		t.Fatalf("B counts no copy to A:\n%s", body)
 	}
 }
+
+// download fetches 1 MiB from server through the cluster's narrow link,
+// giving up after 3 s without progress, and returns the bytes that arrived
+// and the MTU server caches for the client then (0: none).
+func download(t *testing.T, c *netlab.Cluster, server *netlab.NS) (got, mtu int) {
+	t.Helper()
+	got, err := c.Transfer(server, downloadSize, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mtu, err = server.CachedMTU(netlab.ClientAddr.String()); err != nil {
+		t.Fatal(err)
+	}
+	return got, mtu
+}
+
+// downloadSize is what download fetches.
+const downloadSize = 1 << 20

@@ -49,11 +49,7 @@ func TestReplayAfterRestartIsRefused(t *testing.T) {
 
 			// A raw UDP socket in A's namespace gets a copy of every
 			// datagram A receives, the daemon's included.
-			capture := openIn(t, c.Nodes[0], unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_UDP)
-			tv := unix.NsecToTimeval(int64(10 * time.Second))
-			if err := unix.SetsockoptTimeval(capture, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-				t.Fatal(err)
-			}
+			capture := captureSocket(t, c.Nodes[0])
 			router := openIn(t, c.Router, unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
 			q := wire.AppendQuote(nil, netlab.Anycast, netlab.ClientAddr, unix.IPPROTO_TCP, 63, 1500,
 				[]byte{0x9c, 0x41, 0x1f, 0x90, 0, 0, 0, 1})
@@ -110,6 +106,18 @@ func openIn(t *testing.T, ns *netlab.NS, domain, typ, proto int) int {
 	return fd
 }
 
+// captureSocket opens a raw UDP socket in ns, which gets a copy of every
+// UDP datagram ns receives, with a 10 s receive timeout.
+func captureSocket(t *testing.T, ns *netlab.NS) int {
+	t.Helper()
+	fd := openIn(t, ns, unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_UDP)
+	tv := unix.NsecToTimeval(int64(10 * time.Second))
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		t.Fatal(err)
+	}
+	return fd
+}
+
 // captureRelayDatagram reads IPv4 packets from fd, a raw UDP socket, until
 // one from src to the relay port, and returns its UDP payload.
 func captureRelayDatagram(t *testing.T, fd int, src netip.Addr) []byte {
@@ -149,23 +157,11 @@ func TestPackedCopiesTeachPeer(t *testing.T) {
 	b := startDaemon(t, bin, c.Nodes[1], netlab.NodeAddr(1), append(common, "NODE_NAME=node-b", "PMTUD_RELAY_ENVELOPE=3")...)
 	a.get("/metrics")
 	b.get("/metrics")
-	capture := openIn(t, c.Nodes[0], unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_UDP)
-	tv := unix.NsecToTimeval(int64(10 * time.Second))
-	if err := unix.SetsockoptTimeval(capture, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		t.Fatal(err)
-	}
-	const size = 1 << 20
-	got, err := c.Transfer(c.Nodes[0], size, 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mtu, err := c.Nodes[0].CachedMTU(netlab.ClientAddr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	capture := captureSocket(t, c.Nodes[0])
+	got, mtu := download(t, c, c.Nodes[0])
 	_, ma := a.get("/metrics")
-	if got != size || mtu != 1400 || strings.Contains(ma, `go_pmtud_relay_injected_total{node="node-a"} 0`+"\n") {
-		t.Fatalf("transferred %d of %d bytes, A caches mtu %d; want all and 1400\nA:\n%s", got, size, mtu, ma)
+	if got != downloadSize || mtu != 1400 || strings.Contains(ma, `go_pmtud_relay_injected_total{node="node-a"} 0`+"\n") {
+		t.Fatalf("transferred %d of %d bytes, A caches mtu %d; want all and 1400\nA:\n%s", got, downloadSize, mtu, ma)
 	}
 	if !strings.Contains(ma, `reason="bad_version"} 0`+"\n") {
 		t.Errorf("A refused datagrams as bad_version:\n%s", ma)

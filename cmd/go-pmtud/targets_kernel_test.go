@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -35,18 +34,10 @@ func TestPeerGroupsSendToOwnersOnly(t *testing.T) {
 	}
 	b.waitMetric(`go_pmtud_target_entries{node="node-b",scope="group"} 2`)
 
-	const size = 1 << 20
-	got, err := c.Transfer(c.Nodes[0], size, 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mtu, err := c.Nodes[0].CachedMTU(netlab.ClientAddr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	got, mtu := download(t, c, c.Nodes[0])
 	_, mb := b.get("/metrics")
-	if got != size || mtu != 1400 {
-		t.Fatalf("transferred %d of %d bytes, A caches mtu %d; want all and 1400\nB's metrics:\n%s", got, size, mtu, mb)
+	if got != downloadSize || mtu != 1400 {
+		t.Fatalf("transferred %d of %d bytes, A caches mtu %d; want all and 1400\nB's metrics:\n%s", got, downloadSize, mtu, mb)
 	}
 	if strings.Contains(mb, `go_pmtud_targeted_total{node="node-b",scope="group"} 0`+"\n") {
 		t.Errorf("B targeted nothing by group:\n%s", mb)

@@ -136,17 +136,9 @@ func TestServiceEndpointsSteerCopies(t *testing.T) {
 	}
 
 	// The download from A stalls until A learns the path MTU from B's copy.
-	const size = 1 << 20
-	got, err := c.Transfer(c.Nodes[0], size, 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mtu, err := c.Nodes[0].CachedMTU(netlab.ClientAddr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got != size || mtu != 1400 {
-		t.Fatalf("transferred %d of %d bytes, A caches mtu %d; want all and 1400\nB:\n%s", got, size, mtu, metricsB())
+	got, mtu := download(t, c, c.Nodes[0])
+	if got != downloadSize || mtu != 1400 {
+		t.Fatalf("transferred %d of %d bytes, A caches mtu %d; want all and 1400\nB:\n%s", got, downloadSize, mtu, metricsB())
 	}
 	aCopies := fromPeer(a, "node-a")
 	if aCopies == 0 || fromPeer(cd, "node-c") != 0 {
