@@ -58,6 +58,21 @@ func sinkPeers(tb testing.TB, p int) (*netlab.NS, []netip.Addr) {
 	return ns, manyPeers(p)
 }
 
+// newRelayIn creates a relay from cfg in ns (its sockets live there) and
+// closes it when the test or benchmark ends.
+func newRelayIn(tb testing.TB, ns *netlab.NS, cfg Config) *Relay {
+	tb.Helper()
+	var r *Relay
+	if err := ns.Do(func() (err error) {
+		r, err = New(cfg, nil)
+		return err
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { r.Close() })
+	return r
+}
+
 // manyPeers returns p addresses from 198.18.64.0/18.
 func manyPeers(p int) []netip.Addr {
 	peers := make([]netip.Addr, p)
@@ -140,14 +155,7 @@ func BenchmarkPeerSet(b *testing.B) {
 		ns, _ := sinkPeers(b, 1)
 		c := cfg
 		c.Peers, c.Workers, c.NFLOG = setA, 2, nl.Config{Group: 33}
-		var r *Relay
-		if err := ns.Do(func() (err error) {
-			r, err = New(c, nil)
-			return err
-		}); err != nil {
-			b.Fatal(err)
-		}
-		defer r.Close()
+		r := newRelayIn(b, ns, c)
 		j := newJob()
 		b.ReportAllocs()
 		b.ResetTimer()
@@ -292,14 +300,7 @@ func BenchmarkRelayBatch(b *testing.B) {
 			if mode == ModeUDP {
 				cfg.Keys = []wire.Key{testKey}
 			}
-			var r *Relay
-			if err := ns.Do(func() (err error) {
-				r, err = New(cfg, nil)
-				return err
-			}); err != nil {
-				b.Fatal(err)
-			}
-			defer r.Close()
+			r := newRelayIn(b, ns, cfg)
 			j := newJob()
 			batch := j.batch
 			var pkts [][]byte

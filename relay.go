@@ -714,16 +714,17 @@ func (p *preparer) prepare(j *job) {
 		if n == 0 {
 			continue // the flow's owners are this node alone: it has the ICMP
 		}
-		payload := f.ICMP
-		if r.cfg.Mode == ModeL2 {
-			payload = f.Packet // the router's packet, as the receivers' kernels would have had it
+		// The router's packet (udp, l2), or its ICMP message, re-originated.
+		payload := f.Packet
+		if r.cfg.Mode == ModeICMP {
+			payload = f.ICMP
 		}
 		if p.packed {
 			// Sealed in packs once the batch is sorted: see pack.
 			if scope == ScopeAll {
-				payloads = append(payloads, f.Packet)
+				payloads = append(payloads, payload)
 			} else {
-				somePayloads, someSets = append(somePayloads, f.Packet), append(someSets, targets)
+				somePayloads, someSets = append(somePayloads, payload), append(someSets, targets)
 			}
 			continue
 		}
@@ -733,8 +734,8 @@ func (p *preparer) prepare(j *job) {
 				j.hdrs = append(j.hdrs, [wire.EnvelopeLen]byte{}) // a bigger batch than ever: grows once
 				j.hdrs = j.hdrs[:cap(j.hdrs)]
 			}
-			hl := p.sealer.Seal(&j.hdrs[sealed], f.Packet, j.start)
-			head, payload = j.hdrs[sealed][:hl], f.Packet
+			hl := p.sealer.Seal(&j.hdrs[sealed], payload, j.start)
+			head = j.hdrs[sealed][:hl]
 			sealed++
 		}
 		if scope == ScopeAll {
@@ -791,16 +792,18 @@ func (p *preparer) pack(j *job) {
 	pkts := j.payloads
 	j.payloads, j.heads = j.payloads[:0], j.heads[:0]
 	start := 0 // of the pack being filled, in buf
-	for i, b := range pkts {
-		if len(buf)-start > 0 && len(buf)-start+2+len(b) > limit {
+	// The packs overwrite the list of packets as they are read: there are
+	// never more packs than packets read so far.
+	for _, b := range pkts {
+		if len(buf) > start && len(buf)-start+2+len(b) > limit {
 			j.heads, j.payloads = append(j.heads, seal(buf[start:])), append(j.payloads, buf[start:len(buf):len(buf)])
 			start = len(buf)
 		}
 		buf = wire.AppendPacked(buf, b)
-		if i == len(pkts)-1 {
-			j.heads, j.payloads = append(j.heads, seal(buf[start:])), append(j.payloads, buf[start:len(buf):len(buf)])
-			start = len(buf)
-		}
+	}
+	if len(buf) > start {
+		j.heads, j.payloads = append(j.heads, seal(buf[start:])), append(j.payloads, buf[start:len(buf):len(buf)])
+		start = len(buf)
 	}
 	some := j.somePayloads
 	j.somePayloads, j.someHeads = j.somePayloads[:0], j.someHeads[:0]

@@ -74,14 +74,7 @@ func BenchmarkTargetedRelay(b *testing.B) {
 		}
 		b.Run(fmt.Sprintf("%s/P=%d", name, p), func(b *testing.B) {
 			cfg := Config{NodeName: "bench", Mode: ModeICMP, Source: netip.MustParseAddr("198.18.50.1"), Peers: peers, TTL: 10, NFLOG: nl.Config{Group: 33}}
-			var r *Relay
-			if err := ns.Do(func() (err error) {
-				r, err = New(cfg, nil)
-				return err
-			}); err != nil {
-				b.Fatal(err)
-			}
-			defer r.Close()
+			r := newRelayIn(b, ns, cfg)
 			if targeted {
 				if err := r.SetTargets(serviceTargets(services, 3, peers)); err != nil {
 					b.Fatal(err)

@@ -46,23 +46,7 @@ func TestRelayFollowsNodeObjects(t *testing.T) {
 	if err := src.ready(); err == nil {
 		t.Fatal("ready before the node list synced")
 	}
-	var relay *pmtud.Relay
-	if err := b.Do(func() (err error) {
-		relay, err = pmtud.New(s.relay, log)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer relay.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- src.run(ctx, relay) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("source: %v", err)
-		}
-	}()
+	relay := startSourcedRelay(t, b, &s, src, log, false)
 
 	waitPeers := func(what string, want ...netip.Addr) {
 		t.Helper()
@@ -131,6 +115,38 @@ func TestRelayFollowsNodeObjects(t *testing.T) {
 		t.Errorf("no applied update counted:\n%s", m)
 	}
 	api.Patch(t, "node-d", "", `{"metadata":{"finalizers":null}}`)
+}
+
+// startSourcedRelay creates the relay of s in node and follows src with it
+// (source.run), as the daemon wires them, until the test ends; with run,
+// the relay runs too (Relay.Run), else it only takes peer sets.
+func startSourcedRelay(t *testing.T, node *netlab.NS, s *settings, src *source, log *slog.Logger, run bool) *pmtud.Relay {
+	t.Helper()
+	var relay *pmtud.Relay
+	if err := node.Do(func() (err error) {
+		relay, err = pmtud.New(s.relay, log)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	loops := 1
+	go func() { done <- src.run(ctx, relay) }()
+	if run {
+		loops++
+		go func() { done <- relay.Run(ctx) }()
+	}
+	t.Cleanup(func() {
+		cancel()
+		for range loops {
+			if err := <-done; err != nil {
+				t.Errorf("%s: %v", node.Name(), err)
+			}
+		}
+		relay.Close()
+	})
+	return relay
 }
 
 // testLog sends log lines to t.Log.

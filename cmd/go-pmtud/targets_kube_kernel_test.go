@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -51,7 +50,6 @@ func TestServiceEndpointsSteerCopies(t *testing.T) {
 	}
 
 	// The cluster's objects.
-	ctx := t.Context()
 	for i, name := range []string{"node-a", "node-b", "node-c"} {
 		api.CreateNode(t, name, nil, nil, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: netlab.NodeAddr(i).String()})
 	}
@@ -77,25 +75,7 @@ func TestServiceEndpointsSteerCopies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var relay *pmtud.Relay
-	if err := c.Nodes[1].Do(func() (err error) {
-		relay, err = pmtud.New(s.relay, log)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 2)
-	go func() { done <- relay.Run(runCtx) }()
-	go func() { done <- src.run(runCtx, relay) }()
-	defer func() {
-		cancel()
-		for range 2 {
-			if err := <-done; err != nil {
-				t.Errorf("node B: %v", err)
-			}
-		}
-	}()
+	relay := startSourcedRelay(t, c.Nodes[1], &s, src, log, true)
 	metricsB := func() string {
 		var m strings.Builder
 		relay.WritePrometheus(&m)

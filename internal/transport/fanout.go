@@ -204,9 +204,6 @@ type l2Dest struct {
 	// ll[j] are peer j's destinations for IPv4 and IPv6 payloads (one
 	// entry, the broadcast address, without resolve).
 	ll [][2]unix.RawSockaddrLinklayer
-	// unresolved counts the peers of the last SetPeers that resolve had no
-	// address for: they get broadcast frames.
-	unresolved int
 }
 
 // set makes d (IPv4 and IPv6) the link-layer destination mac.
@@ -235,22 +232,13 @@ var broadcastMAC = [6]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 // and SendSome sends to all. With resolve it sends one unicast frame per
 // peer, to the address resolve returns when SetPeers builds the messages
 // (a peer resolve has no address for gets broadcast frames until the next
-// SetPeers; Unresolved counts them), like the other Fanouts.
+// SetPeers), like the other Fanouts.
 func NewL2(ifindex int, resolve func(netip.Addr) ([6]byte, bool)) (*Fanout, error) {
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("transport: AF_PACKET socket: %w", err)
 	}
 	return newFanout(fd, "l2", nil, 0, 1, &l2Dest{ifindex: int32(ifindex), resolve: resolve})
-}
-
-// Unresolved returns how many peers of the last SetPeers an L2 unicast
-// Fanout had no link-layer address for (they get broadcast frames).
-func (f *Fanout) Unresolved() int {
-	if f.l2 == nil {
-		return 0
-	}
-	return f.l2.unresolved
 }
 
 // newFanout takes ownership of the blocking socket fd and prepares messages
@@ -295,13 +283,12 @@ func (f *Fanout) SetPeers(peers []netip.Addr) {
 	f.tally.Unreachable = resize(f.tally.Unreachable, p)
 	f.tally.LastErrno, f.tally.LastPeer = 0, 0
 	if l := f.l2; l != nil {
-		l.ll, l.unresolved = resize(l.ll, p), 0
+		l.ll = resize(l.ll, p)
 		for j, a := range peers {
-			mac, ok := broadcastMAC, false
+			mac := broadcastMAC
 			if l.resolve != nil {
-				if mac, ok = l.resolve(a); !ok {
-					mac = broadcastMAC
-					l.unresolved++
+				if m, ok := l.resolve(a); ok {
+					mac = m
 				}
 			}
 			l.set(&l.ll[j], mac)
