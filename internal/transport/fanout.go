@@ -38,7 +38,18 @@ const (
 	// reports of these types are peers out of reach.
 	icmpDestUnreach    = 3
 	icmpFragNeededCode = 4
+	// icmp6DestUnreach is ICMPV6_DEST_UNREACH (include/uapi/linux/icmpv6.h);
+	// Packet Too Big is a type of its own, never counted.
+	icmp6DestUnreach = 1
+	// icmp6Filter is ICMP6_FILTER (include/uapi/linux/icmpv6.h), the
+	// IPPROTO_ICMPV6 option with a bitmask of ICMPv6 types a raw socket
+	// does not receive (a set bit blocks the type).
+	icmp6Filter = 1
 )
+
+// sockaddr holds a peer's socket address of either family: a
+// RawSockaddrInet4 in its first bytes, or a RawSockaddrInet6.
+type sockaddr = unix.RawSockaddrInet6
 
 // Fanout sends each payload of a batch to every peer, with sendmmsg over
 // one socket. The messages are prebuilt once: message i*P+j points at
@@ -62,7 +73,9 @@ type Fanout struct {
 	parts int // iovecs per message: 1, or 2 with a header
 	// l2 is set for an L2 Fanout (NewL2).
 	l2    *l2Dest
-	addrs []unix.RawSockaddrInet4 // one per peer
+	addrs []sockaddr // one per peer, of the socket's family
+	v6    bool       // the socket is AF_INET6: peers are IPv6 addresses
+	salen uint32     // the size of the family's sockaddr
 	iovs  []unix.Iovec            // parts per payload of a group
 	msgs  []unix.Mmsghdr          // group * len(peers)
 
@@ -95,7 +108,7 @@ type Fanout struct {
 	// message last sent again after such a failure.
 	recvErr  bool
 	resentAt int
-	errName  unix.RawSockaddrInet4
+	errName  sockaddr
 	errCtl   [128]byte
 }
 
@@ -123,8 +136,15 @@ func (t *Tally) Reset() {
 
 // NewICMP opens a raw IPPROTO_ICMP socket bound to src, with TTL ttl, that
 // receives nothing, and prepares messages to peers (see SetPeers): each
-// payload is an ICMP message, re-originated from src.
+// payload is an ICMP message, re-originated from src. For an IPv6 src it
+// opens a raw IPPROTO_ICMPV6 socket instead, with hop limit ttl, whose
+// payloads are ICMPv6 messages: the kernel computes their checksum over
+// the new pseudo-header (RFC 3542 3.1: always on for ICMPv6 raw sockets).
+// Peers must be of src's family.
 func NewICMP(src netip.Addr, ttl int, peers []netip.Addr) (*Fanout, error) {
+	if src.Is6() {
+		return newICMP6(src, ttl, peers)
+	}
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
 	if err != nil {
 		return nil, fmt.Errorf("transport: raw ICMP socket: %w", err)
@@ -151,25 +171,74 @@ func NewICMP(src netip.Addr, ttl int, peers []netip.Addr) (*Fanout, error) {
 	return newFanout(fd, "icmp", peers, 0, 1, nil)
 }
 
+// newICMP6 is NewICMP for an IPv6 source.
+func newICMP6(src netip.Addr, ttl int, peers []netip.Addr) (*Fanout, error) {
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMPV6)
+	if err != nil {
+		return nil, fmt.Errorf("transport: raw ICMPv6 socket: %w", err)
+	}
+	setup := func() error {
+		// Block all 256 types: nothing reads the socket (struct
+		// icmp6_filter, include/uapi/linux/icmpv6.h: eight 32-bit words).
+		var block [32]byte
+		for i := range block {
+			block[i] = 0xff
+		}
+		if err := unix.SetsockoptString(fd, unix.IPPROTO_ICMPV6, icmp6Filter, string(block[:])); err != nil {
+			return fmt.Errorf("transport: set ICMP6_FILTER: %w", err)
+		}
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, ttl); err != nil {
+			return fmt.Errorf("transport: set IPV6_UNICAST_HOPS %d: %w", ttl, err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet6{Addr: src.As16()}); err != nil {
+			return fmt.Errorf("transport: bind raw ICMPv6 socket to %v: %w", src, err)
+		}
+		return nil
+	}
+	if err := setup(); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	f, err := newFanout(fd, "icmp6", nil, 0, 1, nil)
+	if f != nil {
+		f.setFamily(true)
+		f.SetPeers(peers)
+	}
+	return f, err
+}
+
+// setFamily makes the Fanout's peer addresses IPv6 ones (v6) or IPv4 ones.
+func (f *Fanout) setFamily(v6 bool) {
+	f.v6, f.salen = v6, unix.SizeofSockaddrInet4
+	if v6 {
+		f.salen = unix.SizeofSockaddrInet6
+	}
+}
+
 // NewUDP opens a UDP socket bound to src (any port) whose messages carry a
 // header (an envelope) and a payload (the router's packet) to port on
 // every peer. A peer's ICMP errors for earlier datagrams are read and
-// counted in Tally.Unreachable.
+// counted in Tally.Unreachable. The socket is of src's family (IPv6 only
+// for an IPv6 src, with hop limit ttl); peers must be of that family.
 func NewUDP(src netip.Addr, ttl int, peers []netip.Addr, port uint16) (*Fanout, error) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	fam, lvl, ttlOpt, errOpt := unix.AF_INET, unix.IPPROTO_IP, unix.IP_TTL, unix.IP_RECVERR
+	if src.Is6() {
+		fam, lvl, ttlOpt, errOpt = unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, unix.IPV6_RECVERR
+	}
+	fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
 		return nil, fmt.Errorf("transport: UDP socket: %w", err)
 	}
 	setup := func() error {
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TTL, ttl); err != nil {
-			return fmt.Errorf("transport: set IP_TTL %d: %w", ttl, err)
+		if err := unix.SetsockoptInt(fd, lvl, ttlOpt, ttl); err != nil {
+			return fmt.Errorf("transport: set TTL/hop limit %d: %w", ttl, err)
 		}
-		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: src.As4()}); err != nil {
+		if err := bindAddr(fd, src, 0); err != nil {
 			return fmt.Errorf("transport: bind UDP socket to %v: %w", src, err)
 		}
 		// A peer without go-pmtud answers with port unreachable; without
 		// IP_RECVERR an unconnected socket never hears of it.
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR, 1); err != nil {
+		if err := unix.SetsockoptInt(fd, lvl, errOpt, 1); err != nil {
 			return fmt.Errorf("transport: set IP_RECVERR: %w", err)
 		}
 		// Nothing reads the socket's receive queue, and error reports share
@@ -185,11 +254,27 @@ func NewUDP(src netip.Addr, ttl int, peers []netip.Addr, port uint16) (*Fanout, 
 		unix.Close(fd)
 		return nil, err
 	}
-	f, err := newFanout(fd, "udp", peers, port, 2, nil)
+	f, err := newFanout(fd, "udp", nil, port, 2, nil)
 	if f != nil {
 		f.recvErr = true
+		f.setFamily(src.Is6())
+		f.SetPeers(peers)
 	}
 	return f, err
+}
+
+// bindAddr binds fd, a socket of a's family (IPv6 only for an IPv6 a), to
+// a and port.
+func bindAddr(fd int, a netip.Addr, port int) error {
+	if a.Is6() {
+		// An AF_INET6 socket must not take IPv4-mapped traffic: the IPv4
+		// socket has its own filter and peers.
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
+			return err
+		}
+		return unix.Bind(fd, &unix.SockaddrInet6{Addr: a.As16(), Port: port})
+	}
+	return unix.Bind(fd, &unix.SockaddrInet4{Addr: a.As4(), Port: port})
 }
 
 // segment is the one destination of a broadcast L2 Fanout: the
@@ -252,7 +337,7 @@ func newFanout(fd int, name string, peers []netip.Addr, port uint16, parts int, 
 		unix.Close(fd)
 		return nil, fmt.Errorf("transport: %s socket: set SO_SNDTIMEO: %w", name, err)
 	}
-	f := &Fanout{fd: fd, port: port, parts: parts, l2: l2}
+	f := &Fanout{fd: fd, port: port, parts: parts, l2: l2, salen: unix.SizeofSockaddrInet4}
 	f.SetPeers(peers)
 	return f, nil
 }
@@ -298,15 +383,13 @@ func (f *Fanout) SetPeers(peers []netip.Addr) {
 		if f.l2 != nil {
 			break // Send names the link-layer destination of the payload's family
 		}
-		f.addrs[j] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
-		// sin_port is in network byte order.
-		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&f.addrs[j].Port))[:], f.port)
+		f.addrs[j] = f.sockaddrOf(a)
 	}
 	for i := range group {
 		for j := range f.addrs {
 			h := &f.msgs[i*p+j].Hdr
 			h.Name = (*byte)(unsafe.Pointer(&f.addrs[j]))
-			h.Namelen = unix.SizeofSockaddrInet4
+			h.Namelen = f.salen
 			if f.l2 != nil {
 				h.Namelen = unix.SizeofSockaddrLinklayer
 			}
@@ -314,6 +397,20 @@ func (f *Fanout) SetPeers(peers []netip.Addr) {
 			h.SetIovlen(f.parts)
 		}
 	}
+}
+
+// sockaddrOf returns the socket address of a, at the Fanout's port, in
+// its family's form.
+func (f *Fanout) sockaddrOf(a netip.Addr) sockaddr {
+	var sa sockaddr
+	if f.v6 {
+		sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.As16()}
+	} else {
+		*(*unix.RawSockaddrInet4)(unsafe.Pointer(&sa)) = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.Unmap().As4()}
+	}
+	// sin_port and sin6_port are at the same offset, in network byte order.
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], f.port)
+	return sa
 }
 
 // resize returns s with length n and every element zero, reusing its
@@ -413,7 +510,7 @@ func (f *Fanout) SendSome(heads, payloads [][]byte, sets [][]uint64, base int) {
 				f.point(v, heads, i, b)
 				h := &f.some[n].Hdr
 				h.Name = (*byte)(unsafe.Pointer(&f.addrs[k-base]))
-				h.Namelen = unix.SizeofSockaddrInet4
+				h.Namelen = f.salen
 				if f.l2 != nil {
 					h.Name = (*byte)(unsafe.Pointer(&f.l2.ll[k-base][family(b)]))
 					h.Namelen = unix.SizeofSockaddrLinklayer
@@ -537,7 +634,7 @@ func (f *Fanout) readReports() {
 	for range maxReports {
 		var msg unix.Msghdr
 		msg.Name = (*byte)(unsafe.Pointer(&f.errName))
-		msg.Namelen = unix.SizeofSockaddrInet4
+		msg.Namelen = f.salen
 		msg.Control = &f.errCtl[0]
 		msg.SetControllen(len(f.errCtl))
 		_, _, errno := unix.Syscall(unix.SYS_RECVMSG, uintptr(f.fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
@@ -545,21 +642,37 @@ func (f *Fanout) readReports() {
 			return // EAGAIN: the queue is empty
 		}
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&f.errCtl[0]))
+		level, typ := int32(unix.IPPROTO_IP), int32(unix.IP_RECVERR)
+		if f.v6 {
+			level, typ = unix.IPPROTO_IPV6, unix.IPV6_RECVERR
+		}
 		if int(msg.Controllen) < unix.CmsgLen(eeLen) || int(h.Len) < unix.CmsgLen(eeLen) ||
-			h.Level != unix.IPPROTO_IP || h.Type != unix.IP_RECVERR {
+			h.Level != level || h.Type != typ {
 			continue
 		}
 		ee := (*unix.SockExtendedErr)(unsafe.Pointer(&f.errCtl[unix.CmsgLen(0)]))
-		if ee.Origin != unix.SO_EE_ORIGIN_ICMP || ee.Type != icmpDestUnreach || ee.Code == icmpFragNeededCode {
+		switch {
+		case f.v6 && ee.Origin == unix.SO_EE_ORIGIN_ICMP6 && ee.Type == icmp6DestUnreach:
+		case !f.v6 && ee.Origin == unix.SO_EE_ORIGIN_ICMP && ee.Type == icmpDestUnreach && ee.Code != icmpFragNeededCode:
+		default:
 			continue
 		}
 		for k := range f.addrs {
-			if f.addrs[k].Addr == f.errName.Addr {
+			if f.sameAddr(&f.addrs[k], &f.errName) {
 				f.tally.Unreachable[k]++
 				break
 			}
 		}
 	}
+}
+
+// sameAddr reports whether two socket addresses of the Fanout's family
+// name the same host.
+func (f *Fanout) sameAddr(a, b *sockaddr) bool {
+	if f.v6 {
+		return a.Addr == b.Addr
+	}
+	return (*unix.RawSockaddrInet4)(unsafe.Pointer(a)).Addr == (*unix.RawSockaddrInet4)(unsafe.Pointer(b)).Addr
 }
 
 // Close closes the socket. Call it once, when nothing sends any more.

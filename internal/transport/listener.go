@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"syscall"
 	"unsafe"
 
@@ -31,8 +32,9 @@ type Listener struct {
 
 	bufs  []byte // ListenBatch * recvBufLen
 	iovs  []unix.Iovec
-	names []unix.RawSockaddrInet4
+	names []sockaddr
 	msgs  []unix.Mmsghdr
+	v6    bool // an AF_INET6 socket
 
 	// The read in progress: recvFn's outputs.
 	n      int
@@ -42,12 +44,17 @@ type Listener struct {
 
 // Listen binds a UDP socket to src:port, with an 8 MiB receive buffer to
 // absorb a storm's bursts from many peers (SO_RCVBUFFORCE where allowed).
+// The socket is of src's family (IPv6 only for an IPv6 src).
 func Listen(src netip.Addr, port uint16) (*Listener, error) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	fam := unix.AF_INET
+	if src.Is6() {
+		fam = unix.AF_INET6
+	}
+	fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
 		return nil, fmt.Errorf("transport: UDP socket: %w", err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: src.As4(), Port: int(port)}); err != nil {
+	if err := bindAddr(fd, src, int(port)); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("transport: bind relay port %v:%d: %w", src, port, err)
 	}
@@ -65,8 +72,9 @@ func Listen(src netip.Addr, port uint16) (*Listener, error) {
 		rc:    rc,
 		bufs:  make([]byte, ListenBatch*recvBufLen),
 		iovs:  make([]unix.Iovec, ListenBatch),
-		names: make([]unix.RawSockaddrInet4, ListenBatch),
+		names: make([]sockaddr, ListenBatch),
 		msgs:  make([]unix.Mmsghdr, ListenBatch),
+		v6:    src.Is6(),
 	}
 	for i := range l.msgs {
 		l.iovs[i].Base = &l.bufs[i*recvBufLen]
@@ -84,7 +92,7 @@ func Listen(src netip.Addr, port uint16) (*Listener, error) {
 // ListenBatch datagrams; false waits for the socket to become readable.
 func (l *Listener) recvmmsg(fd uintptr) bool {
 	for i := range l.msgs {
-		l.msgs[i].Hdr.Namelen = unix.SizeofSockaddrInet4
+		l.msgs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
 		l.msgs[i].Hdr.Flags = 0
 	}
 	for {
@@ -119,13 +127,16 @@ func (l *Listener) Read() (int, error) {
 }
 
 // Datagram returns datagram i of the batch Read returned: its source (the
-// zero Addr if it is not IPv4), its bytes (a view into the Listener's
+// zero Addr if it is not of the socket's family), its bytes (a view into the Listener's
 // buffer, valid until the next Read) and whether it was longer than the
 // buffer and cut.
 func (l *Listener) Datagram(i int) (src netip.Addr, b []byte, truncated bool) {
 	m, sa := &l.msgs[i], &l.names[i]
-	if sa.Family == unix.AF_INET {
-		src = netip.AddrFrom4(sa.Addr)
+	switch sa.Family {
+	case unix.AF_INET:
+		src = netip.AddrFrom4((*unix.RawSockaddrInet4)(unsafe.Pointer(sa)).Addr)
+	case unix.AF_INET6:
+		src = netip.AddrFrom16(sa.Addr)
 	}
 	return src, l.bufs[i*recvBufLen : i*recvBufLen+int(m.Len)], m.Hdr.Flags&unix.MSG_TRUNC != 0
 }
@@ -160,24 +171,38 @@ func (l *Listener) Close() error {
 // offset plus k reads the network header, whatever the socket's layer.
 const skfNetOff = -0x100000
 
-// MaxFilterPeers is the most peers FilterPeers compiles into a filter: a
-// classic BPF program has at most 4,096 instructions (BPF_MAXINSNS,
-// include/uapi/linux/bpf_common.h), and each peer takes one.
+// MaxFilterPeers is the most IPv4 peers FilterPeers compiles into a
+// filter: a classic BPF program has at most 4,096 instructions
+// (BPF_MAXINSNS, include/uapi/linux/bpf_common.h), and each peer takes
+// one. IPv6 peers take one each plus seven per block of up to 240 that
+// share their first 96 bits, and at most this many too.
 const MaxFilterPeers = 3900
+
+// maxInsns is BPF_MAXINSNS (include/uapi/linux/bpf_common.h).
+const maxInsns = 4096
 
 // ErrTooManyPeers is FilterPeers' error for a set larger than
 // MaxFilterPeers: the socket is then left without a filter.
 var ErrTooManyPeers = errors.New("transport: too many peers for a socket filter")
 
 // FilterPeers attaches a classic BPF filter to the socket that admits only
-// datagrams whose IPv4 source is one of peers: the kernel drops the rest
+// datagrams whose source is one of peers (of the socket's family; others
+// are left out): the kernel drops the rest
 // before they are queued (counted in Drops, as the socket's drops), so a
 // flood from anyone else cannot crowd out the peers' copies. It replaces
 // the previous filter atomically. For more than MaxFilterPeers peers it
 // detaches any filter and returns ErrTooManyPeers. Cost per datagram: one
 // comparison per peer, in the kernel.
 func (l *Listener) FilterPeers(peers []netip.Addr) error {
-	if len(peers) > MaxFilterPeers {
+	var prog []unix.SockFilter
+	if len(peers) <= MaxFilterPeers {
+		if l.v6 {
+			prog = peerFilter6(peers)
+		} else {
+			prog = peerFilter(peers)
+		}
+	}
+	if len(peers) > MaxFilterPeers || len(prog) > maxInsns {
 		var errno syscall.Errno
 		l.rc.Control(func(fd uintptr) {
 			if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DETACH_FILTER, 0); err != nil && err != unix.ENOENT {
@@ -189,7 +214,6 @@ func (l *Listener) FilterPeers(peers []netip.Addr) error {
 		}
 		return ErrTooManyPeers
 	}
-	prog := peerFilter(peers)
 	var err error
 	if cerr := l.rc.Control(func(fd uintptr) {
 		err = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
@@ -211,6 +235,7 @@ func peerFilter(peers []netip.Addr) []unix.SockFilter {
 	const block = 250
 	src := int32(skfNetOff + 12) // the IPv4 source address
 	prog := []unix.SockFilter{{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: uint32(src)}}
+	peers = slices.DeleteFunc(slices.Clone(peers), func(a netip.Addr) bool { return !a.Is4() })
 	for len(peers) > 0 {
 		n := min(len(peers), block)
 		for i, a := range peers[:n] {
@@ -221,6 +246,50 @@ func peerFilter(peers []netip.Addr) []unix.SockFilter {
 		}
 		prog = append(prog,
 			unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JA, K: 1}, // to the next block
+			unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff})
+		peers = peers[n:]
+	}
+	return append(prog, unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0})
+}
+
+// peerFilter6 compiles the IPv6 filter. The peers, sorted, fall into
+// blocks of up to 240 that share their first 96 bits: a block compares
+// the source's first three words to its prefix (a mismatch jumps to the
+// next block), then the last word to each peer's, as peerFilter does.
+// Node addresses of one cluster usually share a /64, so a peer costs about
+// one instruction.
+func peerFilter6(peers []netip.Addr) []unix.SockFilter {
+	const block = 240
+	off := int32(skfNetOff + 8) // the IPv6 source address
+	src := uint32(off)
+	peers = slices.DeleteFunc(slices.Clone(peers), func(a netip.Addr) bool { return !a.Is6() || a.Is4In6() })
+	slices.SortFunc(peers, netip.Addr.Compare)
+	word := func(a netip.Addr, i int) uint32 {
+		b := a.As16()
+		return binary.BigEndian.Uint32(b[4*i:])
+	}
+	var prog []unix.SockFilter
+	for len(peers) > 0 {
+		n := 1
+		for n < len(peers) && n < block && word(peers[n], 0) == word(peers[0], 0) &&
+			word(peers[n], 1) == word(peers[0], 1) && word(peers[n], 2) == word(peers[0], 2) {
+			n++
+		}
+		// The block: 6 prefix instructions, a load, n tests, a jump over
+		// the accept, the accept. A prefix mismatch jumps to the next
+		// block, ahead of it by what remains of this one.
+		rest := 1 + n + 2 // after the prefix
+		for i := range 3 {
+			prog = append(prog,
+				unix.SockFilter{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: src + uint32(4*i)},
+				unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: word(peers[0], i), Jf: uint8(2*(2-i) + rest)})
+		}
+		prog = append(prog, unix.SockFilter{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: src + 12})
+		for i, a := range peers[:n] {
+			prog = append(prog, unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: word(a, 3), Jt: uint8(n - i)})
+		}
+		prog = append(prog,
+			unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JA, K: 1},
 			unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff})
 		peers = peers[n:]
 	}
