@@ -73,11 +73,11 @@ type Fanout struct {
 	parts int // iovecs per message: 1, or 2 with a header
 	// l2 is set for an L2 Fanout (NewL2).
 	l2    *l2Dest
-	addrs []sockaddr // one per peer, of the socket's family
-	v6    bool       // the socket is AF_INET6: peers are IPv6 addresses
-	salen uint32     // the size of the family's sockaddr
-	iovs  []unix.Iovec            // parts per payload of a group
-	msgs  []unix.Mmsghdr          // group * len(peers)
+	addrs []sockaddr     // one per peer, of the socket's family
+	v6    bool           // the socket is AF_INET6: peers are IPv6 addresses
+	salen uint32         // the size of the family's sockaddr
+	iovs  []unix.Iovec   // parts per payload of a group
+	msgs  []unix.Mmsghdr // group * len(peers)
 
 	// Targeted sends (SendSome): messages to chosen peers, built per
 	// batch in buffers of their own, allocated on first use. somePeer[i]
