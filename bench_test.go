@@ -121,7 +121,7 @@ func TestFanoutSplitsLargePeerSets(t *testing.T) {
 func BenchmarkPeerSet(b *testing.B) {
 	const p = 5000
 	base := manyPeers(p + 50)
-	setA, setB := base[:p], base[50:]
+	setA, setB := PeersOf(base[:p]...), PeersOf(base[50:]...)
 	cfg := Config{NodeName: "bench", Source: netip.MustParseAddr("198.18.50.1"), TTL: 10}
 	b.Run("build/P=5000", func(b *testing.B) {
 		prev := newPeerSet(&cfg, nil, setA)
@@ -290,7 +290,7 @@ func BenchmarkRelayBatch(b *testing.B) {
 				NodeName:       "bench",
 				Mode:           mode,
 				Source:         netip.MustParseAddr("198.18.50.1"),
-				Peers:          peers,
+				Peers:          PeersOf(peers...),
 				IgnoreNetworks: []netip.Prefix{netip.MustParsePrefix("198.19.254.0/24")},
 				TTL:            10,
 				NFLOG:          nl.Config{Group: 33},
@@ -370,7 +370,7 @@ func BenchmarkReceiveInject(b *testing.B) {
 			NodeName: "bench",
 			Mode:     ModeUDP,
 			Source:   netip.MustParseAddr("198.18.50.1"),
-			Peers:    []netip.Addr{sender},
+			Peers:    PeersOf(sender),
 			TTL:      10,
 			Keys:     []wire.Key{testKey},
 			NFLOG:    nl.Config{Group: 33},
@@ -380,7 +380,7 @@ func BenchmarkReceiveInject(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer r.Close()
-	rv := r.recv
+	rv := r.recvs[0]
 	sealer, err := wire.NewSealer(&testKey, wire.NewSequence(time.Now()), sender)
 	if err != nil {
 		b.Fatal(err)

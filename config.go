@@ -129,15 +129,24 @@ type Config struct {
 	NodeName string
 	// Mode is how copies travel; zero means ModeICMP.
 	Mode Mode
-	// Source is the node's address on the cluster interface: the source of
-	// every copy.
+	// Source is the node's IPv4 address on the cluster interface: the
+	// source of every copy that travels over IPv4. Invalid on a node
+	// without one.
 	Source netip.Addr
+	// Source6 is the node's IPv6 address on the cluster interface: the
+	// source of every copy that travels over IPv6. Invalid on a node
+	// without one. At least one of Source and Source6 is valid.
+	Source6 netip.Addr
+	// RelayFamily restricts the transport of every copy to one family:
+	// FamilyAuto (zero) sends each packet to a peer's address of the
+	// packet's family where it has one, else to its other one.
+	RelayFamily Family
 	// LocalAddrs are all of the node's own addresses. ICMPs from them are
 	// never replicated, and they are removed from Peers.
 	LocalAddrs []netip.Addr
 	// Peers are the nodes that get a copy of every accepted ICMP, until
 	// Relay.SetPeers replaces them.
-	Peers []netip.Addr
+	Peers []Peer
 	// DynamicPeers says that a peer source calls Relay.SetPeers at run
 	// time, so Peers may start empty (ICMPs are then dropped as no_peers).
 	DynamicPeers bool
@@ -277,8 +286,23 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("relay mode %v is not supported", c.Mode)
 	}
-	if !c.Source.Is4() {
+	if c.Source.IsValid() && !c.Source.Is4() {
 		return fmt.Errorf("source address %v is not an IPv4 address", c.Source)
+	}
+	if c.Source6.IsValid() && (!c.Source6.Is6() || c.Source6.Is4In6() || c.Source6.Zone() != "") {
+		return fmt.Errorf("IPv6 source address %v is not a global IPv6 address", c.Source6)
+	}
+	if !c.Source.IsValid() && !c.Source6.IsValid() {
+		return errors.New("no source address: the node needs an IPv4 or IPv6 address on the cluster interface")
+	}
+	switch c.RelayFamily {
+	case FamilyAuto:
+	case FamilyIPv4, FamilyIPv6:
+		if c.Mode != ModeL2 && !c.source(int(c.RelayFamily)-1).IsValid() {
+			return fmt.Errorf("relay family %v: the node has no %v address on the cluster interface", c.RelayFamily, c.RelayFamily)
+		}
+	default:
+		return fmt.Errorf("relay family %v is not auto, ipv4 or ipv6", c.RelayFamily)
 	}
 	if c.TTL < 1 || c.TTL > 255 {
 		return fmt.Errorf("ttl %d is outside 1..255", c.TTL)
@@ -289,8 +313,10 @@ func (c *Config) Validate() error {
 	if err := checkPeers(c.Peers); err != nil {
 		return err
 	}
-	if len(c.RemotePeers()) == 0 && !c.DynamicPeers {
+	if s := newPeerSet(c, nil, c.Peers); s.nodes == 0 && !c.DynamicPeers {
 		return fmt.Errorf("no peers left after removing the node's own addresses from %v", c.Peers)
+	} else if s.nodes > 0 && s.reach[fam4] == 0 && s.reach[fam6] == 0 {
+		return fmt.Errorf("no peer can get a copy: the node's source addresses are %v and %v, relay %v, relay family %v, and the peers have no address of a family this node sends over", c.Source, c.Source6, c.Mode, c.RelayFamily)
 	}
 	// Workers take sequence numbers concurrently; what one worker holds
 	// in flight must stay within the peers' replay window.
@@ -338,31 +364,94 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// RemotePeers returns Peers without duplicates and without the node's own
-// addresses, in the order given.
-func (c *Config) RemotePeers() []netip.Addr { return remote(c.ownAddrs(), c.Peers) }
+// RemotePeers returns the addresses of Peers without duplicates and
+// without the node's own addresses (a peer with one is the node itself),
+// in the order of a peer set: IPv4-only peers', dual-stack peers' IPv4,
+// their IPv6, IPv6-only peers'.
+func (c *Config) RemotePeers() []netip.Addr { return newPeerSet(c, nil, c.Peers).addrs }
 
-// ownAddrs returns the node's own addresses, Source and LocalAddrs,
-// unmapped.
+// ownAddrs returns the node's own addresses, Source, Source6 and
+// LocalAddrs, unmapped.
 func (c *Config) ownAddrs() map[netip.Addr]bool {
-	own := make(map[netip.Addr]bool, len(c.LocalAddrs)+1)
-	own[c.Source.Unmap()] = true
-	for _, a := range c.LocalAddrs {
-		own[a.Unmap()] = true
+	own := make(map[netip.Addr]bool, len(c.LocalAddrs)+2)
+	for _, a := range append([]netip.Addr{c.Source, c.Source6}, c.LocalAddrs...) {
+		if a.IsValid() {
+			own[a.Unmap()] = true
+		}
 	}
 	return own
 }
 
-// remote returns addrs, unmapped, without duplicates and without the
-// addresses in own, in the order given.
-func remote(own map[netip.Addr]bool, addrs []netip.Addr) []netip.Addr {
-	out := make([]netip.Addr, 0, len(addrs))
-	seen := make(map[netip.Addr]bool, len(addrs))
-	for _, a := range addrs {
-		if a = a.Unmap(); !own[a] && !seen[a] {
-			seen[a] = true
-			out = append(out, a)
-		}
+// source returns the node's source address of family f (fam4, fam6).
+func (c *Config) source(f int) netip.Addr {
+	if f == fam6 {
+		return c.Source6
 	}
-	return out
+	return c.Source
+}
+
+// transports reports, per family (fam4, fam6), whether copies may leave
+// over it: the node has a source address of the family (the l2 relay needs
+// none), and RelayFamily allows it.
+func (c *Config) transports() [2]bool {
+	var can [2]bool
+	for f := range 2 {
+		can[f] = (c.Mode == ModeL2 || c.source(f).IsValid()) &&
+			(c.RelayFamily == FamilyAuto || int(c.RelayFamily)-1 == f)
+	}
+	return can
+}
+
+// leg reports whether workers send packets of family f over transport t
+// (see peerSet.route): the icmp relay re-originates an ICMP in its own
+// family only; the l2 relay's broadcast frames use one socket for both.
+func (c *Config) leg(f, t int) bool {
+	switch {
+	case c.Mode == ModeL2 && c.L2Dest != L2Peers:
+		return t == fam4
+	case c.Mode == ModeICMP || c.Mode == 0:
+		return f == t && c.transports()[t]
+	}
+	return c.transports()[t]
+}
+
+// Family restricts the relay's transport to one address family.
+type Family uint8
+
+const (
+	// FamilyAuto: each packet to the peer's address of its own family
+	// where the peer has one, else to its other one.
+	FamilyAuto Family = iota
+	// FamilyIPv4: every copy over IPv4; peers without an IPv4 address get
+	// none.
+	FamilyIPv4
+	// FamilyIPv6: every copy over IPv6; peers without an IPv6 address get
+	// none.
+	FamilyIPv6
+)
+
+// String returns the family's --relay-family value.
+func (f Family) String() string {
+	switch f {
+	case FamilyAuto:
+		return "auto"
+	case FamilyIPv4:
+		return "ipv4"
+	case FamilyIPv6:
+		return "ipv6"
+	}
+	return fmt.Sprintf("Family(%d)", uint8(f))
+}
+
+// ParseFamily parses a --relay-family value.
+func ParseFamily(s string) (Family, error) {
+	switch s {
+	case "auto":
+		return FamilyAuto, nil
+	case "ipv4":
+		return FamilyIPv4, nil
+	case "ipv6":
+		return FamilyIPv6, nil
+	}
+	return 0, fmt.Errorf("unknown relay family %q (want auto, ipv4 or ipv6)", s)
 }

@@ -16,7 +16,7 @@ func TestValidate(t *testing.T) {
 		return Config{
 			Mode:   ModeUDP,
 			Source: netip.MustParseAddr("198.18.1.10"),
-			Peers:  []netip.Addr{netip.MustParseAddr("198.18.1.11")},
+			Peers:  PeersOf(netip.MustParseAddr("198.18.1.11")),
 			TTL:    10,
 			Keys:   []wire.Key{testKey},
 		}
@@ -36,7 +36,7 @@ func TestValidate(t *testing.T) {
 		{"negative rate limit", func(c *Config) { c.RateLimit = -1 }, "rate limit"},
 		{"rate limit too high", func(c *Config) { c.RateLimit = MaxRateLimit + 1 }, "rate limit"},
 		{"ttl 256", func(c *Config) { c.TTL = 256 }, "ttl 256"},
-		{"only itself as peer", func(c *Config) { c.Peers = []netip.Addr{c.Source} }, "no peers left"},
+		{"only itself as peer", func(c *Config) { c.Peers = PeersOf(c.Source) }, "no peers left"},
 		{"udp relay without keys", func(c *Config) { c.Keys = nil }, "--insecure-no-auth"},
 		{"udp relay without keys, insecure on purpose", func(c *Config) { c.Keys, c.InsecureNoAuth = nil, true }, ""},
 		{"icmp relay without keys", func(c *Config) { c.Keys, c.Mode = nil, ModeICMP }, ""},

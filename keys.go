@@ -114,8 +114,9 @@ func (r *Relay) KeyReloadFailed(err error) {
 	r.log.Warn("relay keys not reloaded; the keys in force stay", "err", err)
 }
 
-// rekey makes p's sealer seal with the first key of s. It allocates (an
-// HMAC state), once per key change.
+// rekey makes p's sealers seal with the first key of s, one for each of
+// the node's source addresses. It allocates (an HMAC state per sealer),
+// once per key change.
 func (p *preparer) rekey(s *keySet) error {
 	var key *wire.Key
 	if len(s.keys) > 0 {
@@ -128,11 +129,18 @@ func (p *preparer) rekey(s *keySet) error {
 	case 3:
 		newSealer = wire.NewSealerPacked
 	}
-	sealer, err := newSealer(key, p.r.seq, p.r.cfg.Source)
-	if err != nil {
-		return fmt.Errorf("pmtud: relay key: %w", err)
+	var sealers [2]*wire.Sealer
+	for t, can := range p.r.cfg.transports() {
+		if !can {
+			continue
+		}
+		sealer, err := newSealer(key, p.r.seq, p.r.cfg.source(t))
+		if err != nil {
+			return fmt.Errorf("pmtud: relay key: %w", err)
+		}
+		sealers[t] = sealer
 	}
-	p.sealer, p.keys = sealer, s
+	p.sealers, p.keys = sealers, s
 	p.packed = p.r.cfg.Envelope == 3
 	return nil
 }

@@ -83,14 +83,34 @@ func (n *neighbours) copyFromPeer(hw []byte) bool {
 }
 
 // setPeerMACs makes the addresses of s's peers on the segment in macs the
-// peers' MACs. A MAC that more than one address of the table resolves to is
-// left out: behind proxy ARP (some clouds answer every address with one
-// MAC) it may be the router's, whose ICMPs must not look like copies. It
-// returns the number left out.
+// peers' MACs. A MAC that more than one IPv4 address of the table resolves
+// to, or the addresses of more than one peer, is left out: behind proxy
+// ARP or NDP (some clouds answer every address with one MAC) it may be the
+// router's, whose ICMPs must not look like copies. One node's IPv6
+// addresses (link-local and global) and its IPv4 one share a MAC by
+// nature: that is no sign. It returns the number left out.
 func (n *neighbours) setPeerMACs(s *peerSet, macs map[netip.Addr]neigh.MAC) (shared int) {
 	uses := make(map[neigh.MAC]int, len(macs))
-	for _, mac := range macs {
-		uses[mac]++
+	for a, mac := range macs {
+		if a.Is4() {
+			uses[mac]++
+		}
+	}
+	// The node (its first address's index) each peer MAC belongs to.
+	node := make(map[neigh.MAC]int, len(s.addrs))
+	for k, a := range s.addrs {
+		mac, ok := macs[a]
+		if !ok || !n.onSegment(a) {
+			continue
+		}
+		id := k
+		if sib := int(s.sibling[k]); sib >= 0 && sib < k {
+			id = sib
+		}
+		if o, seen := node[mac]; seen && o != id {
+			uses[mac] = 2 // two peers
+		}
+		node[mac] = id
 	}
 	m := make(map[neigh.MAC]bool, len(s.addrs))
 	for _, a := range s.addrs {

@@ -60,7 +60,7 @@ func TestPeersFileSwapUnderLoad(t *testing.T) {
 		Mode:         pmtud.ModeICMP,
 		Source:       netlab.NodeAddr(1),
 		LocalAddrs:   []netip.Addr{netlab.NodeAddr(1), netlab.Anycast},
-		Peers:        file.Addrs(),
+		Peers:        relayPeers(file.Peers()),
 		DynamicPeers: true,
 	})
 
@@ -80,7 +80,7 @@ func TestPeersFileSwapUnderLoad(t *testing.T) {
 				appliedc <- applied{err: u.Err}
 				return
 			}
-			ch, err := relay.SetPeers(u.Addrs)
+			ch, err := relay.SetPeers(relayPeers(u.Peers))
 			appliedc <- applied{cut: injected.Load(), at: time.Now(), ch: ch, err: err}
 		})
 	}()
@@ -172,4 +172,13 @@ func TestPeersFileSwapUnderLoad(t *testing.T) {
 	if st := relay.Stats(); st.SendErrors != 0 || st.Dropped[pmtud.DropDuplicate] != 0 {
 		t.Fatalf("relay stats %+v: want no send errors and no duplicates", st)
 	}
+}
+
+// relayPeers converts a source's peers to the relay's, as the daemon does.
+func relayPeers(ps []peers.Peer) []pmtud.Peer {
+	out := make([]pmtud.Peer, len(ps))
+	for i, p := range ps {
+		out[i] = pmtud.Peer(p)
+	}
+	return out
 }

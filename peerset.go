@@ -20,11 +20,75 @@ import (
 // peers file or API answer can make the relay allocate.
 const MaxPeers = 65536
 
+// Peer is one peer node: its address of each family it has, at least one.
+// A relayed packet goes to the peer's address of the packet's own family
+// where it has one, otherwise to its other one (see Config.RelayFamily).
+type Peer struct {
+	V4 netip.Addr // an IPv4 address, or the zero Addr
+	V6 netip.Addr // an IPv6 address (not IPv4-mapped), or the zero Addr
+}
+
+// PeerOf returns the peer whose one address is a (IPv4-mapped: IPv4).
+func PeerOf(a netip.Addr) Peer {
+	if a = a.Unmap(); a.Is4() {
+		return Peer{V4: a}
+	}
+	return Peer{V6: a}
+}
+
+// PeersOf returns one single-family Peer per address, in order.
+func PeersOf(addrs ...netip.Addr) []Peer {
+	ps := make([]Peer, len(addrs))
+	for i, a := range addrs {
+		ps[i] = PeerOf(a)
+	}
+	return ps
+}
+
+// String returns the peer's address, or both as "v4+v6".
+func (p Peer) String() string {
+	switch {
+	case p.V4.IsValid() && p.V6.IsValid():
+		return p.V4.String() + "+" + p.V6.String()
+	case p.V4.IsValid():
+		return p.V4.String()
+	}
+	return p.V6.String()
+}
+
+// Family indexes: a packet's (which address of a peer it goes to) and a
+// transport's (which socket it leaves by).
+const (
+	fam4 = 0
+	fam6 = 1
+)
+
+// span is the part addrs[lo:hi] of a peer set's addresses.
+type span struct{ lo, hi int }
+
+func (s span) len() int { return s.hi - s.lo }
+
 // peerSet is everything derived from one set of peers. It is immutable once
 // published through Relay.set; a batch keeps the one it started with, so
 // the hot path reads it without a lock.
 type peerSet struct {
+	// addrs are the peers' addresses, each peer's of either family, in
+	// the order: IPv4 of IPv4-only peers, IPv4 of dual-stack peers, IPv6
+	// of dual-stack peers, IPv6 of IPv6-only peers (the given order within
+	// each part). Every address is a peer of its own for the counters,
+	// the replay windows and the receive side's check; sibling ties a
+	// dual-stack peer's two together. The order makes the addresses a
+	// packet of each family goes to over each transport one span.
 	addrs []netip.Addr
+	// sibling[k] is the index of the same peer's other address; -1: none.
+	sibling []int32
+	// nodes is the number of peers (nodes), not addresses.
+	nodes int
+	// spans[f][t] are the addresses a packet of family f goes to over
+	// transport t (fam4, fam6): empty when this node does not send f's
+	// packets over t. reach[f] is the number of peers they make.
+	spans [2][2]span
+	reach [2]int
 	// state[k] belongs to addrs[k]; a peer present in two consecutive sets
 	// keeps its *peerState, so its counters and replay window carry over.
 	state []*peerState
@@ -68,18 +132,62 @@ type peerState struct {
 	replay *wire.ReplayWindow
 }
 
-// newPeerSet derives a peer set from addrs: without duplicates and without
-// the node's own addresses, in the order given. State of peers in prev
-// carries over. It allocates the whole set; it is not for the hot path.
-func newPeerSet(c *Config, prev *peerSet, addrs []netip.Addr) *peerSet {
+// newPeerSet derives a peer set from peers: without the node's own
+// addresses and duplicates, ordered as peerSet.addrs says. A peer with
+// one of the node's own addresses is the node itself and is left out
+// whole. State of addresses in prev carries over. It allocates the whole
+// set; it is not for the hot path.
+func newPeerSet(c *Config, prev *peerSet, peers []Peer) *peerSet {
 	own := c.ownAddrs()
-	addrs = remote(own, addrs)
-	s := &peerSet{
-		addrs: addrs,
-		state: make([]*peerState, 0, len(addrs)),
-		index: make(map[netip.Addr]int, len(addrs)),
-		guard: make(map[netip.Addr]DropReason, len(addrs)+len(own)),
+	var only4, dual, only6 []Peer
+	seen := make(map[netip.Addr]bool, 2*len(peers))
+	for _, p := range peers {
+		p.V4 = p.V4.Unmap()
+		if own[p.V4] || own[p.V6] {
+			continue
+		}
+		for _, a := range []*netip.Addr{&p.V4, &p.V6} {
+			if !a.IsValid() {
+				continue
+			}
+			if seen[*a] {
+				*a = netip.Addr{} // a duplicate: the first peer with it keeps it
+			}
+			seen[*a] = true
+		}
+		switch {
+		case p.V4.IsValid() && p.V6.IsValid():
+			dual = append(dual, p)
+		case p.V4.IsValid():
+			only4 = append(only4, p)
+		case p.V6.IsValid():
+			only6 = append(only6, p)
+		}
 	}
+	nA, nB, nC := len(only4), len(dual), len(only6)
+	addrs := make([]netip.Addr, 0, nA+2*nB+nC)
+	sibling := make([]int32, 0, cap(addrs))
+	for _, p := range only4 {
+		addrs, sibling = append(addrs, p.V4), append(sibling, -1)
+	}
+	for i, p := range dual {
+		addrs, sibling = append(addrs, p.V4), append(sibling, int32(nA+nB+i))
+	}
+	for i, p := range dual {
+		addrs, sibling = append(addrs, p.V6), append(sibling, int32(nA+i))
+	}
+	for _, p := range only6 {
+		addrs, sibling = append(addrs, p.V6), append(sibling, -1)
+	}
+	s := &peerSet{
+		addrs:   addrs,
+		sibling: sibling,
+		nodes:   nA + nB + nC,
+		state:   make([]*peerState, 0, len(addrs)),
+		index:   make(map[netip.Addr]int, len(addrs)),
+		guard:   make(map[netip.Addr]DropReason, len(addrs)+len(own)),
+	}
+	s.route(c, nA, nB)
 	for k, a := range addrs {
 		var st *peerState
 		if prev != nil {
@@ -121,6 +229,71 @@ func newPeerSet(c *Config, prev *peerSet, addrs []netip.Addr) *peerSet {
 	return s
 }
 
+// route sets the spans: which addresses a packet of each family goes to
+// over each transport, given nA IPv4-only peers and nB dual-stack ones
+// before the IPv6-only ones. With both transports (udp and l2 to peers,
+// RelayFamily auto, the node has addresses of both families) a packet goes
+// to a peer's address of its own family, else to its other one; with one
+// transport, to every peer's address of that family; the icmp relay sends
+// a packet of family f over f only.
+func (s *peerSet) route(c *Config, nA, nB int) {
+	all := [2]span{{0, nA + nB}, {nA + nB, len(s.addrs)}} // every address of a family
+	can := c.transports()
+	switch {
+	case c.Mode == ModeL2 && c.L2Dest != L2Peers:
+		// One broadcast frame reaches every node: the spans only count.
+		s.spans[fam4][fam4], s.spans[fam6][fam4] = span{0, len(s.addrs)}, span{0, len(s.addrs)}
+		s.reach = [2]int{s.nodes, s.nodes}
+		return
+	case c.Mode == ModeICMP || c.Mode == 0:
+		for f := range 2 {
+			if can[f] {
+				s.spans[f][f] = all[f]
+			}
+		}
+	case can[fam4] && can[fam6]:
+		s.spans[fam4][fam4] = all[fam4]
+		s.spans[fam4][fam6] = span{nA + 2*nB, len(s.addrs)} // IPv6-only peers
+		s.spans[fam6][fam6] = all[fam6]
+		s.spans[fam6][fam4] = span{0, nA} // IPv4-only peers
+	default:
+		for t := range 2 {
+			if can[t] {
+				s.spans[fam4][t], s.spans[fam6][t] = all[t], all[t]
+			}
+		}
+	}
+	for f := range 2 {
+		s.reach[f] = s.spans[f][fam4].len() + s.spans[f][fam6].len()
+	}
+}
+
+// countIn returns the number of peers set names that a packet of family f
+// reaches.
+func (s *peerSet) countIn(set []uint64, f int) int {
+	n := 0
+	for t := range 2 {
+		sp := s.spans[f][t]
+		for k := sp.lo; k < sp.hi; k++ {
+			if k/64 < len(set) && set[k/64]&(1<<(k%64)) != 0 {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// familyAddrs returns addrs' addresses of family f (fam4, fam6).
+func familyAddrs(addrs []netip.Addr, f int) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range addrs {
+		if a.Is4() == (f == fam4) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // diff counts the peers of s that are not in prev (added) and those of
 // prev that are not in s (removed).
 func (s *peerSet) diff(prev *peerSet) (added, removed int) {
@@ -138,28 +311,28 @@ type PeerChange struct {
 	Peers          int // peers in force now
 }
 
-// SetPeers makes addrs the relay's peers, while packets flow: the node's
-// own addresses and duplicates are left out, peers present before keep
+// SetPeers makes peers the relay's peers, while packets flow: the node's
+// own addresses and duplicates are left out, addresses present before keep
 // their counters and replay window. A batch in progress finishes with the
 // peers it started with; SetPeers returns once no batch uses the previous
 // set, so a peer that left gets no copy after it returns, and a peer that
 // joined gets copies from the next batch on. It logs one line per change
 // and counts the update in go_pmtud_peer_updates_total (applied or
-// unchanged); an address that is not IPv4, or more than MaxPeers, leave
-// the set in force and count as error. Calls are serialised; it allocates
-// the new set and is meant for peer sources, not the packet path.
-func (r *Relay) SetPeers(addrs []netip.Addr) (PeerChange, error) {
+// unchanged); an invalid peer, or more than MaxPeers, leave the set in
+// force and count as error. Calls are serialised; it allocates the new
+// set and is meant for peer sources, not the packet path.
+func (r *Relay) SetPeers(peers []Peer) (PeerChange, error) {
 	r.setMu.Lock()
 	defer r.setMu.Unlock()
-	if err := checkPeers(addrs); err != nil {
+	if err := checkPeers(peers); err != nil {
 		r.m.updError.Inc()
-		return PeerChange{Peers: len(r.set.Load().addrs)}, err
+		return PeerChange{Peers: r.set.Load().nodes}, err
 	}
 	prev := r.set.Load()
-	s := newPeerSet(&r.cfg, prev, addrs)
+	s := newPeerSet(&r.cfg, prev, peers)
 	s.targets = newTargetTable(r.targets, s, r.cfg.ownAddrs())
 	added, removed := s.diff(prev)
-	ch := PeerChange{Added: added, Removed: removed, Peers: len(s.addrs)}
+	ch := PeerChange{Added: added, Removed: removed, Peers: s.nodes}
 	if added == 0 && removed == 0 {
 		r.m.updUnchanged.Inc()
 		return ch, nil
@@ -181,24 +354,27 @@ func (r *Relay) SetPeers(addrs []netip.Addr) (PeerChange, error) {
 	r.filterPeers(s.addrs)
 	r.solicit(s)
 	r.m.updApplied.Inc()
-	r.log.Info("peer set changed", "added", added, "removed", removed, "peers", len(s.addrs))
+	r.log.Info("peer set changed", "added", added, "removed", removed, "peers", s.nodes, "addresses", len(s.addrs))
 	return ch, nil
 }
 
-// filterPeers restricts the udp relay's socket to datagrams from addrs (a
-// kernel filter: see transport.Listener.FilterPeers). A set too large for
-// a filter leaves the socket unfiltered; the receiver's own peer check
-// still applies.
+// filterPeers restricts the udp relay's sockets to datagrams from addrs,
+// each socket to those of its family (a kernel filter: see
+// transport.Listener.FilterPeers). A set too large for a filter leaves the
+// socket unfiltered; the receiver's own peer check still applies.
 func (r *Relay) filterPeers(addrs []netip.Addr) {
-	if r.recv == nil || r.recv.l == nil {
-		return
-	}
-	switch err := r.recv.l.FilterPeers(addrs); {
-	case errors.Is(err, transport.ErrTooManyPeers):
-		r.log.Warn("relay socket unfiltered: more peers than a socket filter holds; the receiver still checks every datagram's source", "peers", len(addrs), "max", transport.MaxFilterPeers)
-	case err != nil:
-		r.m.errors.Inc()
-		r.log.Warn("relay socket filter not updated", "err", err)
+	for _, rv := range r.recvs {
+		if rv.l == nil {
+			continue
+		}
+		fa := familyAddrs(addrs, rv.fam)
+		switch err := rv.l.FilterPeers(fa); {
+		case errors.Is(err, transport.ErrTooManyPeers):
+			r.log.Warn("relay socket unfiltered: more peers than a socket filter holds; the receiver still checks every datagram's source", "peers", len(fa), "max", transport.MaxFilterPeers)
+		case err != nil:
+			r.m.errors.Inc()
+			r.log.Warn("relay socket filter not updated", "err", err)
+		}
 	}
 }
 
@@ -257,14 +433,21 @@ func (r *Relay) PeerUpdateFailed(err error) {
 	r.log.Warn("peer update failed; the peers in force stay", "peers", len(r.set.Load().addrs), "err", err)
 }
 
-// checkPeers reports what makes addrs unusable as a peer set.
-func checkPeers(addrs []netip.Addr) error {
-	if len(addrs) > MaxPeers {
-		return fmt.Errorf("%d peers: at most %d are supported", len(addrs), MaxPeers)
+// checkPeers reports what makes peers unusable as a peer set.
+func checkPeers(peers []Peer) error {
+	if len(peers) > MaxPeers {
+		return fmt.Errorf("%d peers: at most %d are supported", len(peers), MaxPeers)
 	}
-	for _, a := range addrs {
-		if !a.Unmap().Is4() {
-			return fmt.Errorf("peer %v is not an IPv4 address", a)
+	for _, p := range peers {
+		switch {
+		case !p.V4.IsValid() && !p.V6.IsValid():
+			return errors.New("a peer without an address")
+		case p.V4.IsValid() && !p.V4.Unmap().Is4():
+			return fmt.Errorf("peer %v: %v is not an IPv4 address", p, p.V4)
+		case p.V6.IsValid() && (!p.V6.Is6() || p.V6.Is4In6()):
+			return fmt.Errorf("peer %v: %v is not an IPv6 address", p, p.V6)
+		case p.V6.Zone() != "":
+			return fmt.Errorf("peer %v: a zoned address cannot be a peer", p)
 		}
 	}
 	return nil
@@ -303,10 +486,13 @@ func (r *Relay) Peers() []netip.Addr { return r.set.Load().addrs }
 // writePeerMetrics writes the per-peer series of the peers in force, so
 // series are bounded by the current set: a peer that left has none.
 func (r *Relay) writePeerMetrics(w io.Writer) {
+	s := r.set.Load()
+	n := quote(r.cfg.NodeName)
+	metrics.WriteGaugeUint64(w, "go_pmtud_peers_unreached{node="+n+`,family="ipv4"}`, uint64(s.nodes-s.reach[fam4]))
+	metrics.WriteGaugeUint64(w, "go_pmtud_peers_unreached{node="+n+`,family="ipv6"}`, uint64(s.nodes-s.reach[fam6]))
 	if r.cfg.Mode == ModeL2 {
 		return // frames go to the segment: nothing is per peer
 	}
-	s := r.set.Load()
 	for _, st := range s.state {
 		metrics.WriteCounterUint64(w, "go_pmtud_sent_packets_peer"+st.labels, st.sent.Load())
 	}

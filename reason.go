@@ -20,10 +20,11 @@ const (
 	// DropDuplicate: this node relayed or injected the same ICMP within the
 	// dedup window; a copy forwarded back to it, or the router repeating.
 	DropDuplicate
-	// DropIPv6ICMPRelay: an IPv6 Packet Too Big, which the icmp relay
-	// cannot re-originate (its checksum covers the router's addresses);
-	// the udp relay carries it.
-	DropIPv6ICMPRelay
+	// DropNoFamilyPeers: no peer can get a copy of an ICMP of this family
+	// from this node: the icmp relay re-originates an ICMP in its own
+	// family only, and --relay-family allows one transport, so peers (or
+	// this node) without an address of that family are out of reach.
+	DropNoFamilyPeers
 	// DropRateLimited: relaying it would exceed Config.RateLimit.
 	DropRateLimited
 	// DropNoPeers: the peer set in force is empty (a peer source has not
@@ -62,8 +63,8 @@ func (r DropReason) String() string {
 		return "from_tun"
 	case DropDuplicate:
 		return "duplicate"
-	case DropIPv6ICMPRelay:
-		return "ipv6_icmp_relay"
+	case DropNoFamilyPeers:
+		return "no_family_peers"
 	case DropRateLimited:
 		return "rate_limited"
 	case DropNoPeers:

@@ -27,7 +27,7 @@ func FuzzReceive(f *testing.F) {
 	f.Add(make([]byte, wire.EnvelopeLen+20), false, true)
 
 	res := &fakeResources{}
-	b, err := newRelay(Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: []netip.Addr{fakeA}, TTL: 10,
+	b, err := newRelay(Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: PeersOf(fakeA), TTL: 10,
 		Keys: []wire.Key{testKey}, IgnoreNetworks: []netip.Prefix{netip.MustParsePrefix("198.18.1.0/24")}}, nil, res)
 	if err != nil {
 		f.Fatal(err)
@@ -50,9 +50,9 @@ func FuzzReceive(f *testing.F) {
 			src = fakeD
 		}
 		res.dev.written = res.dev.written[:0]
-		b.recv.in = &testDatagram{src: src, buf: d}
-		b.recv.stamp(time.Now())
-		reason := b.recv.handle(0)
+		b.recvs[0].in = &testDatagram{src: src, buf: d}
+		b.recvs[0].stamp(time.Now())
+		reason := b.recvs[0].handle(0)
 		if reason != 0 && (reason >= recvDropReasonCount || reason.String() == "unknown") {
 			t.Fatalf("reason %d has no label", reason)
 		}

@@ -65,11 +65,11 @@ type Relay struct {
 	pre     *preparer              // SplitPeer: the reader's
 	workers []*worker
 	open    resources
-	tun     injector  // udp relay only
-	recv    *receiver // udp relay only
-	jobs    []*job    // the pool, every job
-	free    chan *job // jobs ready to be read into
-	work    chan *job // SplitBatch: jobs ready to be handled
+	tun     injector    // udp relay only
+	recvs   []*receiver // udp relay only: one per transport family
+	jobs    []*job      // the pool, every job
+	free    chan *job   // jobs ready to be read into
+	work    chan *job   // SplitBatch: jobs ready to be handled
 
 	lastLog time.Time // of the reader's warnings
 	// neigh is the l2 relay's neighbour table for unicast frames; nil
@@ -96,18 +96,15 @@ type Relay struct {
 // read into and what a preparer made of it. Jobs come from the Relay's
 // pool and go back to it; nothing in them is allocated per packet.
 type job struct {
-	batch    *nl.Batch
-	start    time.Time
-	payloads [][]byte                 // views into batch: ICMP messages or whole packets, for every peer
-	heads    [][]byte                 // udp relay: views into hdrs, one per payload
-	hdrs     [][wire.EnvelopeLen]byte // udp relay: sealed envelope headers
+	batch *nl.Batch
+	start time.Time
+	// lanes[f] are the batch's packets of family f (fam4, fam6), which go
+	// to the peers' addresses the set routes f to.
+	lanes [2]lane
+	hdrs  [][wire.EnvelopeLen]byte // udp relay: sealed envelope headers
 	// packBuf holds the version 3 packs of the batch in hand.
 	packBuf []byte
-	// Targeted payloads: for the peers their bitmap (a view into the
-	// set's target table) names.
-	somePayloads, someHeads [][]byte
-	someSets                [][]uint64
-	pending                 atomic.Int32 // SplitPeer: workers still sending it
+	pending atomic.Int32 // SplitPeer: workers still sending it
 	// set is the peer set the job is prepared and sent with; nil while it
 	// is in the pool.
 	set atomic.Pointer[peerSet]
@@ -116,41 +113,81 @@ type job struct {
 	began atomic.Int64
 }
 
-func newJob() *job {
-	return &job{
-		batch:        nl.NewBatch(),
-		payloads:     make([][]byte, 0, 256),
-		heads:        make([][]byte, 0, 256),
-		hdrs:         make([][wire.EnvelopeLen]byte, 256),
-		somePayloads: make([][]byte, 0, 256),
-		someHeads:    make([][]byte, 0, 256),
-		someSets:     make([][]uint64, 0, 256),
+// lane is a job's payloads of one packet family.
+type lane struct {
+	payloads [][]byte // views into batch: ICMP messages or whole packets, for every peer
+	// heads[t] are the udp relay's envelope headers for transport t (the
+	// sender's address differs), views into job.hdrs, one per payload;
+	// nil for a transport the lane's packets do not take.
+	heads [2][][]byte
+	// Targeted payloads: for the peers their bitmap (a view into the
+	// set's target table) names.
+	somePayloads [][]byte
+	someHeads    [2][][]byte
+	someSets     [][]uint64
+}
+
+// empty reports whether the lane holds nothing to send.
+func (l *lane) empty() bool { return len(l.payloads)+len(l.somePayloads) == 0 }
+
+// reset empties the lane, keeping its arrays.
+func (l *lane) reset() {
+	l.payloads, l.somePayloads, l.someSets = l.payloads[:0], l.somePayloads[:0], l.someSets[:0]
+	for t := range 2 {
+		l.heads[t], l.someHeads[t] = l.heads[t][:0], l.someHeads[t][:0]
 	}
 }
+
+func newJob() *job {
+	j := &job{
+		batch: nl.NewBatch(),
+		hdrs:  make([][wire.EnvelopeLen]byte, 256),
+	}
+	for f := range j.lanes {
+		l := &j.lanes[f]
+		l.payloads, l.somePayloads, l.someSets = make([][]byte, 0, 256), make([][]byte, 0, 256), make([][]uint64, 0, 256)
+		for t := range 2 {
+			l.heads[t], l.someHeads[t] = make([][]byte, 0, 256), make([][]byte, 0, 256)
+		}
+	}
+	return j
+}
+
+// empty reports whether the job holds nothing to send.
+func (j *job) empty() bool { return j.lanes[fam4].empty() && j.lanes[fam6].empty() }
 
 // preparer turns a job's batch into payloads: TUN check, parse, policy,
 // dedup and, for the udp relay, sealing. One goroutine owns each (the
 // sealer's HMAC state is not shared).
 type preparer struct {
-	r      *Relay
-	sealer *wire.Sealer // udp relay only
-	keys   *keySet      // the set sealer seals for
-	packed bool         // the sealer seals version 3 packs (Config.Envelope 3)
+	r *Relay
+	// sealers[t] seal for transport t (fam4, fam6), on behalf of the node's
+	// source address of that family; nil where it has none (udp relay only).
+	sealers [2]*wire.Sealer
+	keys    *keySet // the set sealers seal for
+	packed  bool    // the sealers seal version 3 packs (Config.Envelope 3)
 }
 
 // worker sends jobs with its own socket, to all peers (SplitBatch) or to
 // its share of them (SplitPeer).
 type worker struct {
-	r       *Relay
-	i, n    int       // worker i of n
-	cpu     int       // -1: not pinned
-	pre     *preparer // SplitBatch only
-	in      chan *job // SplitPeer only
-	fan     sender
-	set     *peerSet // the set fan's messages are built for
-	base    int      // index of fan's first peer in set.addrs
-	npeers  int      // fan's peers: set.addrs[base:base+npeers]
+	r    *Relay
+	i, n int       // worker i of n
+	cpu  int       // -1: not pinned
+	pre  *preparer // SplitBatch only
+	in   chan *job // SplitPeer only
+	// legs[f][t] sends packets of family f over transport t (the set's
+	// spans[f][t]); a leg the relay never uses has no sender.
+	legs    [2][2]leg
+	set     *peerSet // the set the legs' messages are built for
 	lastLog time.Time
+}
+
+// leg is one of a worker's send sockets and the addresses it sends to.
+type leg struct {
+	fan  sender
+	base int // index of fan's first peer in set.addrs
+	n    int // fan's peers: set.addrs[base:base+n]
 }
 
 // New validates cfg and opens the NFLOG subscription and the send socket,
@@ -162,9 +199,9 @@ func New(cfg Config, log *slog.Logger) (*Relay, error) { return newRelay(cfg, lo
 // thing; tests without root substitute fakes (a nil reader or listener
 // means none: such a Relay is driven by its test, not Run).
 type resources interface {
-	sender(c *Config) (sender, error)
+	sender(c *Config, src netip.Addr) (sender, error)
 	tun(c *Config) (injector, error)
-	listen(c *Config) (*transport.Listener, error)
+	listen(c *Config, src netip.Addr) (*transport.Listener, error)
 	nflog(c *Config) (*nl.Reader, error)
 }
 
@@ -225,7 +262,7 @@ func newRelay(cfg Config, log *slog.Logger, res resources) (*Relay, error) {
 			r.neigh.conn.Close() // New failed: nothing else closes it
 		}
 	}()
-	r.m = newRelayMetrics(cfg.NodeName, cfg.Mode, func() int { return len(r.set.Load().addrs) })
+	r.m = newRelayMetrics(cfg.NodeName, cfg.Mode, func() int { return r.set.Load().nodes })
 	r.m.set.RegisterMetricsWriter(r.writePeerMetrics)
 	r.m.set.RegisterMetricsWriter(r.writeTargetMetrics)
 	if r.neigh != nil {
@@ -306,13 +343,40 @@ func (r *Relay) newWorker(i, n int) (*worker, error) {
 			return nil, err
 		}
 	}
-	fan, err := r.open.sender(c)
-	if err != nil {
-		return nil, err
+	for f := range 2 {
+		for t := range 2 {
+			if !c.leg(f, t) {
+				continue
+			}
+			if c.Mode == ModeL2 && c.L2Dest != L2Peers && f == fam6 {
+				w.legs[f][t] = w.legs[fam4][t] // one broadcast socket for both
+				continue
+			}
+			fan, err := r.open.sender(c, c.source(t))
+			if err != nil {
+				w.close()
+				return nil, err
+			}
+			w.legs[f][t].fan = fan
+		}
 	}
-	w.fan = fan
 	w.use(set)
 	return w, nil
+}
+
+// close closes the worker's senders, each once.
+func (w *worker) close() error {
+	var errs []error
+	for f := range 2 {
+		for t := range 2 {
+			l := &w.legs[f][t]
+			if l.fan == nil || f == fam6 && w.legs[fam4][t].fan == l.fan {
+				continue
+			}
+			errs = append(errs, l.fan.Close())
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // sender is a transport's send half: it sends each payload of a batch (with
@@ -343,9 +407,9 @@ func (system) tun(c *Config) (injector, error) {
 	return d, nil
 }
 
-// listen opens the udp relay's receive socket.
-func (system) listen(c *Config) (*transport.Listener, error) {
-	l, err := transport.Listen(c.Source, c.RelayPort)
+// listen opens the udp relay's receive socket for src's family.
+func (system) listen(c *Config, src netip.Addr) (*transport.Listener, error) {
+	l, err := transport.Listen(src, c.RelayPort)
 	if err != nil {
 		return nil, fmt.Errorf("pmtud: %w", err)
 	}
@@ -365,8 +429,9 @@ func needs(err error, caps string) string {
 	return ""
 }
 
-// sender opens a worker's send socket for the relay mode.
-func (s system) sender(c *Config) (sender, error) {
+// sender opens a worker's send socket for the relay mode, from src (the
+// node's address of the transport's family; ignored by the l2 relay).
+func (s system) sender(c *Config, src netip.Addr) (sender, error) {
 	var f *transport.Fanout
 	var err error
 	switch c.Mode {
@@ -377,9 +442,9 @@ func (s system) sender(c *Config) (sender, error) {
 		}
 		f, err = transport.NewL2(ifi.Index, c.resolve)
 	case ModeUDP:
-		f, err = transport.NewUDP(c.Source, c.TTL, nil, c.RelayPort)
+		f, err = transport.NewUDP(src, c.TTL, nil, c.RelayPort)
 	default:
-		f, err = transport.NewICMP(c.Source, c.TTL, nil)
+		f, err = transport.NewICMP(src, c.TTL, nil)
 	}
 	if err != nil {
 		caps := "CAP_NET_ADMIN"
@@ -393,24 +458,33 @@ func (s system) sender(c *Config) (sender, error) {
 }
 
 // use rebuilds the worker's messages for the peer set s, unless they are
-// built for it already. Worker i of n sends to all of s's peers
-// (SplitBatch) or to addrs[lo:hi] (SplitPeer: shares differ by one at
-// most). It allocates only when the set has changed.
+// built for it already. Worker i of n sends over each leg to all of its
+// span (SplitBatch) or to its share of it (SplitPeer: shares differ by one
+// at most). It allocates only when the set has changed.
 func (w *worker) use(s *peerSet) {
 	if w.set == s {
 		return
 	}
-	if w.set != nil && sameAddrs(w.set.addrs, s.addrs) && w.set.l2gen == s.l2gen {
+	if w.set != nil && sameAddrs(w.set.addrs, s.addrs) && w.set.spans == s.spans && w.set.l2gen == s.l2gen {
 		w.set = s // new targets, same peers: the messages stand
 		return
 	}
-	peers, base := s.addrs, 0
-	if w.r.cfg.Split == SplitPeer {
-		lo, hi := w.i*len(peers)/w.n, (w.i+1)*len(peers)/w.n
-		peers, base = peers[lo:hi], lo
+	for f := range 2 {
+		for t := range 2 {
+			l := &w.legs[f][t]
+			if l.fan == nil {
+				continue
+			}
+			sp := s.spans[f][t]
+			lo, hi := sp.lo, sp.hi
+			if w.r.cfg.Split == SplitPeer {
+				lo, hi = sp.lo+w.i*sp.len()/w.n, sp.lo+(w.i+1)*sp.len()/w.n
+			}
+			l.fan.SetPeers(s.addrs[lo:hi])
+			l.base, l.n = lo, hi-lo
+		}
 	}
-	w.fan.SetPeers(peers)
-	w.set, w.base, w.npeers = s, base, len(peers)
+	w.set = s
 }
 
 // openUDP creates the udp relay's TUN device and receive socket.
@@ -425,22 +499,29 @@ func (r *Relay) openUDP() error {
 		return err
 	}
 	r.policy.tunIndex = uint32(r.tun.Index())
-	l, err := r.open.listen(c)
-	if err != nil {
-		r.tun.Close()
-		r.tun = nil
-		return err
+	// A socket per transport family, each for the peers' addresses of its
+	// family.
+	can := c.transports()
+	for t := range 2 {
+		if !can[t] {
+			continue
+		}
+		l, err := r.open.listen(c, c.source(t))
+		if err != nil {
+			return err // the caller closes the TUN device and other sockets
+		}
+		rv := &receiver{r: r, l: l, tun: r.tun, fam: t}
+		if l != nil {
+			rv.in = l
+		}
+		r.recvs = append(r.recvs, rv)
 	}
-	r.recv = &receiver{r: r, l: l, tun: r.tun}
 	r.filterPeers(r.set.Load().addrs)
-	if l != nil {
-		r.recv.in = l
-		// The kernel counts the drops; the series reads its count at
-		// scrape time.
-		r.m.set.NewGauge("go_pmtud_relay_socket_drops_total"+nodeLabels(c.NodeName), func() float64 {
-			return float64(l.Drops())
-		})
-	}
+	// The kernel counts the drops; the series reads its count at scrape
+	// time.
+	r.m.set.NewGauge("go_pmtud_relay_socket_drops_total"+nodeLabels(c.NodeName), func() float64 {
+		return float64(r.socketDrops())
+	})
 	if len(c.Keys) == 0 {
 		r.log.Warn("the udp relay is unauthenticated: datagrams are accepted from the peers' addresses, unverified; give --relay-key-file")
 	}
@@ -463,7 +544,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		return nil
 	}
 
-	errc := make(chan error, len(r.workers)+1)
+	errc := make(chan error, len(r.workers)+len(r.recvs))
 	var wg sync.WaitGroup
 	if r.neigh != nil {
 		nctx, cancel := context.WithCancel(ctx)
@@ -479,11 +560,11 @@ func (r *Relay) Run(ctx context.Context) error {
 			r.loopDown()
 		}()
 	}
-	if r.recv != nil {
+	for _, rv := range r.recvs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errc <- r.recv.run()
+			errc <- rv.run()
 			r.loopDown()
 		}()
 	}
@@ -496,8 +577,8 @@ func (r *Relay) Run(ctx context.Context) error {
 	} else {
 		close(r.work)
 	}
-	if r.recv != nil {
-		r.recv.close() // ends its run
+	for _, rv := range r.recvs {
+		rv.close() // ends its run
 	}
 	wg.Wait()
 	close(errc)
@@ -564,7 +645,7 @@ func (r *Relay) dispatch(j *job) {
 		return
 	}
 	r.pre.prepare(j)
-	if len(j.payloads)+len(j.somePayloads) == 0 {
+	if j.empty() {
 		r.done(j)
 		return
 	}
@@ -616,7 +697,7 @@ func (w *worker) run() error {
 // allocates nothing.
 func (w *worker) handle(j *job) {
 	w.pre.prepare(j)
-	if len(j.payloads)+len(j.somePayloads) > 0 {
+	if !j.empty() {
 		w.send(j)
 	}
 }
@@ -629,7 +710,7 @@ func (p *preparer) prepare(j *job) {
 	b := j.batch
 	j.start = time.Now()
 	set := r.acquire(j)
-	if p.sealer != nil {
+	if p.keys != nil {
 		if ks := r.keys.Load(); ks != p.keys {
 			if err := p.rekey(ks); err != nil {
 				// Not reached: SetKeys checked the keys. Keep sealing with
@@ -651,8 +732,8 @@ func (p *preparer) prepare(j *job) {
 	if b.Lost > 0 {
 		r.m.lost.AddInt64(int64(b.Lost))
 	}
-	payloads, heads := j.payloads[:0], j.heads[:0]
-	somePayloads, someHeads, someSets := j.somePayloads[:0], j.someHeads[:0], j.someSets[:0]
+	j.lanes[fam4].reset()
+	j.lanes[fam6].reset()
 	sealed := 0 // headers sealed into j.hdrs
 	for i := range b.Packets {
 		pkt := &b.Packets[i]
@@ -677,12 +758,16 @@ func (p *preparer) prepare(j *job) {
 			r.m.dropped[reason].Inc()
 			continue
 		}
-		if r.cfg.Mode == ModeICMP && f.Src.Is6() {
-			r.m.dropped[DropIPv6ICMPRelay].Inc()
+		if set.nodes == 0 {
+			r.m.dropped[DropNoPeers].Inc()
 			continue
 		}
-		if len(set.addrs) == 0 {
-			r.m.dropped[DropNoPeers].Inc()
+		fam := fam4
+		if f.Src.Is6() {
+			fam = fam6
+		}
+		if set.reach[fam] == 0 {
+			r.m.dropped[DropNoFamilyPeers].Inc()
 			continue
 		}
 		key := r.dedup.key(f.Src, f.Dst, f.ICMP)
@@ -705,9 +790,9 @@ func (p *preparer) prepare(j *job) {
 			continue
 		}
 		scope, targets := set.targets.lookup(&f)
-		n := len(set.addrs)
+		n := set.reach[fam]
 		if scope != ScopeAll {
-			n = countBits(targets)
+			n = set.countIn(targets, fam)
 		}
 		r.m.targeted[scope].Inc()
 		r.m.targetedPeers[scope].Add(n)
@@ -719,114 +804,152 @@ func (p *preparer) prepare(j *job) {
 		if r.cfg.Mode == ModeICMP {
 			payload = f.ICMP
 		}
-		if p.packed {
-			// Sealed in packs once the batch is sorted: see pack.
-			if scope == ScopeAll {
-				payloads = append(payloads, payload)
-			} else {
-				somePayloads, someSets = append(somePayloads, payload), append(someSets, targets)
-			}
-			continue
-		}
-		var head []byte
-		if p.sealer != nil {
-			if sealed == len(j.hdrs) {
-				j.hdrs = append(j.hdrs, [wire.EnvelopeLen]byte{}) // a bigger batch than ever: grows once
-				j.hdrs = j.hdrs[:cap(j.hdrs)]
-			}
-			hl := p.sealer.Seal(&j.hdrs[sealed], payload, j.start)
-			head = j.hdrs[sealed][:hl]
-			sealed++
-		}
+		l := &j.lanes[fam]
 		if scope == ScopeAll {
-			payloads = append(payloads, payload)
-			if p.sealer != nil {
-				heads = append(heads, head)
-			}
+			l.payloads = append(l.payloads, payload)
 		} else {
-			somePayloads, someSets = append(somePayloads, payload), append(someSets, targets)
-			if p.sealer != nil {
-				someHeads = append(someHeads, head)
+			l.somePayloads, l.someSets = append(l.somePayloads, payload), append(l.someSets, targets)
+		}
+		if p.packed {
+			continue // sealed in packs once the batch is sorted: see pack
+		}
+		for t, s := range p.sealers {
+			if s == nil || set.spans[fam][t].len() == 0 {
+				continue
+			}
+			head := p.seal(j, &sealed, s, payload)
+			if scope == ScopeAll {
+				l.heads[t] = append(l.heads[t], head)
+			} else {
+				l.someHeads[t] = append(l.someHeads[t], head)
 			}
 		}
-	}
-	j.payloads, j.heads = payloads, heads
-	j.somePayloads, j.someHeads, j.someSets = somePayloads, someHeads, someSets
-	if p.sealer == nil {
-		j.heads, j.someHeads = nil, nil
 	}
 	if p.packed {
-		p.pack(j)
+		for fam := range j.lanes {
+			p.pack(j, fam, set, &sealed)
+		}
 	}
 }
 
-// pack turns the packets the preparer left in j.payloads and
-// j.somePayloads into version 3 datagrams: the packets for every peer into
-// packs of up to Config.PackBytes bytes, each targeted packet into a pack
-// of its own (its peers are its own), each pack sealed once. The packets
-// are copied into the job's pack buffer, which grows only for a bigger
-// batch than any before.
-func (p *preparer) pack(j *job) {
-	need := 0
-	for _, b := range j.payloads {
-		need += 2 + len(b)
+// seal seals body with s into the next of j's headers and returns it.
+func (p *preparer) seal(j *job, sealed *int, s *wire.Sealer, body []byte) []byte {
+	if *sealed == len(j.hdrs) {
+		j.hdrs = append(j.hdrs, [wire.EnvelopeLen]byte{}) // a bigger batch than ever: grows once
+		j.hdrs = j.hdrs[:cap(j.hdrs)]
 	}
-	for _, b := range j.somePayloads {
-		need += 2 + len(b)
+	n := s.Seal(&j.hdrs[*sealed], body, j.start)
+	*sealed++
+	return j.hdrs[*sealed-1][:n]
+}
+
+// pack turns the packets the preparer left in lane fam of j into version 3
+// datagrams: the packets for every peer into packs of up to
+// Config.PackBytes bytes, each targeted packet into a pack of its own (its
+// peers are its own), each pack sealed once per transport it takes. The
+// packets are copied into the job's pack buffer (fam4's first), which
+// grows only for a bigger batch than any before.
+func (p *preparer) pack(j *job, fam int, set *peerSet, sealed *int) {
+	l := &j.lanes[fam]
+	if l.empty() {
+		return
 	}
-	if cap(j.packBuf) < need {
-		j.packBuf = make([]byte, 0, 2*need) // a bigger batch than ever
-	}
-	buf := j.packBuf[:0]
-	limit := p.r.cfg.packBytes()
-	sealed := 0
-	seal := func(body []byte) []byte {
-		if sealed == len(j.hdrs) {
-			j.hdrs = append(j.hdrs, [wire.EnvelopeLen]byte{}) // a bigger batch than ever: grows once
-			j.hdrs = j.hdrs[:cap(j.hdrs)]
+	if fam == fam4 || j.lanes[fam4].empty() {
+		need := 0
+		for f := range j.lanes {
+			for _, b := range j.lanes[f].payloads {
+				need += 2 + len(b)
+			}
+			for _, b := range j.lanes[f].somePayloads {
+				need += 2 + len(b)
+			}
 		}
-		n := p.sealer.Seal(&j.hdrs[sealed], body, j.start)
-		sealed++
-		return j.hdrs[sealed-1][:n]
+		if cap(j.packBuf) < need {
+			j.packBuf = make([]byte, 0, 2*need) // a bigger batch than ever
+		}
+		j.packBuf = j.packBuf[:0]
 	}
-	pkts := j.payloads
-	j.payloads, j.heads = j.payloads[:0], j.heads[:0]
-	start := 0 // of the pack being filled, in buf
+	buf := j.packBuf
+	limit := p.r.cfg.packBytes()
+	seal := func(body []byte, some bool) {
+		for t, s := range p.sealers {
+			if s == nil || set.spans[fam][t].len() == 0 {
+				continue
+			}
+			if some {
+				l.someHeads[t] = append(l.someHeads[t], p.seal(j, sealed, s, body))
+			} else {
+				l.heads[t] = append(l.heads[t], p.seal(j, sealed, s, body))
+			}
+		}
+	}
+	pkts := l.payloads
+	l.payloads = l.payloads[:0]
+	start := len(buf) // of the pack being filled
 	// The packs overwrite the list of packets as they are read: there are
 	// never more packs than packets read so far.
 	for _, b := range pkts {
 		if len(buf) > start && len(buf)-start+2+len(b) > limit {
-			j.heads, j.payloads = append(j.heads, seal(buf[start:])), append(j.payloads, buf[start:len(buf):len(buf)])
+			seal(buf[start:], false)
+			l.payloads = append(l.payloads, buf[start:len(buf):len(buf)])
 			start = len(buf)
 		}
 		buf = wire.AppendPacked(buf, b)
 	}
 	if len(buf) > start {
-		j.heads, j.payloads = append(j.heads, seal(buf[start:])), append(j.payloads, buf[start:len(buf):len(buf)])
+		seal(buf[start:], false)
+		l.payloads = append(l.payloads, buf[start:len(buf):len(buf)])
 		start = len(buf)
 	}
-	some := j.somePayloads
-	j.somePayloads, j.someHeads = j.somePayloads[:0], j.someHeads[:0]
+	some := l.somePayloads
+	l.somePayloads = l.somePayloads[:0]
 	for _, b := range some {
 		buf = wire.AppendPacked(buf, b)
-		j.someHeads, j.somePayloads = append(j.someHeads, seal(buf[start:])), append(j.somePayloads, buf[start:len(buf):len(buf)])
+		seal(buf[start:], true)
+		l.somePayloads = append(l.somePayloads, buf[start:len(buf):len(buf)])
 		start = len(buf)
 	}
 	j.packBuf = buf
 }
 
 // send fans the job's payloads out to the worker's peers in the job's peer
-// set and moves the per-peer tallies into the metrics.
+// set, each lane over its legs, and moves the per-peer tallies into the
+// metrics.
 func (w *worker) send(j *job) {
-	r := w.r
 	w.use(j.set.Load())
-	if len(j.payloads) > 0 {
-		w.fan.Send(j.heads, j.payloads)
+	for f := range j.lanes {
+		ln := &j.lanes[f]
+		if ln.empty() {
+			continue
+		}
+		for t := range 2 {
+			l := &w.legs[f][t]
+			if l.fan == nil || l.n == 0 {
+				continue
+			}
+			if len(ln.payloads) > 0 {
+				l.fan.Send(headsOf(ln.heads[t]), ln.payloads)
+			}
+			if len(ln.somePayloads) > 0 {
+				l.fan.SendSome(headsOf(ln.someHeads[t]), ln.somePayloads, ln.someSets, l.base)
+			}
+			w.account(l)
+		}
 	}
-	if len(j.somePayloads) > 0 {
-		w.fan.SendSome(j.someHeads, j.somePayloads, j.someSets, w.base)
+}
+
+// headsOf returns heads, or nil for none: payloads without headers.
+func headsOf(heads [][]byte) [][]byte {
+	if len(heads) == 0 {
+		return nil
 	}
-	t := w.fan.Tally()
+	return heads
+}
+
+// account moves a leg's tally into the metrics.
+func (w *worker) account(l *leg) {
+	r := w.r
+	t := l.fan.Tally()
 	if r.cfg.Mode == ModeL2 {
 		// Frames, to the segment or to peers' link-layer addresses (a
 		// broadcast one for a peer not resolved yet): no per-peer counts.
@@ -845,7 +968,7 @@ func (w *worker) send(j *job) {
 		t.Reset()
 		return
 	}
-	state := w.set.state[w.base : w.base+w.npeers]
+	state := w.set.state[l.base : l.base+l.n]
 	var total uint64
 	for k, st := range state {
 		if n := t.Sent[k]; n > 0 {
@@ -863,7 +986,7 @@ func (w *worker) send(j *job) {
 	}
 	r.m.sent.AddInt64(int64(total))
 	if t.LastErrno != 0 && throttled(&w.lastLog) {
-		r.log.Warn("send to peer failed (repeats are counted in go_pmtud_sent_error_peer_total)", "peer", w.set.addrs[w.base+t.LastPeer], "err", t.LastErrno)
+		r.log.Warn("send to peer failed (repeats are counted in go_pmtud_sent_error_peer_total)", "peer", w.set.addrs[l.base+t.LastPeer], "err", t.LastErrno)
 	}
 	t.Reset()
 }
@@ -912,10 +1035,10 @@ func (r *Relay) teardown() error {
 func (r *Relay) closeWorkers() error {
 	var errs []error
 	for _, w := range r.workers {
-		errs = append(errs, w.fan.Close())
+		errs = append(errs, w.close())
 	}
-	if r.recv != nil {
-		errs = append(errs, r.recv.close())
+	for _, rv := range r.recvs {
+		errs = append(errs, rv.close())
 	}
 	if r.tun != nil {
 		errs = append(errs, r.tun.Close())
@@ -972,9 +1095,7 @@ func (r *Relay) Stats() Stats {
 	}
 	if r.m.relayRecv != nil {
 		s.RelayReceived = r.m.relayRecv.Get()
-		if r.recv.l != nil {
-			s.SocketDrops = r.recv.l.Drops()
-		}
+		s.SocketDrops = r.socketDrops()
 		s.Injected = r.m.injected.Get()
 		s.RelayDropped = make(map[RecvDropReason]uint64)
 		for _, d := range RecvDropReasons() {
@@ -984,6 +1105,18 @@ func (r *Relay) Stats() Stats {
 		}
 	}
 	return s
+}
+
+// socketDrops returns the datagrams the kernel dropped at the udp relay's
+// sockets, all families.
+func (r *Relay) socketDrops() uint64 {
+	var n uint64
+	for _, rv := range r.recvs {
+		if rv.l != nil {
+			n += rv.l.Drops()
+		}
+	}
+	return n
 }
 
 // stuckAfter is how long a batch may be in hand before Health calls the

@@ -23,7 +23,7 @@ type fakeResources struct {
 	dev     *fakeTUN
 }
 
-func (f *fakeResources) sender(*Config) (sender, error) {
+func (f *fakeResources) sender(*Config, netip.Addr) (sender, error) {
 	s := &fakeSender{}
 	f.senders = append(f.senders, s)
 	return s, nil
@@ -34,8 +34,8 @@ func (f *fakeResources) tun(*Config) (injector, error) {
 	return f.dev, nil
 }
 
-func (*fakeResources) listen(*Config) (*transport.Listener, error) { return nil, nil }
-func (*fakeResources) nflog(*Config) (*nl.Reader, error)           { return nil, nil }
+func (*fakeResources) listen(*Config, netip.Addr) (*transport.Listener, error) { return nil, nil }
+func (*fakeResources) nflog(*Config) (*nl.Reader, error)                       { return nil, nil }
 
 // copyTo is one copy a fakeSender was asked to send.
 type copyTo struct {
@@ -114,7 +114,7 @@ func newFakeRelay(t *testing.T, src netip.Addr, peers ...netip.Addr) (*Relay, *f
 	t.Helper()
 	res := &fakeResources{}
 	r, err := newRelay(Config{
-		NodeName: "fake", Mode: ModeUDP, Source: src, Peers: peers, TTL: 10,
+		NodeName: "fake", Mode: ModeUDP, Source: src, Peers: PeersOf(peers...), TTL: 10,
 		Keys: []wire.Key{testKey}, DynamicPeers: true,
 	}, nil, res)
 	if err != nil {
@@ -158,9 +158,9 @@ func TestRelayLogicWithFakes(t *testing.T) {
 
 	// B receives A's copies meant for B: each injected once, verbatim.
 	deliver := func(from netip.Addr, d []byte) RecvDropReason {
-		b.recv.in = &testDatagram{src: from, buf: d}
-		b.recv.stamp(time.Now())
-		return b.recv.handle(0)
+		b.recvs[0].in = &testDatagram{src: from, buf: d}
+		b.recvs[0].stamp(time.Now())
+		return b.recvs[0].handle(0)
 	}
 	for _, c := range sent {
 		if c.peer != fakeB {
@@ -198,13 +198,13 @@ func TestRelayLogicWithFakes(t *testing.T) {
 	resB.dev.written = resB.dev.written[:2]
 	// A leaves B's peers and comes back: its replay window comes back
 	// with it, so a datagram A sent before is still refused.
-	if _, err := b.SetPeers(nil); err != nil {
+	if _, err := b.SetPeers(PeersOf(nil...)); err != nil {
 		t.Fatal(err)
 	}
 	if got := deliver(fakeA, sent[0].datagram); got != RecvNotPeer {
 		t.Fatalf("B took a datagram from A, no peer now, as %v, want not_peer", got)
 	}
-	if _, err := b.SetPeers([]netip.Addr{fakeA}); err != nil {
+	if _, err := b.SetPeers(PeersOf(fakeA)); err != nil {
 		t.Fatal(err)
 	}
 	if got := deliver(fakeA, sent[0].datagram); got != RecvReplayed {
@@ -213,7 +213,7 @@ func TestRelayLogicWithFakes(t *testing.T) {
 
 	// C leaves, D joins: the next batch goes to B and D only, and C's
 	// series are gone while B's carry on.
-	if ch, err := a.SetPeers([]netip.Addr{fakeA, fakeB, fakeD}); err != nil || ch != (PeerChange{Added: 1, Removed: 1, Peers: 2}) {
+	if ch, err := a.SetPeers(PeersOf(fakeA, fakeB, fakeD)); err != nil || ch != (PeerChange{Added: 1, Removed: 1, Peers: 2}) {
 		t.Fatalf("SetPeers = %+v, %v", ch, err)
 	}
 	j.batch.Packets = j.batch.Packets[:0]
@@ -247,16 +247,24 @@ func TestRelayLogicWithFakes(t *testing.T) {
 
 	// Bad sets leave the one in force and count as errors; the same set
 	// again is unchanged.
-	if _, err := a.SetPeers([]netip.Addr{fakeB, netip.MustParseAddr("2001:db8::1")}); err == nil {
-		t.Fatal("SetPeers took an IPv6 peer")
+	for _, bad := range [][]Peer{
+		{{V4: fakeB}, {V4: netip.MustParseAddr("2001:db8::1")}},
+		{{V6: fakeB}},
+		{{V6: netip.MustParseAddr("::ffff:198.18.1.1")}},
+		{{}},
+		{{V6: netip.MustParseAddr("fe80::1%eth0")}},
+	} {
+		if _, err := a.SetPeers(bad); err == nil {
+			t.Fatalf("SetPeers took %v", bad)
+		}
 	}
-	if ch, err := a.SetPeers([]netip.Addr{fakeD, fakeB, fakeB}); err != nil || ch.Added+ch.Removed != 0 {
+	if ch, err := a.SetPeers(PeersOf(fakeD, fakeB, fakeB)); err != nil || ch.Added+ch.Removed != 0 {
 		t.Fatalf("the same set again: %+v, %v; want no change", ch, err)
 	}
 	m.Reset()
 	a.WritePrometheus(&m)
 	for _, want := range []string{
-		`go_pmtud_peer_updates_total{node="fake",result="error"} 1`,
+		`go_pmtud_peer_updates_total{node="fake",result="error"} 5`,
 		`go_pmtud_peer_updates_total{node="fake",result="unchanged"} 1`,
 	} {
 		if !strings.Contains(m.String(), want+"\n") {
@@ -265,7 +273,7 @@ func TestRelayLogicWithFakes(t *testing.T) {
 	}
 
 	// B without peers: what it would relay is counted as no_peers.
-	if _, err := b.SetPeers(nil); err != nil {
+	if _, err := b.SetPeers(PeersOf(nil...)); err != nil {
 		t.Fatal(err)
 	}
 	j.batch.Packets = append(j.batch.Packets[:0], nl.Packet{Payload: distinctFragNeeded(9)[8]})
@@ -290,13 +298,13 @@ func fixIPv4Checksum(p []byte) {
 func TestPolicyOnBothSides(t *testing.T) {
 	res := &fakeResources{}
 	routers := []netip.Prefix{netip.MustParsePrefix("198.19.255.0/24")}
-	a, err := newRelay(Config{NodeName: "a", Mode: ModeUDP, Source: fakeA, Peers: []netip.Addr{fakeB}, TTL: 10,
+	a, err := newRelay(Config{NodeName: "a", Mode: ModeUDP, Source: fakeA, Peers: PeersOf(fakeB), TTL: 10,
 		Keys: []wire.Key{testKey}, TrustedSources: routers}, nil, res)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	b, err := newRelay(Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: []netip.Addr{fakeA, fakeC}, TTL: 10,
+	b, err := newRelay(Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: PeersOf(fakeA, fakeC), TTL: 10,
 		Keys: []wire.Key{testKey}, TrustedSources: routers, IgnoreNetworks: []netip.Prefix{netip.MustParsePrefix("198.19.255.128/25")}}, nil, &fakeResources{})
 	if err != nil {
 		t.Fatal(err)
@@ -332,9 +340,9 @@ func TestPolicyOnBothSides(t *testing.T) {
 		pkt := from(tc.src, 10+i)
 		var hdr [wire.EnvelopeLen]byte
 		sealer.Seal(&hdr, pkt, time.Now())
-		b.recv.in = &testDatagram{src: fakeA, buf: append(hdr[:], pkt...)}
-		b.recv.stamp(time.Now())
-		if got := b.recv.handle(0); got != tc.want {
+		b.recvs[0].in = &testDatagram{src: fakeA, buf: append(hdr[:], pkt...)}
+		b.recvs[0].stamp(time.Now())
+		if got := b.recvs[0].handle(0); got != tc.want {
 			t.Errorf("inner source %v: %v, want %v", tc.src, got, tc.want)
 		}
 	}
@@ -360,9 +368,9 @@ func TestKeyRotationWithoutRestart(t *testing.T) {
 		n++
 		process(a, j)
 		c := resA.senders[0].copies
-		b.recv.in = &testDatagram{src: fakeA, buf: c[len(c)-1].datagram}
-		b.recv.stamp(time.Now())
-		return b.recv.handle(0)
+		b.recvs[0].in = &testDatagram{src: fakeA, buf: c[len(c)-1].datagram}
+		b.recvs[0].stamp(time.Now())
+		return b.recvs[0].handle(0)
 	}
 	setKeys := func(r *Relay, keys ...wire.Key) {
 		t.Helper()
@@ -393,9 +401,9 @@ func TestKeyRotationWithoutRestart(t *testing.T) {
 	}
 	var hdr [wire.EnvelopeLen]byte
 	old.Seal(&hdr, pkts[7], time.Now())
-	b.recv.in = &testDatagram{src: fakeA, buf: append(hdr[:], pkts[7]...)}
-	b.recv.stamp(time.Now())
-	if got := b.recv.handle(0); got != RecvDropReason(wire.ErrEnvelopeKey) {
+	b.recvs[0].in = &testDatagram{src: fakeA, buf: append(hdr[:], pkts[7]...)}
+	b.recvs[0].stamp(time.Now())
+	if got := b.recvs[0].handle(0); got != RecvDropReason(wire.ErrEnvelopeKey) {
 		t.Fatalf("a datagram sealed with the retired key: %v, want unknown_key", got)
 	}
 	for _, bad := range [][]wire.Key{nil, {{ID: 0, Secret: k2.Secret}}, {{ID: 9, Secret: []byte("short")}}, {k1, k2, {ID: 5, Secret: k2.Secret}}} {
@@ -515,7 +523,7 @@ func TestReplayAcrossRestart(t *testing.T) {
 		version int
 		after   RecvDropReason
 	}{{2, RecvStaleSequence}, {1, 0}} {
-		cfg := Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: []netip.Addr{fakeA}, TTL: 10,
+		cfg := Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: PeersOf(fakeA), TTL: 10,
 			Keys: []wire.Key{testKey}, Envelope: tc.version}
 		b, err := newRelay(cfg, nil, &fakeResources{})
 		if err != nil {
@@ -545,7 +553,7 @@ func TestReplayAcrossRestart(t *testing.T) {
 // either way; version 1 is accepted only with AcceptEnvelopeV1 (or when the
 // node sends version 1 itself).
 func TestSendTimeBounds(t *testing.T) {
-	b, err := newRelay(Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: []netip.Addr{fakeA}, TTL: 10,
+	b, err := newRelay(Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: PeersOf(fakeA), TTL: 10,
 		Keys: []wire.Key{testKey}}, nil, &fakeResources{})
 	if err != nil {
 		t.Fatal(err)
@@ -581,7 +589,7 @@ func TestSendTimeBounds(t *testing.T) {
 		t.Errorf("sealed as B started: %v, want it injected", got)
 	}
 
-	v1, err := newRelay(Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: []netip.Addr{fakeA}, TTL: 10,
+	v1, err := newRelay(Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: PeersOf(fakeA), TTL: 10,
 		Keys: []wire.Key{testKey}, AcceptEnvelopeV1: true}, nil, &fakeResources{})
 	if err != nil {
 		t.Fatal(err)
@@ -615,9 +623,9 @@ func sealed(t *testing.T, version int, seq *wire.Sequence, sent time.Time, pkt [
 // receiveAt hands d from fakeA to r's receiver as a batch arriving at now and
 // returns its verdict.
 func receiveAt(r *Relay, d []byte, now time.Time) RecvDropReason {
-	r.recv.in = &testDatagram{src: fakeA, buf: d}
-	r.recv.stamp(now)
-	return r.recv.handle(0)
+	r.recvs[0].in = &testDatagram{src: fakeA, buf: d}
+	r.recvs[0].stamp(now)
+	return r.recvs[0].handle(0)
 }
 
 // TestReceivePacked: a version 3 datagram's packets are each checked and
@@ -626,7 +634,7 @@ func receiveAt(r *Relay, d []byte, now time.Time) RecvDropReason {
 // are injected; the datagram again is replayed as a whole; a pack that ends
 // in a bad length has its earlier packets injected and counts bad_pack.
 func TestReceivePacked(t *testing.T) {
-	b, err := newRelay(Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: []netip.Addr{fakeA}, TTL: 10,
+	b, err := newRelay(Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: PeersOf(fakeA), TTL: 10,
 		Keys: []wire.Key{testKey}}, nil, &fakeResources{})
 	if err != nil {
 		t.Fatal(err)
@@ -663,13 +671,13 @@ func TestReceivePacked(t *testing.T) {
 // injects every packet, verbatim. The batch again allocates nothing.
 func TestPackedSendAndReceive(t *testing.T) {
 	res := &fakeResources{}
-	a, err := newRelay(Config{NodeName: "a", Mode: ModeUDP, Source: fakeA, Peers: []netip.Addr{fakeB, fakeC}, TTL: 10,
+	a, err := newRelay(Config{NodeName: "a", Mode: ModeUDP, Source: fakeA, Peers: PeersOf(fakeB, fakeC), TTL: 10,
 		Keys: []wire.Key{testKey}, Envelope: 3, DedupWindow: -1}, nil, res)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	b, err := newRelay(Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: []netip.Addr{fakeA, fakeC}, TTL: 10,
+	b, err := newRelay(Config{NodeName: "b", Mode: ModeUDP, Source: fakeB, Peers: PeersOf(fakeA, fakeC), TTL: 10,
 		Keys: []wire.Key{testKey}}, nil, &fakeResources{})
 	if err != nil {
 		t.Fatal(err)
@@ -706,7 +714,7 @@ func TestPackedSendAndReceive(t *testing.T) {
 			t.Fatalf("B: %v", got)
 		}
 	}
-	devB := b.recv.tun.(*fakeTUN)
+	devB := b.recvs[0].tun.(*fakeTUN)
 	if st := b.Stats(); st.Injected != 65 || len(devB.written) != 65 {
 		t.Fatalf("B injected %d (%d written), want all 65: %+v", st.Injected, len(devB.written), st)
 	}
@@ -721,7 +729,7 @@ func TestPackedSendAndReceive(t *testing.T) {
 	for _, s := range res.senders {
 		s.copies = nil
 	}
-	c, err := newRelay(Config{NodeName: "c", Mode: ModeUDP, Source: fakeA, Peers: []netip.Addr{fakeB, fakeC}, TTL: 10,
+	c, err := newRelay(Config{NodeName: "c", Mode: ModeUDP, Source: fakeA, Peers: PeersOf(fakeB, fakeC), TTL: 10,
 		Keys: []wire.Key{testKey}, Envelope: 3, DedupWindow: -1}, nil, &allocFreeResources{})
 	if err != nil {
 		t.Fatal(err)

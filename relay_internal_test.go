@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net/netip"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,7 +39,7 @@ func newTestRelaySplit(t *testing.T, mode Mode, split Split, workers, i int, key
 		NodeName:       "t",
 		Mode:           mode,
 		Source:         netlab.NodeAddr(i),
-		Peers:          peers,
+		Peers:          PeersOf(peers...),
 		IgnoreNetworks: []netip.Prefix{netip.MustParsePrefix("198.19.254.0/24")},
 		TTL:            10,
 		NFLOG:          nl.Config{Group: 33},
@@ -131,7 +133,7 @@ func process(r *Relay, j *job) {
 // nothing per datagram.
 func TestReceiveAllocs(t *testing.T) {
 	r, _ := newTestRelay(t, ModeUDP, 0, testKey)
-	rv := r.recv
+	rv := r.recvs[0]
 	sender := netlab.NodeAddr(1)
 	sealer, err := wire.NewSealer(&testKey, wire.NewSequence(time.Now()), sender)
 	if err != nil {
@@ -189,7 +191,7 @@ func testKeys(mode Mode) []wire.Key {
 // spoofed number from the future must not silence a genuine peer.
 func TestUnauthenticatedSkipsReplayWindow(t *testing.T) {
 	r, _ := newTestRelaySplit(t, ModeUDP, SplitBatch, 1, 0) // no keys: InsecureNoAuth
-	rv := r.recv
+	rv := r.recvs[0]
 	sender := netlab.NodeAddr(1)
 	deliver := func(start time.Time, sport uint16) RecvDropReason {
 		quoted := wire.AppendQuote(nil, netlab.Anycast, netlab.ClientAddr, unix.IPPROTO_TCP, 63, 1500, []byte{byte(sport >> 8), byte(sport), 0x1f, 0x90, 0, 0, 0, 1})
@@ -237,8 +239,9 @@ func renumber(pkts [][]byte, n uint32) {
 }
 
 // TestIPv6PacketTooBig: the udp relay seals an IPv6 Packet Too Big for
-// every peer like an IPv4 one, and deduplicates it; the icmp relay drops it
-// by reason, allocating nothing either way.
+// every peer like an IPv4 one (over IPv4: the node has no IPv6 address),
+// and deduplicates it; the icmp relay, which can re-originate it over IPv6
+// only, drops it by reason, allocating nothing either way.
 func TestIPv6PacketTooBig(t *testing.T) {
 	ptb := tooBig6(nil, 0)
 	for _, mode := range []Mode{ModeUDP, ModeICMP} {
@@ -249,11 +252,11 @@ func TestIPv6PacketTooBig(t *testing.T) {
 			process(r, j)
 			st := r.Stats()
 			if mode == ModeICMP {
-				if len(j.payloads) != 0 || st.Dropped[DropIPv6ICMPRelay] != 1 || st.Sent != 0 {
-					t.Fatalf("icmp relay prepared %d payloads, stats %+v; want none and one ipv6_icmp_relay drop", len(j.payloads), st)
+				if !j.empty() || st.Dropped[DropNoFamilyPeers] != 1 || st.Sent != 0 {
+					t.Fatalf("icmp relay prepared %d payloads, stats %+v; want none and one no_family_peers drop", len(j.lanes[fam6].payloads), st)
 				}
-			} else if len(j.payloads) != 1 || !bytes.Equal(j.payloads[0], ptb) || len(j.heads) != 1 || st.Sent != 3 {
-				t.Fatalf("udp relay prepared %d payloads, stats %+v; want the packet, sealed, sent to 3 peers", len(j.payloads), st)
+			} else if l := &j.lanes[fam6]; len(l.payloads) != 1 || !bytes.Equal(l.payloads[0], ptb) || len(l.heads[fam4]) != 1 || len(l.heads[fam6]) != 0 || st.Sent != 3 {
+				t.Fatalf("udp relay prepared %d payloads, stats %+v; want the packet, sealed for IPv4, sent to 3 peers", len(l.payloads), st)
 			}
 			process(r, j) // the second sight
 			if st := r.Stats(); mode == ModeUDP && (st.Sent != 3 || st.Dropped[DropDuplicate] != 1) {
@@ -280,7 +283,7 @@ func TestRateLimit(t *testing.T) {
 		r, err = New(Config{
 			NodeName:  "t",
 			Source:    netlab.NodeAddr(1),
-			Peers:     []netip.Addr{netlab.NodeAddr(0), netlab.NodeAddr(2), netlab.NodeAddr(3)},
+			Peers:     PeersOf(netlab.NodeAddr(0), netlab.NodeAddr(2), netlab.NodeAddr(3)),
 			TTL:       10,
 			NFLOG:     nl.Config{Group: 33},
 			RateLimit: 25,
@@ -328,7 +331,7 @@ func TestIPv6OffIsCounted(t *testing.T) {
 		if err := c.Nodes[0].Do(func() (err error) {
 			r, err = New(Config{
 				NodeName: "t", Mode: ModeUDP, Source: netlab.NodeAddr(0), TTL: 10,
-				Peers: []netip.Addr{netlab.NodeAddr(1)}, Keys: []wire.Key{testKey},
+				Peers: PeersOf(netlab.NodeAddr(1)), Keys: []wire.Key{testKey},
 				NFLOG: nl.Config{Group: 33},
 			}, nil)
 			return err
@@ -339,7 +342,7 @@ func TestIPv6OffIsCounted(t *testing.T) {
 		if r.tun.IPv6() == ipv6Off {
 			t.Fatalf("IPv6 off: %v; the TUN device takes IPv6: %v", ipv6Off, r.tun.IPv6())
 		}
-		rv := r.recv
+		rv := r.recvs[0]
 		sealer, err := wire.NewSealer(&testKey, wire.NewSequence(time.Now()), netlab.NodeAddr(1))
 		if err != nil {
 			t.Fatal(err)
@@ -387,7 +390,7 @@ func TestRelayAllocsWhileSwapping(t *testing.T) {
 		t.Run(tc.mode.String()+"/"+tc.split.String(), func(t *testing.T) {
 			r, _ := newTestRelaySplit(t, tc.mode, tc.split, 2, 1, testKeys(tc.mode)...)
 			full := r.set.Load()
-			part := newPeerSet(&r.cfg, full, []netip.Addr{netlab.NodeAddr(0), netlab.NodeAddr(2)})
+			part := newPeerSet(&r.cfg, full, PeersOf(netlab.NodeAddr(0), netlab.NodeAddr(2)))
 			good := distinctFragNeeded(64)
 			j := newJob()
 			for _, p := range good {
@@ -445,6 +448,81 @@ func TestRelayAllocsWhileSwapping(t *testing.T) {
 			}
 			if in, out := sent(netlab.NodeAddr(0)), sent(netlab.NodeAddr(3)); out == 0 || out >= in || in%64 != 0 || out%64 != 0 {
 				t.Fatalf("node 0 (both sets) got %d copies, node 3 (first set only) %d: want both whole batches, fewer for node 3", in, out)
+			}
+		})
+	}
+}
+
+// TestRelayAllocsDualStack: with dual-stack peers and a batch of IPv4
+// frag-needed and IPv6 Packet Too Big messages, each family's packets go
+// over its own transport (sealed per transport for udp, packed with
+// envelope 3), and the path allocates nothing.
+func TestRelayAllocsDualStack(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		mode     Mode
+		envelope int
+	}{{"icmp", ModeICMP, 0}, {"udp", ModeUDP, 0}, {"udp packed", ModeUDP, 3}, {"l2 peers", ModeL2, 0}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := netlab.BuildCluster(netlab.NewT(t), 4, 1400)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.AddIPv6(); err != nil {
+				t.Fatal(err)
+			}
+			var peers []Peer
+			for j := range c.Nodes {
+				peers = append(peers, Peer{V4: netlab.NodeAddr(j), V6: netlab.NodeAddr6(j)})
+			}
+			cfg := Config{NodeName: "t", Mode: tc.mode, Source: netlab.NodeAddr(1), Source6: netlab.NodeAddr6(1), Peers: peers,
+				TTL: 10, NFLOG: nl.Config{Group: 33}, L2Iface: "eth0", Envelope: tc.envelope, Keys: testKeys(tc.mode)}
+			if tc.mode == ModeL2 {
+				cfg.L2Dest = L2Peers
+			}
+			var r *Relay
+			if err := c.Nodes[1].Do(func() (err error) {
+				r, err = New(cfg, nil)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			good := distinctFragNeeded(32)
+			v6 := make([][]byte, 32)
+			j := newJob()
+			for i := range 32 {
+				v6[i] = tooBig6(nil, uint32(i))
+				j.batch.Packets = append(j.batch.Packets, nl.Packet{Payload: good[i]}, nl.Packet{Payload: v6[i]})
+			}
+			process(r, j)
+			n := uint32(0)
+			allocs := testing.AllocsPerRun(100, func() {
+				n++
+				renumber(good, n)
+				for i := range v6 {
+					v6[i] = tooBig6(v6[i][:0], n<<8|uint32(i))
+				}
+				process(r, j)
+			})
+			if allocs != 0 {
+				t.Fatalf("a batch of %d packets allocates %.1f times, want 0", len(j.batch.Packets), allocs)
+			}
+			st := r.Stats()
+			// 102 batches of 64 packets, each to 3 peers; packed: fewer
+			// datagrams, counted per datagram.
+			if want := uint64(102 * 64 * 3); tc.envelope != 3 && st.Sent != want || st.Sent == 0 || st.SendErrors != 0 || st.Dropped[DropDuplicate] != 0 {
+				t.Fatalf("sent %d (want %d unpacked), stats %+v", st.Sent, want, st)
+			}
+			var m strings.Builder
+			r.WritePrometheus(&m)
+			if tc.mode != ModeL2 {
+				for _, a := range []netip.Addr{netlab.NodeAddr(0), netlab.NodeAddr6(0)} {
+					re := regexp.MustCompile(`(?m)^go_pmtud_sent_packets_peer\{node="t",peer="` + regexp.QuoteMeta(a.String()) + `"\} (\d+)$`)
+					if s := re.FindStringSubmatch(m.String()); s == nil || s[1] == "0" {
+						t.Errorf("no copies to %v: %v", a, s)
+					}
+				}
 			}
 		})
 	}

@@ -101,7 +101,7 @@ func TestRejectsForgedRelayDatagrams(t *testing.T) {
 		Mode:       pmtud.ModeUDP,
 		Source:     netlab.NodeAddr(0),
 		LocalAddrs: []netip.Addr{netlab.NodeAddr(0), netlab.Anycast},
-		Peers:      []netip.Addr{netlab.NodeAddr(1), netlab.NodeAddr(3)},
+		Peers:      pmtud.PeersOf(netlab.NodeAddr(1), netlab.NodeAddr(3)),
 		Keys:       keys,
 	})
 
@@ -205,7 +205,7 @@ func TestRelaySocketAdmitsOnlyPeers(t *testing.T) {
 		Mode:       pmtud.ModeUDP,
 		Source:     netlab.NodeAddr(0),
 		LocalAddrs: []netip.Addr{netlab.NodeAddr(0), netlab.Anycast},
-		Peers:      []netip.Addr{netlab.NodeAddr(1)},
+		Peers:      pmtud.PeersOf(netlab.NodeAddr(1)),
 		Keys:       keys,
 	})
 	seq := wire.NewSequence(time.Now())
@@ -234,12 +234,12 @@ func TestRelaySocketAdmitsOnlyPeers(t *testing.T) {
 	}
 	send()
 	waitFor(t, "the kernel to drop the non-peer's datagram", func() bool { return relay.Stats().SocketDrops == 1 })
-	if _, err := relay.SetPeers([]netip.Addr{netlab.NodeAddr(1), netlab.NodeAddr(2)}); err != nil {
+	if _, err := relay.SetPeers(pmtud.PeersOf(netlab.NodeAddr(1), netlab.NodeAddr(2))); err != nil {
 		t.Fatal(err)
 	}
 	send()
 	waitFor(t, "the new peer's datagram to be injected", func() bool { return relay.Stats().Injected == 1 })
-	if _, err := relay.SetPeers([]netip.Addr{netlab.NodeAddr(1)}); err != nil {
+	if _, err := relay.SetPeers(pmtud.PeersOf(netlab.NodeAddr(1))); err != nil {
 		t.Fatal(err)
 	}
 	send()
@@ -289,7 +289,7 @@ func TestForwardedCopiesAreNotRelayedAgain(t *testing.T) {
 					Mode:       pmtud.ModeUDP,
 					Source:     netlab.NodeAddr(i),
 					LocalAddrs: []netip.Addr{netlab.NodeAddr(i), netlab.Anycast},
-					Peers:      peers,
+					Peers:      pmtud.PeersOf(peers...),
 					Keys:       testKeys(pmtud.ModeUDP),
 				}
 				if !dedup {
@@ -340,7 +340,7 @@ func TestPeerWithoutDaemonIsCounted(t *testing.T) {
 			Mode:       pmtud.ModeUDP,
 			Source:     netlab.NodeAddr(i),
 			LocalAddrs: []netip.Addr{netlab.NodeAddr(i), netlab.Anycast},
-			Peers:      []netip.Addr{a, b, cAddr},
+			Peers:      pmtud.PeersOf(a, b, cAddr),
 			Keys:       testKeys(pmtud.ModeUDP),
 		})
 	}
@@ -383,7 +383,7 @@ func TestRelaySocketDropsAreCounted(t *testing.T) {
 	if err := c.Nodes[1].Do(func() (err error) {
 		r, err = pmtud.New(pmtud.Config{
 			NodeName: "b", Mode: pmtud.ModeUDP, Source: b, TTL: 10,
-			LocalAddrs: []netip.Addr{b}, Peers: []netip.Addr{a}, Keys: testKeys(pmtud.ModeUDP),
+			LocalAddrs: []netip.Addr{b}, Peers: pmtud.PeersOf(a), Keys: testKeys(pmtud.ModeUDP),
 			NFLOG: nl.Config{Group: group},
 		}, nil)
 		return err

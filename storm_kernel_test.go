@@ -29,7 +29,7 @@ func TestFloodDoesNotStarveAnotherSource(t *testing.T) {
 		Mode:            pmtud.ModeICMP,
 		Source:          netlab.NodeAddr(1),
 		LocalAddrs:      []netip.Addr{netlab.NodeAddr(1), netlab.Anycast},
-		Peers:           []netip.Addr{netlab.NodeAddr(0)},
+		Peers:           pmtud.PeersOf(netlab.NodeAddr(0)),
 		RateLimit:       5000,
 		SourceRateLimit: 1000,
 	})

@@ -3,7 +3,6 @@ package pmtud
 import (
 	"cmp"
 	"fmt"
-	"math/bits"
 	"net/netip"
 	"slices"
 
@@ -148,6 +147,11 @@ entries:
 				continue entries
 			}
 			set[k/64] |= 1 << (k % 64)
+			// The peer's other address too: a packet of either family
+			// reaches the owner.
+			if sib := s.sibling[k]; sib >= 0 {
+				set[sib/64] |= 1 << (sib % 64)
+			}
 		}
 		backing = backing[:len(backing)+words]
 		t.add(e, set)
@@ -218,13 +222,4 @@ func (t *targetTable) lookup(f *wire.FragNeeded) (TargetScope, []uint64) {
 		}
 	}
 	return ScopeAll, nil
-}
-
-// countBits returns the number of peers set names.
-func countBits(set []uint64) int {
-	n := 0
-	for _, w := range set {
-		n += bits.OnesCount64(w)
-	}
-	return n
 }

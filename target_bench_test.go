@@ -33,7 +33,7 @@ func serviceAddr(i int) netip.Addr {
 func BenchmarkTargetLookup(b *testing.B) {
 	peers := manyPeers(1000)
 	cfg := Config{NodeName: "bench", Source: netip.MustParseAddr("198.18.50.1"), TTL: 10}
-	s := newPeerSet(&cfg, nil, peers)
+	s := newPeerSet(&cfg, nil, PeersOf(peers...))
 	ts := serviceTargets(10000, 3, peers)
 	for g := range 10 {
 		ts = append(ts, Target{Scope: ScopeGroup, Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, byte(g), 0}), 24), Nodes: peers[g : g+2]})
@@ -73,7 +73,7 @@ func BenchmarkTargetedRelay(b *testing.B) {
 			name = "targeted"
 		}
 		b.Run(fmt.Sprintf("%s/P=%d", name, p), func(b *testing.B) {
-			cfg := Config{NodeName: "bench", Mode: ModeICMP, Source: netip.MustParseAddr("198.18.50.1"), Peers: peers, TTL: 10, NFLOG: nl.Config{Group: 33}}
+			cfg := Config{NodeName: "bench", Mode: ModeICMP, Source: netip.MustParseAddr("198.18.50.1"), Peers: PeersOf(peers...), TTL: 10, NFLOG: nl.Config{Group: 33}}
 			r := newRelayIn(b, ns, cfg)
 			if targeted {
 				if err := r.SetTargets(serviceTargets(services, 3, peers)); err != nil {

@@ -77,7 +77,7 @@ func TestTargets(t *testing.T) {
 	for _, split := range []Split{SplitBatch, SplitPeer} {
 		t.Run(split.String(), func(t *testing.T) {
 			res := &fakeResources{}
-			r, err := newRelay(Config{NodeName: "a", Mode: ModeICMP, Source: fakeA, Peers: append([]netip.Addr{fakeA}, peers...),
+			r, err := newRelay(Config{NodeName: "a", Mode: ModeICMP, Source: fakeA, Peers: PeersOf(append([]netip.Addr{fakeA}, peers...)...),
 				TTL: 10, Split: split, Workers: 2, DedupWindow: -1}, nil, res)
 			if err != nil {
 				t.Fatal(err)
@@ -138,7 +138,7 @@ func TestTargets(t *testing.T) {
 			}
 
 			// B leaves: its Service's owner is no peer now.
-			if _, err := r.SetPeers([]netip.Addr{fakeC, fakeD, e, f}); err != nil {
+			if _, err := r.SetPeers(PeersOf(fakeC, fakeD, e, f)); err != nil {
 				t.Fatal(err)
 			}
 			rest := []netip.Addr{fakeC, fakeD, e, f}
@@ -186,7 +186,7 @@ func TestSetTargetsRejects(t *testing.T) {
 func TestTargetedRelayAllocs(t *testing.T) {
 	for _, mode := range []Mode{ModeICMP, ModeUDP} {
 		t.Run(mode.String(), func(t *testing.T) {
-			cfg := Config{NodeName: "a", Mode: mode, Source: fakeA, Peers: []netip.Addr{fakeB, fakeC}, TTL: 10, DedupWindow: -1}
+			cfg := Config{NodeName: "a", Mode: mode, Source: fakeA, Peers: PeersOf(fakeB, fakeC), TTL: 10, DedupWindow: -1}
 			if mode == ModeUDP {
 				cfg.Keys = []wire.Key{testKey}
 			}
@@ -223,7 +223,7 @@ func TestTargetedRelayAllocs(t *testing.T) {
 // that an allocation test sees the relay's own allocations.
 type allocFreeResources struct{ fakeResources }
 
-func (*allocFreeResources) sender(*Config) (sender, error) { return &countingSender{}, nil }
+func (*allocFreeResources) sender(*Config, netip.Addr) (sender, error) { return &countingSender{}, nil }
 
 // countingSender counts copies per peer in its Tally and keeps nothing.
 type countingSender struct {

@@ -160,6 +160,7 @@ var _ datagrams = (*transport.Listener)(nil)
 // goroutine.
 type receiver struct {
 	r      *Relay
+	fam    int // the socket's family (fam4, fam6)
 	l      *transport.Listener
 	in     datagrams // the batch in hand: l, or a test's
 	tun    injector

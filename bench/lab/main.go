@@ -147,7 +147,7 @@ func run(size, mtu int, stall time.Duration, mode pmtud.Mode, ipv6 bool) error {
 				Mode:       mode,
 				Source:     netlab.NodeAddr(i),
 				LocalAddrs: []netip.Addr{netlab.NodeAddr(i), netlab.Anycast, netlab.NodeAddr6(i), netlab.Anycast6},
-				Peers:      []netip.Addr{netlab.NodeAddr(0), netlab.NodeAddr(1)},
+				Peers:      pmtud.PeersOf(netlab.NodeAddr(0), netlab.NodeAddr(1)),
 				TTL:        10,
 				Keys:       keys,
 				NFLOG:      nl.Config{Group: 33},

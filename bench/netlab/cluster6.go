@@ -64,3 +64,17 @@ func InstallNFLOGRule6(ns *NS, group int) error {
 	_, err := ns.Run(append([]string{"ip6tables"}, NFLOGRule6(group)...)...)
 	return err
 }
+
+// DropIPv4 makes the nodes IPv6-only, after AddIPv6: it removes their IPv4
+// addresses (but the loopback's 127.0.0.1) and with them their IPv4
+// routes. The router and the client keep theirs.
+func (c *Cluster) DropIPv4() error {
+	var steps []step
+	for _, node := range c.Nodes {
+		steps = append(steps,
+			step{node, []string{"ip", "-4", "addr", "flush", "dev", "eth0"}},
+			step{node, []string{"ip", "addr", "del", Anycast.String() + "/32", "dev", "lo"}},
+		)
+	}
+	return c.run(steps)
+}

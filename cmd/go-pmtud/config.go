@@ -69,6 +69,7 @@ type options struct {
 	relayKeyFile    string
 	insecureNoAuth  bool
 	relayEnvelope   uint
+	relayFamily     string
 	packBytes       int
 	l2Dest          string
 	acceptV1        bool
@@ -114,7 +115,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	// Errors are reported by the caller in one line; the usage is printed
 	// only when asked for.
 	fs.SetOutput(io.Discard)
-	fs.StringVar(&o.peers, "peers", "", "comma-separated IPv4 addresses of the peer nodes that get a copy of every ICMP (own addresses are removed); one of --peers, --peers-file, --peers-from")
+	fs.StringVar(&o.peers, "peers", "", "comma-separated addresses of the peer nodes that get a copy of every ICMP, IPv4 or IPv6, or IPv4+IPv6 for a dual-stack node (own addresses are removed); one of --peers, --peers-file, --peers-from")
+	fs.StringVar(&o.relayFamily, "relay-family", "auto", "the address family copies travel over: auto (each packet to the peer's address of its own family where the peer has one, else to its other one; the icmp relay re-originates an ICMP in its own family only), ipv4 or ipv6 (every copy over that family; peers without an address of it get none)")
 	fs.StringVar(&o.peersFile, "peers-file", "", "file of peer addresses (separated by commas, blank space or newlines; # comments), read again when it changes, as a mounted ConfigMap does")
 	fs.StringVar(&o.peersFrom, "peers-from", "", "kubernetes: the peers are the Node objects' addresses, followed through the API")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "with --peers-from kubernetes: kubeconfig file (default: the in-cluster service account)")
@@ -258,6 +260,9 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 		return s, fmt.Errorf("--relay-envelope %d is not 1, 2 or 3", o.relayEnvelope)
 	}
 	c.Envelope = int(o.relayEnvelope)
+	if c.RelayFamily, err = pmtud.ParseFamily(o.relayFamily); err != nil {
+		return s, fmt.Errorf("--relay-family: %w", err)
+	}
 	if o.packBytes < 64 || o.packBytes > 65000 {
 		return s, fmt.Errorf("--relay-pack-bytes %d is outside 64..65000", o.packBytes)
 	}
@@ -338,14 +343,18 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 		return s, fmt.Errorf("--l2-dest %q: want %s or %s", printable(o.l2Dest), pmtud.L2Broadcast, pmtud.L2Peers)
 	}
 	c.L2Dest = o.l2Dest
+	// The first address of each family that can leave the segment: a
+	// link-local one cannot be a peer's address elsewhere.
 	for _, a := range addrs {
-		if a.Is4() && !a.IsLinkLocalUnicast() {
+		switch {
+		case a.Is4() && !a.IsLinkLocalUnicast() && !c.Source.IsValid():
 			c.Source = a
-			break
+		case a.Is6() && !a.Is4In6() && a.IsGlobalUnicast() && !c.Source6.IsValid():
+			c.Source6 = a.WithZone("")
 		}
 	}
-	if !c.Source.IsValid() {
-		return s, fmt.Errorf("--iface %q has no IPv4 address", iface)
+	if !c.Source.IsValid() && !c.Source6.IsValid() {
+		return s, fmt.Errorf("--iface %q has no IPv4 and no global IPv6 address", iface)
 	}
 	if c.LocalAddrs, err = h.allAddrs(); err != nil {
 		return s, fmt.Errorf("list local addresses: %w", err)
@@ -358,7 +367,11 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 		}
 		s.metricsAddr = o.metricsAddress
 	case o.metricsPort != 0:
-		s.metricsAddr = net.JoinHostPort(c.Source.String(), strconv.Itoa(int(o.metricsPort)))
+		host := c.Source
+		if !host.IsValid() {
+			host = c.Source6 // an IPv6-only node
+		}
+		s.metricsAddr = net.JoinHostPort(host.String(), strconv.Itoa(int(o.metricsPort)))
 	}
 	return s, c.Validate()
 }
@@ -390,12 +403,17 @@ func resolvePeers(o options, s *settings) error {
 			}
 		}
 	}
-	var err error
 	switch {
 	case o.peers != "":
-		if s.relay.Peers, err = parseAddrs(o.peers); err != nil {
-			return fmt.Errorf("--peers: %w", err)
+		var ps []peers.Peer
+		for _, f := range splitList(o.peers) {
+			p, err := peers.ParsePeer(f)
+			if err != nil {
+				return fmt.Errorf("--peers: %w", err)
+			}
+			ps = append(ps, p)
 		}
+		s.relay.Peers = relayPeers(ps)
 	case o.peersFile != "":
 		s.peersFile = o.peersFile
 		s.relay.DynamicPeers = true
@@ -410,19 +428,13 @@ func resolvePeers(o options, s *settings) error {
 	return nil
 }
 
-func parseAddrs(s string) ([]netip.Addr, error) {
-	var out []netip.Addr
-	for _, f := range splitList(s) {
-		a, err := netip.ParseAddr(f)
-		if err != nil {
-			return nil, fmt.Errorf("%q is not an IP address", f)
-		}
-		if !a.Unmap().Is4() {
-			return nil, fmt.Errorf("%q is not an IPv4 address (IPv6 is not supported yet)", f)
-		}
-		out = append(out, a.Unmap())
+// relayPeers converts a source's peers to the relay's.
+func relayPeers(ps []peers.Peer) []pmtud.Peer {
+	out := make([]pmtud.Peer, len(ps))
+	for i, p := range ps {
+		out[i] = pmtud.Peer(p)
 	}
-	return out, nil
+	return out
 }
 
 // parsePeerGroups parses --peer-groups: entries separated by ";" or blank
@@ -454,10 +466,10 @@ func parsePeerGroups(s string) ([]pmtud.Target, error) {
 		t.Prefix = p.Masked()
 		for _, n := range strings.Split(rhs, ",") {
 			a, err := netip.ParseAddr(strings.TrimSpace(n))
-			if err != nil || !a.Is4() {
-				return nil, fmt.Errorf("%q: node %q is not an IPv4 address", printable(e), printable(n))
+			if err != nil || a.Zone() != "" {
+				return nil, fmt.Errorf("%q: node %q is not an IP address", printable(e), printable(n))
 			}
-			t.Nodes = append(t.Nodes, a)
+			t.Nodes = append(t.Nodes, a.Unmap())
 		}
 		out = append(out, t)
 	}
@@ -569,7 +581,27 @@ func (system) defaultRouteInterface() (string, error) {
 			return f[0], nil
 		}
 	}
-	return "", errors.New("there is no IPv4 default route to take it from")
+	// An IPv6-only node.
+	if b, err := os.ReadFile("/proc/net/ipv6_route"); err == nil {
+		if name, ok := defaultRoute6(b); ok {
+			return name, nil
+		}
+	}
+	return "", errors.New("there is no IPv4 or IPv6 default route to take it from")
+}
+
+// defaultRoute6 returns the interface of the first IPv6 default route in
+// the text of /proc/net/ipv6_route: destination and prefix length 0, not
+// on lo (where the kernel keeps its unreachable entries).
+func defaultRoute6(b []byte) (string, bool) {
+	for _, line := range strings.Split(string(b), "\n") {
+		// dest plen src srcplen nexthop metric refcnt use flags iface
+		f := strings.Fields(line)
+		if len(f) == 10 && f[0] == strings.Repeat("0", 32) && f[1] == "00" && f[9] != "lo" {
+			return f[9], true
+		}
+	}
+	return "", false
 }
 
 func (system) interfaceAddrs(name string) ([]netip.Addr, error) {

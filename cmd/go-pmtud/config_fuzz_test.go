@@ -81,7 +81,7 @@ func FuzzResolve(f *testing.F) {
 			t.Fatalf("udp relay port %d, TUN address %v accepted", c.RelayPort, c.TUNAddr)
 		}
 		for _, p := range c.Peers {
-			if !p.Is4() {
+			if p.V4.IsValid() && !p.V4.Is4() || p.V6.IsValid() && (!p.V6.Is6() || p.V6.Is4In6() || p.V6.Zone() != "") || !p.V4.IsValid() && !p.V6.IsValid() {
 				t.Fatalf("peer %v accepted", p)
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -27,7 +28,11 @@ func (fakeHost) interfaceAddrs(name string) ([]netip.Addr, error) {
 	case "lo":
 		return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
 	case "v6only":
-		return []netip.Addr{netip.MustParseAddr("2001:db8::1")}, nil
+		return []netip.Addr{netip.MustParseAddr("fe80::1"), netip.MustParseAddr("2001:db8::1")}, nil
+	case "dual":
+		return []netip.Addr{netip.MustParseAddr("2001:db8::10"), netip.MustParseAddr("198.18.0.10")}, nil
+	case "linklocal":
+		return []netip.Addr{netip.MustParseAddr("fe80::1"), netip.MustParseAddr("169.254.0.1")}, nil
 	}
 	return nil, errors.New("no such interface")
 }
@@ -143,7 +148,7 @@ func TestResolve(t *testing.T) {
 		{name: "peer group without nodes", args: []string{"--peers", "198.18.0.11", "--peer-groups", "198.18.100.0/24"}, env: env(), wantErr: `--peer-groups: "198.18.100.0/24" is not CIDR[:PORT]=NODE,NODE,...`},
 		{name: "peer group port 0", args: []string{"--peers", "198.18.0.11", "--peer-groups", "198.18.100.0/24:0=198.18.0.11"}, env: env(), wantErr: `port "0" is not 1..65535`},
 		{name: "peer group prefix", args: []string{"--peers", "198.18.0.11", "--peer-groups", "198.18.100/24=198.18.0.11"}, env: env(), wantErr: `"198.18.100/24" is not a CIDR`},
-		{name: "peer group node", args: []string{"--peers", "198.18.0.11", "--peer-groups", "198.18.100.0/24=2001:db8::1"}, env: env(), wantErr: `node "2001:db8::1" is not an IPv4 address`},
+		{name: "peer group node", args: []string{"--peers", "198.18.0.11", "--peer-groups", "198.18.100.0/24=node-a"}, env: env(), wantErr: `node "node-a" is not an IP address`},
 		{name: "envelope 4", args: []string{"--peers", "198.18.0.11", "--relay-envelope", "4"}, env: env(), wantErr: "--relay-envelope 4 is not 1, 2 or 3"},
 		{name: "pack bytes", args: []string{"--peers", "198.18.0.11", "--relay-pack-bytes", "10"}, env: env(), wantErr: "--relay-pack-bytes 10 is outside"},
 		{name: "envelope 0", args: []string{"--peers", "198.18.0.11", "--relay-envelope", "0"}, env: env(), wantErr: "--relay-envelope 0 is not 1, 2 or 3"},
@@ -171,13 +176,39 @@ func TestResolve(t *testing.T) {
 		{name: "no peers", args: nil, env: env(), wantErr: "no peers"},
 		{name: "only own address", args: []string{"--peers", "198.18.0.10"}, env: env(), wantErr: "no peers left"},
 		{name: "bad peer", args: []string{"--peers", "198.18.0.300"}, env: env(), wantErr: `--peers: "198.18.0.300" is not an IP address`},
-		{name: "IPv6 peer", args: []string{"--peers", "2001:db8::2"}, env: env(), wantErr: "not an IPv4 address"},
+		{name: "IPv6 peer of an IPv4-only node", args: []string{"--peers", "2001:db8::2"}, env: env(), wantErr: "no peer can get a copy"},
+		{name: "two IPv4 addresses for a peer", args: []string{"--peers", "198.18.0.11+198.18.0.12"}, env: env(), wantErr: `--peers: "198.18.0.11+198.18.0.12": one address of each family at most`},
+		{
+			name: "IPv6-only node", args: []string{"--peers", "2001:db8::2,2001:db8::3", "--iface", "v6only", "--metrics-port", "30040"}, env: env(),
+			check: func(t *testing.T, s settings) {
+				c := s.relay
+				if c.Source.IsValid() || c.Source6 != netip.MustParseAddr("2001:db8::1") || len(c.Peers) != 2 || c.Peers[1] != (pmtud.Peer{V6: netip.MustParseAddr("2001:db8::3")}) {
+					t.Errorf("sources %v %v, peers %v", c.Source, c.Source6, c.Peers)
+				}
+				if s.metricsAddr != "[2001:db8::1]:30040" {
+					t.Errorf("metrics address %q, want [2001:db8::1]:30040", s.metricsAddr)
+				}
+			},
+		},
+		{
+			name: "dual-stack node", args: []string{"--peers", "198.18.0.11+2001:db8::11, 2001:db8::12", "--iface", "dual", "--relay-family", "ipv6"}, env: env(),
+			check: func(t *testing.T, s settings) {
+				c := s.relay
+				want := []pmtud.Peer{{V4: netip.MustParseAddr("198.18.0.11"), V6: netip.MustParseAddr("2001:db8::11")}, {V6: netip.MustParseAddr("2001:db8::12")}}
+				if c.Source != netip.MustParseAddr("198.18.0.10") || c.Source6 != netip.MustParseAddr("2001:db8::10") || !slices.Equal(c.Peers, want) || c.RelayFamily != pmtud.FamilyIPv6 {
+					t.Errorf("sources %v %v, peers %v, relay family %v", c.Source, c.Source6, c.Peers, c.RelayFamily)
+				}
+			},
+		},
+		{name: "relay family the node lacks", args: []string{"--peers", "198.18.0.11", "--relay-family", "ipv6"}, env: env(), wantErr: "relay family ipv6: the node has no ipv6 address"},
+		{name: "bad relay family", args: []string{"--peers", "198.18.0.11", "--relay-family", "ipx"}, env: env(), wantErr: `--relay-family: unknown relay family "ipx"`},
+		{name: "link-local addresses only", args: []string{"--peers", "198.18.0.11", "--iface", "linklocal"}, env: env(), wantErr: "has no IPv4 and no global IPv6 address"},
 		{name: "bad CIDR", args: []string{"--peers", "198.18.0.11", "--ignore-networks", "198.18.0.0/33"}, env: env(), wantErr: "--ignore-networks"},
 		{name: "ttl 0", args: []string{"--peers", "198.18.0.11", "--ttl", "0"}, env: env(), wantErr: "ttl 0 is outside 1..255"},
 		{name: "ttl 256", args: []string{"--peers", "198.18.0.11", "--ttl", "256"}, env: env(), wantErr: "ttl 256"},
 		{name: "group", args: []string{"--peers", "198.18.0.11", "--nflog-group", "65536"}, env: env(), wantErr: "--nflog-group 65536"},
 		{name: "unknown interface", args: []string{"--peers", "198.18.0.11", "--iface", "nope0"}, env: env(), wantErr: `--iface "nope0": no such interface`},
-		{name: "interface without IPv4", args: []string{"--peers", "198.18.0.11", "--iface", "v6only"}, env: env(), wantErr: "no IPv4 address"},
+		{name: "IPv4 peers of an IPv6-only node", args: []string{"--peers", "198.18.0.11", "--iface", "v6only"}, env: env(), wantErr: "no peer can get a copy"},
 		{
 			name: "l2 relay", args: []string{"--peers", "198.18.0.11", "--relay", "l2"}, env: env(),
 			check: func(t *testing.T, s settings) {
@@ -355,5 +386,20 @@ func TestEveryFlagIsDocumented(t *testing.T) {
 	}
 	if n < 30 {
 		t.Fatalf("found %d flags in the usage text; the parsing is broken", n)
+	}
+}
+
+// TestDefaultRoute6 reads /proc/net/ipv6_route's text: the default route's
+// interface, not lo's unreachable entries.
+func TestDefaultRoute6(t *testing.T) {
+	const table = `00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo
+20010db8000100000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 20010db8000100000000000000000001 00000400 00000001 00000000 00000003     eth0
+`
+	if name, ok := defaultRoute6([]byte(table)); !ok || name != "eth0" {
+		t.Errorf("defaultRoute6 = %q, %v; want eth0", name, ok)
+	}
+	if name, ok := defaultRoute6([]byte(strings.SplitAfter(table, "\n")[0])); ok {
+		t.Errorf("defaultRoute6 of lo's entry only = %q, want none", name)
 	}
 }

@@ -52,7 +52,7 @@ func TestDaemonServesMetricsAndStopsOnSIGTERM(t *testing.T) {
 		`go_pmtud_relay_dropped_total{node="node-b",reason="future_sequence"} 0`,
 		`go_pmtud_relay_dropped_total{node="node-b",reason="stale_sequence"} 0`,
 		`go_pmtud_dropped_packets_total{node="node-b",reason="rate_limited"} 0`,
-		`go_pmtud_dropped_packets_total{node="node-b",reason="ipv6_icmp_relay"} 0`,
+		`go_pmtud_dropped_packets_total{node="node-b",reason="no_family_peers"} 0`,
 		`go_pmtud_peers{node="node-b"} 1`,
 		`go_pmtud_dropped_packets_total{node="node-b",reason="no_peers"} 0`,
 		`go_pmtud_peer_updates_total{node="node-b",result="applied"} 0`,

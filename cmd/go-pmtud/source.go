@@ -54,7 +54,7 @@ func openSource(s *settings, log *slog.Logger) (*source, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--peers-file: %w", err)
 		}
-		s.relay.Peers = f.Addrs()
+		s.relay.Peers = relayPeers(f.Peers())
 		if err := s.relay.Validate(); err != nil {
 			return nil, fmt.Errorf("--peers-file %s: %w", s.peersFile, err)
 		}
@@ -112,7 +112,7 @@ func (src *source) run(ctx context.Context, relay *pmtud.Relay) error {
 			src.set(u.Err)
 			return
 		}
-		if _, err := relay.SetPeers(u.Addrs); err != nil {
+		if _, err := relay.SetPeers(relayPeers(u.Peers)); err != nil {
 			// SetPeers counted it; the set in force stays, as for a
 			// source error.
 			src.log.Warn("peer set refused; the peers in force stay", "err", err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"strings"
 	"time"
 
@@ -30,7 +29,7 @@ type File struct {
 	PollInterval time.Duration
 
 	last  []byte // the content last read
-	addrs []netip.Addr
+	peers []Peer
 }
 
 // NewFile reads and parses the file at path. An error names the file and
@@ -44,15 +43,15 @@ func NewFile(path string, log *slog.Logger) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("peers file: %w", err)
 	}
-	if f.addrs, err = ParseList(b); err != nil {
+	if f.peers, err = ParseList(b); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	f.last = b
 	return f, nil
 }
 
-// Addrs returns the addresses NewFile read.
-func (f *File) Addrs() []netip.Addr { return f.addrs }
+// Peers returns the peers NewFile read.
+func (f *File) Peers() []Peer { return f.peers }
 
 // Run calls apply whenever the file's content changes, from this goroutine,
 // until ctx is done; then it returns nil. A file that cannot be read or
@@ -65,29 +64,30 @@ func (f *File) Run(ctx context.Context, apply func(Update)) error {
 			apply(Update{Err: fmt.Errorf("peers file: %w", err)})
 			return
 		}
-		addrs, err := ParseList(b)
+		ps, err := ParseList(b)
 		if err != nil {
 			apply(Update{Err: fmt.Errorf("%s: %w", f.path, err)})
 			return
 		}
-		f.addrs = addrs
-		apply(Update{Addrs: addrs})
+		f.peers = ps
+		apply(Update{Peers: ps})
 	})
 }
 
-// ParseList parses a list of IP addresses separated by commas, blank space
-// or newlines; "#" starts a comment that runs to the end of the line. An
+// ParseList parses a list of peers (see ParsePeer: an address, or
+// IPv4+IPv6 for a dual-stack node) separated by commas, blank space or
+// newlines; "#" starts a comment that runs to the end of the line. An
 // empty list is valid. An error names the line and the word.
-func ParseList(b []byte) ([]netip.Addr, error) {
-	var out []netip.Addr
+func ParseList(b []byte) ([]Peer, error) {
+	var out []Peer
 	for n, line := range strings.Split(string(b), "\n") {
 		line, _, _ = strings.Cut(line, "#")
 		for _, w := range strings.FieldsFunc(line, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\r' || r == '\v' || r == '\f' }) {
-			a, err := netip.ParseAddr(w)
-			if err != nil || a.Zone() != "" {
-				return nil, fmt.Errorf("line %d: %q is not an IP address", n+1, printable(w))
+			p, err := ParsePeer(w)
+			if err != nil {
+				return nil, fmt.Errorf("line %d: %w", n+1, err)
 			}
-			out = append(out, a.Unmap())
+			out = append(out, p)
 		}
 	}
 	return out, nil

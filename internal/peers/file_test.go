@@ -16,20 +16,26 @@ import (
 
 func TestParseList(t *testing.T) {
 	a, b, c := netip.MustParseAddr("198.18.1.10"), netip.MustParseAddr("198.18.1.11"), netip.MustParseAddr("2001:db8::1")
+	pa, pb, pc := Peer{V4: a}, Peer{V4: b}, Peer{V6: c}
 	for _, tc := range []struct {
 		name, in string
-		want     []netip.Addr
+		want     []Peer
 		err      string
 	}{
 		{"empty", "", nil, ""},
 		{"only a comment", "# no nodes yet\n", nil, ""},
-		{"commas", "198.18.1.10,198.18.1.11", []netip.Addr{a, b}, ""},
-		{"blank space and newlines", "198.18.1.10 \t198.18.1.11\r\n", []netip.Addr{a, b}, ""},
-		{"comments", "198.18.1.10 # node a\n# node b:\n198.18.1.11", []netip.Addr{a, b}, ""},
-		{"mixed, trailing comma", " 198.18.1.10,\n,198.18.1.11,", []netip.Addr{a, b}, ""},
-		{"IPv4-mapped is unmapped", "::ffff:198.18.1.10", []netip.Addr{a}, ""},
-		{"IPv6 parses", "2001:db8::1", []netip.Addr{c}, ""},
-		{"duplicates are kept (the relay removes them)", "198.18.1.10 198.18.1.10", []netip.Addr{a, a}, ""},
+		{"commas", "198.18.1.10,198.18.1.11", []Peer{pa, pb}, ""},
+		{"blank space and newlines", "198.18.1.10 \t198.18.1.11\r\n", []Peer{pa, pb}, ""},
+		{"comments", "198.18.1.10 # node a\n# node b:\n198.18.1.11", []Peer{pa, pb}, ""},
+		{"mixed, trailing comma", " 198.18.1.10,\n,198.18.1.11,", []Peer{pa, pb}, ""},
+		{"IPv4-mapped is unmapped", "::ffff:198.18.1.10", []Peer{pa}, ""},
+		{"IPv6 parses", "2001:db8::1", []Peer{pc}, ""},
+		{"dual-stack", "198.18.1.10+2001:db8::1 198.18.1.11", []Peer{{V4: a, V6: c}, pb}, ""},
+		{"dual-stack, IPv6 first", "2001:db8::1+198.18.1.10", []Peer{{V4: a, V6: c}}, ""},
+		{"duplicates are kept (the relay removes them)", "198.18.1.10 198.18.1.10", []Peer{pa, pa}, ""},
+		{"two of a family", "198.18.1.10+198.18.1.11", nil, `line 1: "198.18.1.10+198.18.1.11": one address of each family at most`},
+		{"three", "198.18.1.10+2001:db8::1+2001:db8::2", nil, `one address of each family at most`},
+		{"dangling plus", "198.18.1.10+", nil, `line 1: "198.18.1.10+" is not an IP address`},
 		{"a name", "198.18.1.10\nnode-b\n", nil, `line 2: "node-b" is not an IP address`},
 		{"a CIDR", "198.18.1.0/24", nil, `line 1: "198.18.1.0/24" is not an IP address`},
 		{"a zone", "fe80::1%eth0", nil, `is not an IP address`},
@@ -55,6 +61,7 @@ func TestParseList(t *testing.T) {
 func FuzzParseList(f *testing.F) {
 	f.Add([]byte("198.18.1.10, 198.18.1.11 # b\n2001:db8::1"))
 	f.Add([]byte("::ffff:1.2.3.4\n#\n,,"))
+	f.Add([]byte("198.18.1.10+2001:db8::1 2001:db8::2+198.18.1.11 ++"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		got, err := ParseList(b)
 		if err != nil {
@@ -124,7 +131,7 @@ func TestFileFollowsKubeletSwaps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := f.Addrs(); len(got) != 2 {
+	if got := f.Peers(); len(got) != 2 {
 		t.Fatalf("initial set %v, want 2 addresses", got)
 	}
 	f.PollInterval = time.Hour
@@ -149,7 +156,7 @@ func TestFileFollowsKubeletSwaps(t *testing.T) {
 		}
 	}
 	// Run may not have its watch yet: swap until the first update comes.
-	want := []netip.Addr{netip.MustParseAddr("198.18.1.10"), netip.MustParseAddr("198.18.1.12")}
+	want := []Peer{{V4: netip.MustParseAddr("198.18.1.10")}, {V4: netip.MustParseAddr("198.18.1.12")}}
 	var u Update
 	for range 300 {
 		d.swap("198.18.1.10, 198.18.1.12 # c replaces b\n")
@@ -160,7 +167,7 @@ func TestFileFollowsKubeletSwaps(t *testing.T) {
 		}
 		break
 	}
-	if u.Err != nil || !slices.Equal(u.Addrs, want) {
+	if u.Err != nil || !slices.Equal(u.Peers, want) {
 		t.Fatalf("after the swap: %+v, want %v", u, want)
 	}
 	d.swap("198.18.1.10\nnode-c\n")
@@ -168,7 +175,7 @@ func TestFileFollowsKubeletSwaps(t *testing.T) {
 		t.Fatalf("after a bad swap: %+v, want an error naming line 2", u)
 	}
 	d.swap("# empty now\n")
-	if u := next(); u.Err != nil || len(u.Addrs) != 0 {
+	if u := next(); u.Err != nil || len(u.Peers) != 0 {
 		t.Fatalf("after emptying: %+v, want an empty set", u)
 	}
 	select {
@@ -214,7 +221,7 @@ func TestFilePollsWithoutEvents(t *testing.T) {
 	}
 	select {
 	case u := <-updates:
-		if u.Err != nil || len(u.Addrs) != 1 || u.Addrs[0] != netip.MustParseAddr("198.18.1.11") {
+		if u.Err != nil || len(u.Peers) != 1 || u.Peers[0] != (Peer{V4: netip.MustParseAddr("198.18.1.11")}) {
 			t.Fatalf("update %+v, want 198.18.1.11", u)
 		}
 	case <-time.After(30 * time.Second):

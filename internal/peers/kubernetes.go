@@ -231,8 +231,8 @@ func (k *Kubernetes) Run(ctx context.Context, apply func(Update)) error {
 	synced := reg.HasSyncedChecker().Done()
 	var (
 		isSynced  bool
-		failing   bool         // an Update with Err was applied, no success since
-		last      []netip.Addr // the last set applied; nil before the first and after an outage
+		failing   bool   // an Update with Err was applied, no success since
+		last      []Peer // the last set applied; nil before the first and after an outage
 		lastNames map[string][]netip.Addr
 		anySet    bool // a set was applied
 	)
@@ -259,16 +259,16 @@ func (k *Kubernetes) Run(ctx context.Context, apply func(Update)) error {
 			}
 			if isSynced {
 				objs := inf.GetStore().List()
-				addrs, without := nodeAddrs(objs, k.addrType)
+				ps, without := nodePeers(objs, k.addrType)
 				names := nodeNames(objs, k.addrType)
-				if last == nil || !slices.Equal(addrs, last) || !maps.EqualFunc(names, lastNames, slices.Equal) {
-					k.log.Debug("peer set", "addrs", len(addrs), "nodes_without_address", without, "address_type", k.addrType)
+				if last == nil || !slices.Equal(ps, last) || !maps.EqualFunc(names, lastNames, slices.Equal) {
+					k.log.Debug("peer set", "peers", len(ps), "nodes_without_address", without, "address_type", k.addrType)
 					if !anySet {
 						anySet = true
-						k.log.Info("kubernetes nodes synced", "addrs", len(addrs), "nodes_without_address", without)
+						k.log.Info("kubernetes nodes synced", "peers", len(ps), "nodes_without_address", without)
 					}
-					last, lastNames = addrs, names
-					apply(Update{Addrs: slices.Clone(addrs), Names: names})
+					last, lastNames = ps, names
+					apply(Update{Peers: slices.Clone(ps), Names: names})
 				}
 			}
 		}
@@ -340,39 +340,52 @@ func (r *run) failure() error {
 	return r.err
 }
 
-// nodeAddrs returns the IPv4 addresses of type t of the nodes that are not
-// being deleted (no DeletionTimestamp), deduplicated and sorted, and the
-// number of those nodes that have no such address. Objects other than
-// *corev1.Node are skipped.
-func nodeAddrs(objs []any, t corev1.NodeAddressType) (addrs []netip.Addr, without int) {
-	addrs = []netip.Addr{}
+// nodePeers returns a Peer per node that is not being deleted (no
+// DeletionTimestamp): its first address of each family of type t, in the
+// order of its status (the kubelet lists the primary first), so a
+// dual-stack node is one peer with both. They are sorted and
+// deduplicated; without counts the nodes with no such address. Objects
+// other than *corev1.Node are skipped.
+func nodePeers(objs []any, t corev1.NodeAddressType) (ps []Peer, without int) {
+	ps = []Peer{}
 	for _, o := range objs {
 		n, ok := o.(*corev1.Node)
 		if !ok || n.DeletionTimestamp != nil {
 			continue
 		}
-		found := false
-		for _, a := range n.Status.Addresses {
-			if a.Type != t {
-				continue
-			}
-			ip, err := netip.ParseAddr(a.Address)
-			if err != nil || !ip.Unmap().Is4() {
-				continue
-			}
-			addrs = append(addrs, ip.Unmap())
-			found = true
-		}
-		if !found {
+		if p, ok := nodePeer(n, t); ok {
+			ps = append(ps, p)
+		} else {
 			without++
 		}
 	}
-	slices.SortFunc(addrs, netip.Addr.Compare)
-	return slices.Compact(addrs), without
+	slices.SortFunc(ps, Peer.compare)
+	return slices.Compact(ps), without
 }
 
-// nodeNames maps the name of each node that nodeAddrs takes addresses from
-// to those addresses.
+// nodePeer returns n's first address of each family of type t.
+func nodePeer(n *corev1.Node, t corev1.NodeAddressType) (p Peer, ok bool) {
+	for _, a := range n.Status.Addresses {
+		if a.Type != t {
+			continue
+		}
+		ip, err := netip.ParseAddr(a.Address)
+		if err != nil || ip.Zone() != "" {
+			continue
+		}
+		ip = ip.Unmap()
+		switch {
+		case ip.Is4() && !p.V4.IsValid():
+			p.V4 = ip
+		case ip.Is6() && !p.V6.IsValid():
+			p.V6 = ip
+		}
+	}
+	return p, p.V4.IsValid() || p.V6.IsValid()
+}
+
+// nodeNames maps the name of each node that nodePeers takes a peer from
+// to the peer's addresses.
 func nodeNames(objs []any, t corev1.NodeAddressType) map[string][]netip.Addr {
 	names := map[string][]netip.Addr{}
 	for _, o := range objs {
@@ -380,9 +393,8 @@ func nodeNames(objs []any, t corev1.NodeAddressType) map[string][]netip.Addr {
 		if !ok || n.DeletionTimestamp != nil {
 			continue
 		}
-		as, _ := nodeAddrs([]any{n}, t)
-		if len(as) > 0 {
-			names[n.Name] = as
+		if p, ok := nodePeer(n, t); ok {
+			names[n.Name] = p.Addrs()
 		}
 	}
 	return names

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -84,7 +83,9 @@ func TestNewKubernetesNamesTheFlag(t *testing.T) {
 	}
 }
 
-func TestNodeAddrs(t *testing.T) {
+// TestNodePeers: one peer per node, its first address of the type of each
+// family, sorted (IPv6-only first), deduplicated; deleting nodes leave.
+func TestNodePeers(t *testing.T) {
 	deleted := metav1.Now()
 	node := func(name string, del bool, as ...corev1.NodeAddress) *corev1.Node {
 		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Status: corev1.NodeStatus{Addresses: as}}
@@ -105,14 +106,17 @@ func TestNodeAddrs(t *testing.T) {
 		{"sorted across nodes",
 			[]any{node("a", false, internal("198.18.0.10")), node("b", false, internal("198.18.0.9")), node("c", false, internal("198.19.0.1"))},
 			corev1.NodeInternalIP, []string{"198.18.0.9", "198.18.0.10", "198.19.0.1"}, 0},
-		{"several per node", []any{node("a", false, internal("198.18.0.2"), internal("198.18.0.1"))}, corev1.NodeInternalIP, []string{"198.18.0.1", "198.18.0.2"}, 0},
+		{"the first of several per node", []any{node("a", false, internal("198.18.0.2"), internal("198.18.0.1"))}, corev1.NodeInternalIP, []string{"198.18.0.2"}, 0},
 		{"deduplicated",
 			[]any{node("a", false, internal("198.18.0.1"), internal("198.18.0.1")), node("b", false, internal("198.18.0.1"))},
 			corev1.NodeInternalIP, []string{"198.18.0.1"}, 0},
+		{"dual-stack, either order", []any{node("a", false, internal("2001:db8::1"), internal("198.18.0.1"), internal("2001:db8::9")), node("b", false, internal("198.18.0.2"), internal("2001:db8::2"))},
+			corev1.NodeInternalIP, []string{"198.18.0.1+2001:db8::1", "198.18.0.2+2001:db8::2"}, 0},
 		{"type selects", []any{node("a", false, internal("198.18.0.1"), external("198.18.1.1"))}, corev1.NodeExternalIP, []string{"198.18.1.1"}, 0},
 		{"other type only", []any{node("a", false, external("198.18.1.1"))}, corev1.NodeInternalIP, nil, 1},
-		{"IPv6 ignored", []any{node("a", false, internal("2001:db8::1"), internal("198.18.0.1")), node("b", false, internal("2001:db8::2"))},
-			corev1.NodeInternalIP, []string{"198.18.0.1"}, 1},
+		{"IPv6-only sorts first", []any{node("a", false, internal("198.18.0.1")), node("b", false, internal("2001:db8::2"))},
+			corev1.NodeInternalIP, []string{"2001:db8::2", "198.18.0.1"}, 0},
+		{"zoned ignored", []any{node("a", false, internal("fe80::1%eth0"))}, corev1.NodeInternalIP, nil, 1},
 		{"IPv4-mapped IPv6 is IPv4", []any{node("a", false, internal("::ffff:198.18.0.1"))}, corev1.NodeInternalIP, []string{"198.18.0.1"}, 0},
 		{"not an address", []any{node("a", false, internal("node-a.example"), internal(""))}, corev1.NodeInternalIP, nil, 1},
 		{"no addresses", []any{node("a", false)}, corev1.NodeInternalIP, nil, 1},
@@ -122,7 +126,7 @@ func TestNodeAddrs(t *testing.T) {
 		{"not a node", []any{"x", node("a", false, internal("198.18.0.1"))}, corev1.NodeInternalIP, []string{"198.18.0.1"}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, without := nodeAddrs(tc.nodes, tc.typ)
+			got, without := nodePeers(tc.nodes, tc.typ)
 			if want := addrs(tc.want...); !slices.Equal(got, want) {
 				t.Errorf("addrs = %v, want %v", got, want)
 			}
@@ -158,7 +162,7 @@ func TestReportsUnreachableOnceBeforeSync(t *testing.T) {
 		return len(us) > 0 && failures.Load() >= 3
 	})
 	us := rec.all()
-	if len(us) != 1 || us[0].Err == nil || us[0].Addrs != nil {
+	if len(us) != 1 || us[0].Err == nil || us[0].Peers != nil {
 		t.Fatalf("updates = %v, want exactly one with Err", us)
 	}
 	if !strings.Contains(us[0].Err.Error(), "connection refused") {
@@ -174,8 +178,9 @@ func TestReportsUnreachableOnceBeforeSync(t *testing.T) {
 // TestFollowsNodes: the first set holds every node that existed before the
 // source started (nothing was applied before the sync); then nodes join,
 // change addresses and leave, and a node being deleted (finalizer held)
-// leaves at once. IPv6 addresses and nodes without an InternalIP contribute
-// nothing.
+// leaves at once. A node's first InternalIP of each family makes its peer
+// (IPv6-only and dual-stack nodes too); nodes without an InternalIP
+// contribute nothing.
 func TestFollowsNodes(t *testing.T) {
 	t.Parallel()
 	api := sharedAPI(t)
@@ -189,33 +194,33 @@ func TestFollowsNodes(t *testing.T) {
 	api.CreateNode(t, c+"-other", nil, nil, internal("198.18.1.99")) // not selected
 
 	rec := runSource(t, KubernetesConfig{Kubeconfig: api.Admin, NodeSelector: "pmtud.test/case=" + c}, nil)
-	want := addrs("198.18.1.1", "198.18.1.2", "198.18.1.3")
+	want := addrs("2001:db8::4", "198.18.1.1+2001:db8::1", "198.18.1.2")
 	rec.waitSet(t, want)
-	if first := rec.all()[0]; first.Err != nil || !slices.Equal(first.Addrs, want) {
+	if first := rec.all()[0]; first.Err != nil || !slices.Equal(first.Peers, want) {
 		t.Fatalf("first update %v, want the full initial set %v", first, want)
 	}
 
 	api.CreateNode(t, c+"-f", sel, nil, internal("198.18.1.6"))
-	rec.waitSet(t, addrs("198.18.1.1", "198.18.1.2", "198.18.1.3", "198.18.1.6"))
+	rec.waitSet(t, addrs("2001:db8::4", "198.18.1.1+2001:db8::1", "198.18.1.2", "198.18.1.6"))
 
 	api.SetAddrs(t, c+"-a", internal("198.18.1.11"))
-	rec.waitSet(t, addrs("198.18.1.2", "198.18.1.3", "198.18.1.6", "198.18.1.11"))
+	rec.waitSet(t, addrs("2001:db8::4", "198.18.1.2", "198.18.1.6", "198.18.1.11"))
 
 	api.SetAddrs(t, c+"-d", internal("198.18.1.4"), internal("2001:db8::4"))
-	rec.waitSet(t, addrs("198.18.1.2", "198.18.1.3", "198.18.1.4", "198.18.1.6", "198.18.1.11"))
+	rec.waitSet(t, addrs("198.18.1.2", "198.18.1.4+2001:db8::4", "198.18.1.6", "198.18.1.11"))
 
 	if err := api.Client.CoreV1().Nodes().Delete(ctx, c+"-b", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitSet(t, addrs("198.18.1.4", "198.18.1.6", "198.18.1.11"))
+	rec.waitSet(t, addrs("198.18.1.4+2001:db8::4", "198.18.1.6", "198.18.1.11"))
 
 	// A finalizer keeps the object after the delete, with a DeletionTimestamp.
 	api.CreateNode(t, c+"-g", sel, []string{"pmtud.test/hold"}, internal("198.18.1.7"))
-	rec.waitSet(t, addrs("198.18.1.4", "198.18.1.6", "198.18.1.7", "198.18.1.11"))
+	rec.waitSet(t, addrs("198.18.1.4+2001:db8::4", "198.18.1.6", "198.18.1.7", "198.18.1.11"))
 	if err := api.Client.CoreV1().Nodes().Delete(ctx, c+"-g", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitSet(t, addrs("198.18.1.4", "198.18.1.6", "198.18.1.11"))
+	rec.waitSet(t, addrs("198.18.1.4+2001:db8::4", "198.18.1.6", "198.18.1.11"))
 	n, err := api.Client.CoreV1().Nodes().Get(ctx, c+"-g", metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("follows-g after the delete: %v; want it kept by its finalizer", err)
@@ -261,10 +266,10 @@ func TestExternalIP(t *testing.T) {
 	api.CreateNode(t, c+"-b", sel, nil, internal("198.18.3.2"))
 
 	rec := runSource(t, KubernetesConfig{Kubeconfig: api.Admin, NodeSelector: "pmtud.test/case=" + c, AddressType: "ExternalIP"}, nil)
-	rec.waitSet(t, addrs("198.18.103.1"))
+	rec.waitSet(t, addrs("198.18.103.1+2001:db8::103:1"))
 
 	api.SetAddrs(t, c+"-b", internal("198.18.3.2"), external("198.18.103.2"))
-	rec.waitSet(t, addrs("198.18.103.1", "198.18.103.2"))
+	rec.waitSet(t, addrs("198.18.103.1+2001:db8::103:1", "198.18.103.2"))
 }
 
 // TestRBACNodesReadOnly runs the source with a ServiceAccount token. Before
@@ -352,7 +357,7 @@ func TestKeepsSetWhileAPIServerDown(t *testing.T) {
 		return len(us) > before+1 && us[len(us)-1].Err == nil
 	})
 	us := rec.all()[before:]
-	if len(us) != 2 || us[0].Err == nil || us[1].Err != nil || !slices.Equal(us[1].Addrs, want) {
+	if len(us) != 2 || us[0].Err == nil || us[1].Err != nil || !slices.Equal(us[1].Peers, want) {
 		t.Fatalf("updates from the stop on = %v, want [Err, %v]", us, want)
 	}
 	if n := rec.logs.count("level=WARN"); n != 1 {
@@ -411,7 +416,7 @@ func (r *recorder) apply(u Update) {
 		r.t.Errorf("%d concurrent calls of apply", n)
 	}
 	defer r.inApply.Add(-1)
-	if u.Err == nil && u.Addrs == nil {
+	if u.Err == nil && u.Peers == nil {
 		r.t.Errorf("apply(%v): neither Addrs nor Err", u)
 	}
 	r.mu.Lock()
@@ -452,10 +457,10 @@ func (r *recorder) waitFor(t *testing.T, d time.Duration, what string, cond func
 }
 
 // waitSet waits until the last update is the set want.
-func (r *recorder) waitSet(t *testing.T, want []netip.Addr) {
+func (r *recorder) waitSet(t *testing.T, want []Peer) {
 	t.Helper()
 	r.waitFor(t, waitLong, fmt.Sprintf("set %v", want), func(us []Update) bool {
-		return len(us) > 0 && us[len(us)-1].Err == nil && slices.Equal(us[len(us)-1].Addrs, want)
+		return len(us) > 0 && us[len(us)-1].Err == nil && slices.Equal(us[len(us)-1].Peers, want)
 	})
 }
 
@@ -503,12 +508,17 @@ func testLogger(t *testing.T, sink *logSink) *slog.Logger {
 	return slog.New(slog.NewTextHandler(sink, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-func addrs(ss ...string) []netip.Addr {
-	as := []netip.Addr{}
+// addrs parses peers (ParsePeer's form: "IPv4+IPv6" for both).
+func addrs(ss ...string) []Peer {
+	ps := []Peer{}
 	for _, s := range ss {
-		as = append(as, netip.MustParseAddr(s))
+		p, err := ParsePeer(s)
+		if err != nil {
+			panic(err)
+		}
+		ps = append(ps, p)
 	}
-	return as
+	return ps
 }
 
 func internal(a string) corev1.NodeAddress {

@@ -1,0 +1,69 @@
+package pmtud
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+)
+
+// TestPeerSetRoutes: which peer addresses a packet of each family goes to
+// over each transport. IPv4-only (a), dual-stack (b) and IPv6-only (c)
+// peers, from nodes of either stack, for each relay and relay family;
+// unreached peers are what the spans leave out.
+func TestPeerSetRoutes(t *testing.T) {
+	a4 := netip.MustParseAddr("198.18.1.10")
+	b4, b6 := netip.MustParseAddr("198.18.1.11"), netip.MustParseAddr("2001:db8:1::11")
+	c6 := netip.MustParseAddr("2001:db8:1::12")
+	peers := []Peer{{V6: c6}, {V4: b4, V6: b6}, {V4: a4}}
+	own4, own6 := netip.MustParseAddr("198.18.1.1"), netip.MustParseAddr("2001:db8:1::1")
+	type routes [2][2][]netip.Addr // [packet family][transport]
+	for _, tc := range []struct {
+		name   string
+		c      Config
+		want   routes
+		unseen [2]int // peers a packet of each family does not reach
+	}{
+		{"udp, dual-stack node", Config{Mode: ModeUDP, Source: own4, Source6: own6},
+			routes{{{a4, b4}, {c6}}, {{a4}, {b6, c6}}}, [2]int{0, 0}},
+		{"udp, IPv4-only node", Config{Mode: ModeUDP, Source: own4},
+			routes{{{a4, b4}, nil}, {{a4, b4}, nil}}, [2]int{1, 1}},
+		{"udp, IPv6-only node", Config{Mode: ModeUDP, Source6: own6},
+			routes{{nil, {b6, c6}}, {nil, {b6, c6}}}, [2]int{1, 1}},
+		{"udp, relay family ipv4", Config{Mode: ModeUDP, Source: own4, Source6: own6, RelayFamily: FamilyIPv4},
+			routes{{{a4, b4}, nil}, {{a4, b4}, nil}}, [2]int{1, 1}},
+		{"udp, relay family ipv6", Config{Mode: ModeUDP, Source: own4, Source6: own6, RelayFamily: FamilyIPv6},
+			routes{{nil, {b6, c6}}, {nil, {b6, c6}}}, [2]int{1, 1}},
+		{"icmp, dual-stack node", Config{Mode: ModeICMP, Source: own4, Source6: own6},
+			routes{{{a4, b4}, nil}, {nil, {b6, c6}}}, [2]int{1, 1}},
+		{"icmp, IPv6-only node", Config{Mode: ModeICMP, Source6: own6},
+			routes{{nil, nil}, {nil, {b6, c6}}}, [2]int{3, 1}},
+		{"l2 to peers", Config{Mode: ModeL2, L2Dest: L2Peers, Source6: own6},
+			routes{{{a4, b4}, {c6}}, {{a4}, {b6, c6}}}, [2]int{0, 0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newPeerSet(&tc.c, nil, peers)
+			if s.nodes != 3 || !slices.Equal(s.addrs, []netip.Addr{a4, b4, b6, c6}) {
+				t.Fatalf("nodes %d, addresses %v; want 3 and [a4 b4 b6 c6]", s.nodes, s.addrs)
+			}
+			if s.sibling[1] != 2 || s.sibling[2] != 1 || s.sibling[0] != -1 || s.sibling[3] != -1 {
+				t.Errorf("siblings %v", s.sibling)
+			}
+			for f := range 2 {
+				for tr := range 2 {
+					sp := s.spans[f][tr]
+					if got := s.addrs[sp.lo:sp.hi]; !slices.Equal(got, tc.want[f][tr]) && len(got)+len(tc.want[f][tr]) > 0 {
+						t.Errorf("family %d over %d: %v, want %v", f, tr, got, tc.want[f][tr])
+					}
+				}
+				if got := s.nodes - s.reach[f]; got != tc.unseen[f] {
+					t.Errorf("family %d: %d peers unreached, want %d", f, got, tc.unseen[f])
+				}
+			}
+		})
+	}
+	// The node's own address makes a peer the node itself, whole.
+	c := Config{Mode: ModeUDP, Source: b4, Source6: own6}
+	if s := newPeerSet(&c, nil, peers); !slices.Equal(s.addrs, []netip.Addr{a4, c6}) {
+		t.Errorf("with b's IPv4 address own: %v, want [a4 c6]", s.addrs)
+	}
+}
