@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"net/netip"
 	"slices"
 	"sync/atomic"
@@ -269,15 +270,20 @@ func (s *peerSet) route(c *Config, nA, nB int) {
 }
 
 // countIn returns the number of peers set names that a packet of family f
-// reaches.
+// reaches: a population count per word of its spans.
 func (s *peerSet) countIn(set []uint64, f int) int {
 	n := 0
 	for t := range 2 {
 		sp := s.spans[f][t]
-		for k := sp.lo; k < sp.hi; k++ {
-			if k/64 < len(set) && set[k/64]&(1<<(k%64)) != 0 {
-				n++
+		for w := sp.lo / 64; w*64 < sp.hi && w < len(set); w++ {
+			word := set[w]
+			if lo := sp.lo - w*64; lo > 0 {
+				word &^= 1<<lo - 1 // bits below the span
 			}
+			if hi := sp.hi - w*64; hi < 64 {
+				word &= 1<<hi - 1 // bits above it
+			}
+			n += bits.OnesCount64(word)
 		}
 	}
 	return n

@@ -67,3 +67,44 @@ func TestPeerSetRoutes(t *testing.T) {
 		t.Errorf("with b's IPv4 address own: %v, want [a4 c6]", s.addrs)
 	}
 }
+
+// TestCountIn: the peers a bitmap names within a family's spans, counted by
+// words, equal a count bit by bit, for spans that start and end inside,
+// on and across word boundaries.
+func TestCountIn(t *testing.T) {
+	for _, sizes := range [][3]int{{0, 0, 1}, {3, 5, 7}, {60, 10, 70}, {64, 64, 64}, {1, 130, 2}, {100, 0, 0}, {0, 0, 200}} {
+		var peers []Peer
+		for i := range sizes[0] {
+			peers = append(peers, Peer{V4: netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})})
+		}
+		for i := range sizes[1] {
+			peers = append(peers, Peer{V4: netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)}), V6: netip.AddrFrom16([16]byte{0x20, 1, 0xd, 0xb8, 1, 14: byte(i >> 8), 15: byte(i)})})
+		}
+		for i := range sizes[2] {
+			peers = append(peers, Peer{V6: netip.AddrFrom16([16]byte{0x20, 1, 0xd, 0xb8, 2, 14: byte(i >> 8), 15: byte(i)})})
+		}
+		c := Config{Mode: ModeUDP, Source: netip.MustParseAddr("198.18.255.1"), Source6: netip.MustParseAddr("2001:db8:ff::1")}
+		s := newPeerSet(&c, nil, peers)
+		for seed := range 20 {
+			set := make([]uint64, (len(s.addrs)+63)/64)
+			for k := range s.addrs {
+				if (k*7+seed*13)%(seed%5+2) == 0 {
+					set[k/64] |= 1 << (k % 64)
+				}
+			}
+			for f := range 2 {
+				want := 0
+				for tr := range 2 {
+					for k := s.spans[f][tr].lo; k < s.spans[f][tr].hi; k++ {
+						if set[k/64]&(1<<(k%64)) != 0 {
+							want++
+						}
+					}
+				}
+				if got := s.countIn(set, f); got != want {
+					t.Fatalf("sizes %v, seed %d, family %d: countIn %d, want %d", sizes, seed, f, got, want)
+				}
+			}
+		}
+	}
+}
