@@ -159,30 +159,41 @@ func download6(t *testing.T, c *netlab.Cluster, server *netlab.NS) (int, int) {
 // TestIPv6OnlyDaemonsDoNotPingPong runs go-pmtud on two and on three
 // IPv6-only nodes that list each other, with no --ignore-networks: one
 // router Packet Too Big to each node gives exactly one copy to every other
-// node, and the copies are not copied again.
+// node, and the copies are not copied again. On dual-stack nodes, listed
+// with both addresses, the same with a frag-needed and a Packet Too Big to
+// each node.
 func TestIPv6OnlyDaemonsDoNotPingPong(t *testing.T) {
-	for _, n := range []int{2, 3} {
-		for _, tc := range []struct {
-			mode pmtud.Mode
-			dest string
-		}{{pmtud.ModeICMP, ""}, {pmtud.ModeUDP, ""}, {pmtud.ModeL2, pmtud.L2Broadcast}, {pmtud.ModeL2, pmtud.L2Peers}} {
-			t.Run(fmt.Sprintf("%d daemons/%v relay %s", n, tc.mode, tc.dest), func(t *testing.T) {
-				noPingPong6(t, n, tc.mode, tc.dest)
-			})
+	for _, stack := range []string{ipv6Only, dualStack} {
+		for _, n := range []int{2, 3} {
+			for _, tc := range []struct {
+				mode pmtud.Mode
+				dest string
+			}{{pmtud.ModeICMP, ""}, {pmtud.ModeUDP, ""}, {pmtud.ModeL2, pmtud.L2Broadcast}, {pmtud.ModeL2, pmtud.L2Peers}} {
+				t.Run(fmt.Sprintf("%s/%d daemons/%v relay %s", stack, n, tc.mode, tc.dest), func(t *testing.T) {
+					noPingPongFamily(t, stack, n, tc.mode, tc.dest)
+				})
+			}
 		}
 	}
 }
 
-func noPingPong6(t *testing.T, n int, mode pmtud.Mode, dest string) {
-	c := familyCluster(t, n, ipv6Only)
+func noPingPongFamily(t *testing.T, stack string, n int, mode pmtud.Mode, dest string) {
+	c := familyCluster(t, n, stack)
 	nodes := make([]int, n)
 	for i := range nodes {
 		nodes[i] = i
 	}
-	relays := startFamilyDaemons(t, c, ipv6Only, mode, func(cfg *pmtud.Config) { cfg.L2Dest = dest }, nodes...)
-	inj := newInjector6(t, c.Router)
-	oneCopyEach(t, relays, mode, dest, func(i int) {
-		inj.send(t, netlab.NodeAddr6(i), packetTooBig(netlab.RouterLoopback6, 1400, uint16(41000+i)))
+	relays := startFamilyDaemons(t, c, stack, mode, func(cfg *pmtud.Config) { cfg.L2Dest = dest }, nodes...)
+	inj6, per := newInjector6(t, c.Router), 1
+	var inj4 *injector
+	if stack == dualStack {
+		inj4, per = newInjector(t, c.Router), 2
+	}
+	oneCopyEach(t, relays, mode, dest, per, func(i int) {
+		inj6.send(t, netlab.NodeAddr6(i), packetTooBig(netlab.RouterLoopback6, 1400, uint16(41000+i)))
+		if inj4 != nil {
+			inj4.send(t, netlab.NodeAddr(i), fragNeeded(netlab.RouterLoopback, 1400, uint16(41000+i)))
+		}
 	})
 }
 

@@ -553,18 +553,18 @@ func noPingPong(t *testing.T, n int, mode pmtud.Mode, dest string) {
 	}
 	relays := startDaemonsTo(t, c, mode, dest, nodes...)
 	inj := newInjector(t, c.Router)
-	oneCopyEach(t, relays, mode, dest, func(i int) {
+	oneCopyEach(t, relays, mode, dest, 1, func(i int) {
 		inj.send(t, netlab.NodeAddr(i), fragNeeded(netlab.RouterLoopback, 1400, uint16(41000+i)))
 	})
 }
 
 // oneCopyEach checks loop safety among relays, one per node, that list
 // each other: once the l2 relay to peers has resolved them, it has the
-// router send one ICMP to each node (send(i)), then expects exactly one
-// copy to every other node (one broadcast frame per node with
+// router send per ICMPs to each node (send(i)), then expects exactly one
+// copy of each to every other node (one broadcast frame with
 // --l2-dest broadcast), each copy dropped by the reason of its relay, and
 // no counter moving after.
-func oneCopyEach(t *testing.T, relays []*pmtud.Relay, mode pmtud.Mode, dest string, send func(i int)) {
+func oneCopyEach(t *testing.T, relays []*pmtud.Relay, mode pmtud.Mode, dest string, per int, send func(i int)) {
 	t.Helper()
 	n := len(relays)
 	if dest == pmtud.L2Peers {
@@ -589,23 +589,24 @@ func oneCopyEach(t *testing.T, relays []*pmtud.Relay, mode pmtud.Mode, dest stri
 	// the router's ICMP and the injected copies, which arrive on
 	// its TUN. l2: each node logs the router's ICMP and the peers'
 	// broadcast frames; each sends one frame, not one per peer.
-	copyReason, sent := pmtud.DropFromPeer, uint64(n-1)
+	k := uint64(per)
+	copyReason, sent := pmtud.DropFromPeer, k*uint64(n-1)
 	switch mode {
 	case pmtud.ModeUDP:
 		copyReason = pmtud.DropFromTUN
 	case pmtud.ModeL2:
 		copyReason = pmtud.DropL2Copy
 		if dest == pmtud.L2Broadcast {
-			sent = 1
+			sent = k
 		}
 	}
 	check := func() bool {
 		for _, r := range relays {
 			st := r.Stats()
-			if st.Received != uint64(n) || st.Sent != sent || st.Dropped[copyReason] != uint64(n-1) {
+			if st.Received != k*uint64(n) || st.Sent != sent || st.Dropped[copyReason] != k*uint64(n-1) {
 				return false
 			}
-			if mode == pmtud.ModeUDP && st.Injected != uint64(n-1) {
+			if mode == pmtud.ModeUDP && st.Injected != k*uint64(n-1) {
 				return false
 			}
 		}
