@@ -18,6 +18,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -137,6 +138,11 @@ func run(o options) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	restore, err := roomForNeighbours(slices.Max(o.nodes))
+	if err != nil {
+		return err
+	}
+	defer restore()
 	var results []result
 	for _, n := range o.nodes {
 		for _, r := range o.relays {
@@ -151,6 +157,49 @@ func run(o options) error {
 	fmt.Println()
 	report(os.Stdout, o, results, true)
 	return nil
+}
+
+// roomForNeighbours makes the kernel's neighbour tables large enough for n
+// nodes that all talk to each other. The tables are shared by every
+// network namespace of the machine, and their limit (gc_thresh3, 1,024 by
+// default) is a sysctl of the initial namespace only: 64 nodes need about
+// 64 × 66 entries, and past the limit the kernel drops packets to new
+// neighbours ("neighbor table overflow"). It raises the limits for the run
+// where needed and returns the function that restores them.
+func roomForNeighbours(n int) (restore func(), err error) {
+	need := 2 * n * (n + 4)
+	var undo []func()
+	restore = func() {
+		for _, u := range slices.Backward(undo) {
+			u()
+		}
+	}
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		for _, k := range []string{"gc_thresh3", "gc_thresh2"} {
+			path := "/proc/sys/net/" + fam + "/neigh/default/" + k
+			b, err := os.ReadFile(path)
+			if err != nil {
+				restore()
+				return nil, err
+			}
+			old := strings.TrimSpace(string(b))
+			v, _ := strconv.Atoi(old)
+			want := need
+			if k == "gc_thresh2" {
+				want = need / 2
+			}
+			if v >= want {
+				continue
+			}
+			if err := os.WriteFile(path, []byte(strconv.Itoa(want)), 0o644); err != nil {
+				restore()
+				return nil, err
+			}
+			fmt.Fprintf(os.Stderr, "storm: %s raised from %s to %d for the run\n", path, old, want)
+			undo = append(undo, func() { os.WriteFile(path, []byte(old), 0o644) })
+		}
+	}
+	return restore, nil
 }
 
 // report prints results as a Markdown table.
@@ -284,6 +333,7 @@ func runOne(ctx context.Context, o options, bin, keys string, n int, relay strin
 			break // the router cannot offer more: the last held rate stands
 		}
 		if 1-s.delivered > o.maxLoss {
+			describe(c, work)
 			res.firstLoss, res.lossAny = s, true
 			break
 		}
@@ -300,6 +350,53 @@ func runOne(ctx context.Context, o options, bin, keys string, n int, relay strin
 		res.p50, res.p99, res.latSamples = l[len(l)/2], l[len(l)*99/100], len(l)
 	}
 	return res, ctx.Err()
+}
+
+// describe prints, for a step that lost copies, the relay counters of
+// the daemons that sent nothing, and the end of their logs.
+func describe(c *netlab.Cluster, work string) {
+	if nb, err := c.Router.Run("ip", "neigh", "show", "dev", "eth1"); err == nil {
+		fmt.Fprintf(os.Stderr, "  the router's neighbours:\n%s", nb)
+	}
+	for i, node := range c.Nodes {
+		m, err := get(node, netlab.NodeAddr(i), "/metrics")
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "  %s: %v\n", node.Name(), err)
+			continue
+		}
+		var keep []string
+		for _, l := range strings.Split(m, "\n") {
+			if strings.HasPrefix(l, "go_pmtud_recv_packets_total") || strings.HasPrefix(l, "go_pmtud_sent_packets_total") ||
+				strings.HasPrefix(l, "go_pmtud_dropped_packets_total") && !strings.HasSuffix(l, " 0") ||
+				strings.HasPrefix(l, "go_pmtud_nflog_") && !strings.HasSuffix(l, " 0") {
+				keep = append(keep, l)
+			}
+		}
+		if slices.ContainsFunc(keep, func(l string) bool { return strings.HasPrefix(l, "go_pmtud_sent_packets_total") && strings.HasSuffix(l, " 0") }) {
+			log, _ := os.ReadFile(filepath.Join(work, node.Name()+".log"))
+			fmt.Fprintf(os.Stderr, "  %s sent nothing: %s\n  log: %s\n", node.Name(), strings.Join(keep, "; "), log)
+		}
+	}
+}
+
+// get fetches path from the daemon's metrics server in ns.
+func get(ns *netlab.NS, addr netip.Addr, path string) (string, error) {
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, a string) (c net.Conn, err error) {
+			err = ns.Do(func() (err error) {
+				c, err = (&net.Dialer{}).DialContext(ctx, network, a)
+				return err
+			})
+			return c, err
+		}}}
+	resp, err := client.Get("http://" + net.JoinHostPort(addr.String(), "30040") + path)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	_, err = io.Copy(&b, resp.Body)
+	return b.String(), err
 }
 
 // waitReady polls the daemon's /readyz in its namespace.
@@ -375,8 +472,16 @@ func runStep(o options, c *netlab.Cluster, daemons []*exec.Cmd, fd, probe int, t
 		return s, err
 	}
 	var got float64
+	var short []string
 	for i := range after {
-		got += float64(min(after[i]-before[i], uint64(s.sent)))
+		d := after[i] - before[i]
+		got += float64(min(d, uint64(s.sent)))
+		if float64(d) < (1-o.maxLoss)*s.sent && len(short) < 8 {
+			short = append(short, fmt.Sprintf("%s %d", c.Nodes[i].Name(), d))
+		}
+	}
+	if len(short) > 0 {
+		fmt.Fprintf(os.Stderr, "  nodes short of %.0f: %s\n", s.sent, strings.Join(short, ", "))
 	}
 	if s.sent > 0 {
 		s.delivered = got / (float64(n) * s.sent)
