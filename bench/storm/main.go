@@ -372,7 +372,9 @@ func describe(c *netlab.Cluster, work string) {
 				keep = append(keep, l)
 			}
 		}
-		if slices.ContainsFunc(keep, func(l string) bool { return strings.HasPrefix(l, "go_pmtud_sent_packets_total") && strings.HasSuffix(l, " 0") }) {
+		if slices.ContainsFunc(keep, func(l string) bool {
+			return strings.HasPrefix(l, "go_pmtud_sent_packets_total") && strings.HasSuffix(l, " 0")
+		}) {
 			log, _ := os.ReadFile(filepath.Join(work, node.Name()+".log"))
 			fmt.Fprintf(os.Stderr, "  %s sent nothing: %s\n  log: %s\n", node.Name(), strings.Join(keep, "; "), log)
 		}
