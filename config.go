@@ -289,7 +289,7 @@ func (c *Config) Validate() error {
 	if c.Source.IsValid() && !c.Source.Is4() {
 		return fmt.Errorf("source address %v is not an IPv4 address", c.Source)
 	}
-	if c.Source6.IsValid() && (!c.Source6.Is6() || c.Source6.Is4In6() || c.Source6.Zone() != "") {
+	if c.Source6.IsValid() && (!c.Source6.Is6() || c.Source6.Is4In6() || c.Source6.Zone() != "" || !c.Source6.IsGlobalUnicast()) {
 		return fmt.Errorf("IPv6 source address %v is not a global IPv6 address", c.Source6)
 	}
 	if !c.Source.IsValid() && !c.Source6.IsValid() {
@@ -328,10 +328,18 @@ func (c *Config) Validate() error {
 		if q == 0 {
 			q = nl.DefaultQThreshold
 		}
-		w, batch := max(c.Workers, 1), min(q, maxBatchPackets)
+		// A dual-stack node may seal a packet once per transport, each
+		// seal taking a number.
+		seals := 0
+		for _, can := range c.transports() {
+			if can {
+				seals++
+			}
+		}
+		w, batch := max(c.Workers, 1), min(q, maxBatchPackets)*seals
 		if w*batch > wire.ReplayWindowSize {
-			return fmt.Errorf("%d workers × %d packets per NFLOG batch put %d sequence numbers in flight, more than the peers' replay window of %d: lower --workers or --nflog-qthreshold",
-				w, batch, w*batch, wire.ReplayWindowSize)
+			return fmt.Errorf("%d workers × %d sequence numbers per NFLOG batch (%d packets, sealed for %d transports) put %d in flight, more than the peers' replay window of %d: lower --workers or --nflog-qthreshold",
+				w, batch, batch/seals, seals, w*batch, wire.ReplayWindowSize)
 		}
 	}
 	if err := checkTargets(c.Targets); err != nil {

@@ -31,6 +31,15 @@ func TestValidate(t *testing.T) {
 		{"16 workers, batches of 512", func(c *Config) { c.Workers = 16; c.NFLOG = nl.Config{QThreshold: 512} }, "replay window"},
 		{"4 workers, the largest batches", func(c *Config) { c.Workers = 4; c.NFLOG = nl.Config{QThreshold: 65535} }, ""},
 		{"5 workers, the largest batches", func(c *Config) { c.Workers = 5; c.NFLOG = nl.Config{QThreshold: 65535} }, "replay window"},
+		{"dual-stack: 3 workers, the largest batches, two seals each", func(c *Config) {
+			c.Source6, c.Workers, c.NFLOG = netip.MustParseAddr("2001:db8::10"), 3, nl.Config{QThreshold: 65535}
+		}, "sealed for 2 transports"},
+		{"dual-stack pinned to one family: 4 workers", func(c *Config) {
+			c.Source6, c.RelayFamily, c.Workers, c.NFLOG = netip.MustParseAddr("2001:db8::10"), FamilyIPv4, 4, nl.Config{QThreshold: 65535}
+		}, ""},
+		{"link-local IPv6 source", func(c *Config) { c.Source6 = netip.MustParseAddr("fe80::1") }, "not a global IPv6 address"},
+		{"multicast peer", func(c *Config) { c.Peers = PeersOf(netip.MustParseAddr("ff02::1")) }, "not a unicast address"},
+		{"unspecified peer", func(c *Config) { c.Peers = PeersOf(netip.MustParseAddr("0.0.0.0")) }, "not a unicast address"},
 		{"icmp relay has no replay window", func(c *Config) { c.Mode = ModeICMP; c.Workers = 16; c.NFLOG = nl.Config{QThreshold: 65535} }, ""},
 		{"17 workers", func(c *Config) { c.Workers = 17 }, "workers 17"},
 		{"negative rate limit", func(c *Config) { c.RateLimit = -1 }, "rate limit"},

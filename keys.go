@@ -14,20 +14,26 @@ import (
 // set it last saw and makes a new one when the set changes; the receiver
 // opens each batch with the opener of the set in force.
 type keySet struct {
-	keys   []wire.Key
-	opener *wire.Opener // used by the receiver's goroutine only
+	keys []wire.Key
+	// openers[f] is used by the goroutine of the receiver of family f
+	// only: an Opener reuses its HMAC state and buffers.
+	openers [2]*wire.Opener
 }
 
-// newKeySet checks keys (see Config.Validate) and builds their opener.
+// newKeySet checks keys (see Config.Validate) and builds their openers.
 func newKeySet(keys []wire.Key) (*keySet, error) {
 	if err := checkKeys(keys); err != nil {
 		return nil, err
 	}
-	o, err := wire.NewOpener(keys...)
-	if err != nil {
-		return nil, fmt.Errorf("pmtud: relay keys: %w", err)
+	s := &keySet{keys: slices.Clone(keys)}
+	for f := range s.openers {
+		o, err := wire.NewOpener(keys...)
+		if err != nil {
+			return nil, fmt.Errorf("pmtud: relay keys: %w", err)
+		}
+		s.openers[f] = o
 	}
-	return &keySet{keys: slices.Clone(keys), opener: o}, nil
+	return s, nil
 }
 
 // checkKeys reports what is wrong with a list of relay keys: more than

@@ -83,17 +83,24 @@ func (n *neighbours) copyFromPeer(hw []byte) bool {
 }
 
 // setPeerMACs makes the addresses of s's peers on the segment in macs the
-// peers' MACs. A MAC that more than one IPv4 address of the table resolves
-// to, or the addresses of more than one peer, is left out: behind proxy
+// peers' MACs. A MAC that more than one IPv4 address or more than one IPv6
+// link-local address of the table resolves to, or the addresses of more
+// than one peer, is left out: behind proxy
 // ARP or NDP (some clouds answer every address with one MAC) it may be the
 // router's, whose ICMPs must not look like copies. One node's IPv6
 // addresses (link-local and global) and its IPv4 one share a MAC by
 // nature: that is no sign. It returns the number left out.
 func (n *neighbours) setPeerMACs(s *peerSet, macs map[netip.Addr]neigh.MAC) (shared int) {
 	uses := make(map[neigh.MAC]int, len(macs))
+	linkLocal := make(map[neigh.MAC]int) // IPv6 link-local entries: one per host
 	for a, mac := range macs {
-		if a.Is4() {
+		switch {
+		case a.Is4():
 			uses[mac]++
+		case a.IsLinkLocalUnicast():
+			if linkLocal[mac]++; linkLocal[mac] > 1 {
+				uses[mac] = 2 // two hosts behind one MAC: proxy NDP
+			}
 		}
 	}
 	// The node (its first address's index) each peer MAC belongs to.

@@ -29,6 +29,8 @@ func TestPeerMACs(t *testing.T) {
 			map[netip.Addr]neigh.MAC{a4: macA, a6: macA, a6ll: macA, b4: macB, b6: macB, r4: macR}, []neigh.MAC{macA, macB}, 0},
 		{"IPv6 only, link-local beside", PeersOf(a6, b6), map[netip.Addr]neigh.MAC{a6: macA, a6ll: macA, b6: macB}, []neigh.MAC{macA, macB}, 0},
 		{"proxy NDP: two peers", PeersOf(a6, b6), map[netip.Addr]neigh.MAC{a6: macR, b6: macR}, nil, 2},
+		{"proxy NDP: a peer and the router", PeersOf(a6, b6),
+			map[netip.Addr]neigh.MAC{a6: macR, a6ll: macR, netip.MustParseAddr("fe80::1"): macR, b6: macB}, []neigh.MAC{macB}, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := &Config{Mode: ModeL2, L2Dest: L2Peers, Source: netip.MustParseAddr("198.18.1.12"), Source6: netip.MustParseAddr("2001:db8:1::12")}

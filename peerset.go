@@ -90,6 +90,11 @@ type peerSet struct {
 	// packets over t. reach[f] is the number of peers they make.
 	spans [2][2]span
 	reach [2]int
+	// broadcast: the l2 relay's frames reach every node, whose spans
+	// cover all addresses; nA and nB are the numbers of IPv4-only and
+	// dual-stack peers (countIn counts such a set's nodes once each).
+	broadcast bool
+	nA, nB    int
 	// state[k] belongs to addrs[k]; a peer present in two consecutive sets
 	// keeps its *peerState, so its counters and replay window carry over.
 	state []*peerState
@@ -240,8 +245,10 @@ func newPeerSet(c *Config, prev *peerSet, peers []Peer) *peerSet {
 func (s *peerSet) route(c *Config, nA, nB int) {
 	all := [2]span{{0, nA + nB}, {nA + nB, len(s.addrs)}} // every address of a family
 	can := c.transports()
+	s.nA, s.nB = nA, nB
 	switch {
 	case c.Mode == ModeL2 && c.L2Dest != L2Peers:
+		s.broadcast = true
 		// One broadcast frame reaches every node: the spans only count.
 		s.spans[fam4][fam4], s.spans[fam6][fam4] = span{0, len(s.addrs)}, span{0, len(s.addrs)}
 		s.reach = [2]int{s.nodes, s.nodes}
@@ -273,8 +280,12 @@ func (s *peerSet) route(c *Config, nA, nB int) {
 // reaches: a population count per word of its spans.
 func (s *peerSet) countIn(set []uint64, f int) int {
 	n := 0
-	for t := range 2 {
-		sp := s.spans[f][t]
+	spans := s.spans[f]
+	if s.broadcast {
+		// Every node once: by its IPv4 address, else its IPv6 one.
+		spans = [2]span{{0, s.nA + s.nB}, {s.nA + 2*s.nB, len(s.addrs)}}
+	}
+	for _, sp := range spans {
 		for w := sp.lo / 64; w*64 < sp.hi && w < len(set); w++ {
 			word := set[w]
 			if lo := sp.lo - w*64; lo > 0 {
@@ -339,7 +350,9 @@ func (r *Relay) SetPeers(peers []Peer) (PeerChange, error) {
 	s.targets = newTargetTable(r.targets, s, r.cfg.ownAddrs())
 	added, removed := s.diff(prev)
 	ch := PeerChange{Added: added, Removed: removed, Peers: s.nodes}
-	if added == 0 && removed == 0 {
+	// The same addresses grouped into other peers (a node that became
+	// dual-stack, or was split) route differently: a change too.
+	if added == 0 && removed == 0 && s.spans == prev.spans && slices.Equal(s.sibling, prev.sibling) {
 		r.m.updUnchanged.Inc()
 		return ch, nil
 	}
@@ -454,6 +467,8 @@ func checkPeers(peers []Peer) error {
 			return fmt.Errorf("peer %v: %v is not an IPv6 address", p, p.V6)
 		case p.V6.Zone() != "":
 			return fmt.Errorf("peer %v: a zoned address cannot be a peer", p)
+		case p.V4.IsValid() && !p.V4.Unmap().IsGlobalUnicast(), p.V6.IsValid() && !p.V6.IsGlobalUnicast():
+			return fmt.Errorf("peer %v: not a unicast address a node can be reached at (unspecified, loopback, link-local, multicast or broadcast)", p)
 		}
 	}
 	return nil

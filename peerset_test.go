@@ -61,6 +61,14 @@ func TestPeerSetRoutes(t *testing.T) {
 			}
 		})
 	}
+	// l2 broadcast reaches every node once: countIn counts a dual-stack
+	// owner (both its bits set, as target tables do) once.
+	bc := Config{Mode: ModeL2, Source: own4}
+	s := newPeerSet(&bc, nil, peers)
+	all := []uint64{1<<len(s.addrs) - 1}
+	if n := s.countIn(all, fam4); n != 3 {
+		t.Errorf("l2 broadcast: every bit set counts %d peers, want 3", n)
+	}
 	// The node's own address makes a peer the node itself, whole.
 	c := Config{Mode: ModeUDP, Source: b4, Source6: own6}
 	if s := newPeerSet(&c, nil, peers); !slices.Equal(s.addrs, []netip.Addr{a4, c6}) {

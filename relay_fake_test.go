@@ -261,6 +261,15 @@ func TestRelayLogicWithFakes(t *testing.T) {
 	if ch, err := a.SetPeers(PeersOf(fakeD, fakeB, fakeB)); err != nil || ch.Added+ch.Removed != 0 {
 		t.Fatalf("the same set again: %+v, %v; want no change", ch, err)
 	}
+	// The same addresses grouped otherwise route otherwise: applied, and
+	// the node count follows. (Both IPv4 here: a Peer's V6 must be IPv6,
+	// so regroup through a set with an IPv6 address.)
+	d6 := netip.MustParseAddr("2001:db8::d")
+	a.SetPeers([]Peer{{V4: fakeD}, {V6: d6}, {V4: fakeB}})
+	if ch, err := a.SetPeers([]Peer{{V4: fakeD, V6: d6}, {V4: fakeB}}); err != nil || ch.Peers != 2 || a.set.Load().nodes != 2 {
+		t.Fatalf("D's two addresses joined into one peer: %+v, %v; want it applied with 2 peers", ch, err)
+	}
+	a.SetPeers(PeersOf(fakeD, fakeB))
 	m.Reset()
 	a.WritePrometheus(&m)
 	for _, want := range []string{

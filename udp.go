@@ -148,8 +148,9 @@ const sendTimeSlack = 30 * time.Second
 // datagrams is a batch of relay datagrams: a *transport.Listener's, or a
 // test's.
 type datagrams interface {
-	// Datagram returns datagram i: its source (zero if not IPv4), its
-	// bytes, and whether it was cut. It allocates nothing.
+	// Datagram returns datagram i: its source (zero if not of the
+	// socket's family), its bytes, and whether it was cut. It allocates
+	// nothing.
 	Datagram(i int) (src netip.Addr, b []byte, truncated bool)
 }
 
@@ -210,7 +211,7 @@ func (rv *receiver) run() error {
 // by.
 func (rv *receiver) stamp(t time.Time) {
 	rv.set = rv.r.set.Load()
-	rv.opener = rv.r.keys.Load().opener
+	rv.opener = rv.r.keys.Load().openers[rv.fam]
 	rv.now = rv.r.dedup.now(t)
 	rv.nowUnix = uint64(t.Unix())
 	n := t.UnixNano()

@@ -174,7 +174,7 @@ const skfNetOff = -0x100000
 // MaxFilterPeers is the most IPv4 peers FilterPeers compiles into a
 // filter: a classic BPF program has at most 4,096 instructions
 // (BPF_MAXINSNS, include/uapi/linux/bpf_common.h), and each peer takes
-// one. IPv6 peers take one each plus seven per block of up to 240 that
+// one. IPv6 peers take one each plus nine per block of up to 240 that
 // share their first 96 bits, and at most this many too.
 const MaxFilterPeers = 3900
 
