@@ -928,7 +928,10 @@ func (w *worker) send(j *job) {
 				continue
 			}
 			if len(ln.payloads) > 0 {
-				l.fan.Send(headsOf(ln.heads[t]), ln.payloads)
+				// Packs of one size go out segmented: a message per peer.
+				if s, ok := l.fan.(segmenter); !ok || w.r.cfg.Envelope != 3 || !s.SendSegments(ln.heads[t], ln.payloads) {
+					l.fan.Send(headsOf(ln.heads[t]), ln.payloads)
+				}
 			}
 			if len(ln.somePayloads) > 0 {
 				l.fan.SendSome(headsOf(ln.someHeads[t]), ln.somePayloads, ln.someSets, l.base)
@@ -936,6 +939,12 @@ func (w *worker) send(j *job) {
 			w.account(l)
 		}
 	}
+}
+
+// segmenter is a sender that can hand the kernel several same-sized
+// datagrams per peer at once (UDP segmentation offload).
+type segmenter interface {
+	SendSegments(heads, payloads [][]byte) bool
 }
 
 // headsOf returns heads, or nil for none: payloads without headers.

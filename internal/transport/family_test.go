@@ -2,6 +2,7 @@ package transport
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -166,3 +167,96 @@ func checksum6(src, dst netip.Addr, body []byte) uint16 {
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// TestSendSegments: same-sized datagrams (the last shorter) reach every peer
+// as separate datagrams, header and payload intact and in order, from one
+// segmented message per peer; the Tally counts each datagram; datagrams of
+// mixed sizes are refused (false, nothing sent); a repeat allocates nothing.
+// On a route whose MTU is below the segment size the kernel refuses
+// segmentation: the Fanout says so once, sends nothing, and stops trying.
+func TestSendSegments(t *testing.T) {
+	ns, err := netlab.NewT(t).AddNS("gso")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := netip.MustParseAddr("198.18.81.1")
+	peers := []netip.Addr{netip.MustParseAddr("198.18.81.2"), netip.MustParseAddr("198.18.81.3")}
+	for _, a := range append([]netip.Addr{src}, peers...) {
+		ns.MustRun(t, "ip", "addr", "add", a.String()+"/32", "dev", "lo")
+	}
+	var fan *Fanout
+	ls := make([]*Listener, len(peers))
+	if err := ns.Do(func() (err error) {
+		for i, p := range peers {
+			if ls[i], err = Listen(p, 2734); err != nil {
+				return err
+			}
+		}
+		fan, err = NewUDP(src, 10, peers, 2734)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer fan.Close()
+	for _, l := range ls {
+		defer l.Close()
+	}
+	const k = 6
+	heads, payloads := make([][]byte, k), make([][]byte, k)
+	for i := range k {
+		heads[i] = []byte(fmt.Sprintf("head %d:", i))
+		payloads[i] = bytes.Repeat([]byte{byte('a' + i)}, 1000)
+	}
+	payloads[k-1] = payloads[k-1][:300] // the last may be shorter
+	if !fan.SendSegments(heads, payloads) {
+		t.Fatal("SendSegments refused same-sized datagrams")
+	}
+	for j, l := range ls {
+		got := 0
+		for got < k {
+			n, err := l.Read()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range n {
+				from, b, _ := l.Datagram(i)
+				want := append(append([]byte(nil), heads[got]...), payloads[got]...)
+				if from != src || !bytes.Equal(b, want) {
+					t.Fatalf("peer %d, datagram %d: %d bytes from %v, want %d from %v", j, got, len(b), from, len(want), src)
+				}
+				got++
+			}
+		}
+		if tl := fan.Tally(); tl.Sent[j] != k || tl.Errors[j] != 0 {
+			t.Errorf("peer %d: tally sent %d errors %d, want %d and 0", j, tl.Sent[j], tl.Errors[j], k)
+		}
+	}
+	mixed := [][]byte{payloads[0], payloads[5], payloads[1]}
+	if fan.SendSegments(heads[:3], mixed) {
+		t.Error("SendSegments took a short datagram before the last")
+	}
+	if allocs := testing.AllocsPerRun(20, func() { fan.SendSegments(heads, payloads) }); allocs != 0 {
+		t.Errorf("SendSegments allocates %.1f times per call", allocs)
+	}
+
+	// A route with MTU 576 to an address behind a veth pair's end.
+	far := netip.MustParseAddr("198.18.82.9")
+	ns.MustRun(t, "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+	ns.MustRun(t, "ip", "link", "set", "v0", "up")
+	ns.MustRun(t, "ip", "link", "set", "v1", "up")
+	ns.MustRun(t, "ip", "route", "add", far.String()+"/32", "dev", "v0", "mtu", "lock", "576")
+	var narrow *Fanout
+	if err := ns.Do(func() (err error) {
+		narrow, err = NewUDP(src, 10, []netip.Addr{far}, 2734)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer narrow.Close()
+	if narrow.SendSegments(heads, payloads) {
+		t.Fatalf("SendSegments sent 1,007-byte segments over a 576-byte route: %+v", narrow.Tally())
+	}
+	if tl := narrow.Tally(); tl.Sent[0] != 0 || tl.Errors[0] != 0 || tl.LastErrno != 0 || !narrow.noSegments {
+		t.Errorf("after the refusal: tally %+v, noSegments %v; want nothing counted and segmentation off", tl, narrow.noSegments)
+	}
+}

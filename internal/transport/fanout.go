@@ -110,6 +110,14 @@ type Fanout struct {
 	resentAt int
 	errName  sockaddr
 	errCtl   [128]byte
+
+	// SendSegments' messages (one per peer), iovecs (header and payload
+	// of each segment, shared by all peers) and UDP_SEGMENT control
+	// message; noSegments once the kernel refused segmentation.
+	segMsgs    []unix.Mmsghdr
+	segIovs    []unix.Iovec
+	segCtl     []byte
+	noSegments bool
 }
 
 // Tally is what a Fanout's sends came to, per peer (index k is the k-th
@@ -681,4 +689,97 @@ func (f *Fanout) Close() error {
 		return fmt.Errorf("transport: close socket: %w", err)
 	}
 	return nil
+}
+
+// Segmentation offload (UDP_SEGMENT, include/uapi/linux/udp.h: SOL_UDP
+// option and control message type 103): the kernel splits one send into
+// datagrams of the given size, the last possibly shorter.
+const (
+	// maxSegments stays below UDP_MAX_SEGMENTS (include/linux/udp.h: 64
+	// before Linux 5.5, 128 since).
+	maxSegments = 64
+	// maxSegmentBytes bounds one segmented send: the payload of one IP
+	// packet of 64 KiB, with room for the headers.
+	maxSegmentBytes = 65000
+)
+
+// SendSegments sends the datagrams heads[i] || payloads[i] to every peer
+// with UDP segmentation offload: one message per peer and up to 64
+// datagrams, which the kernel splits, instead of a message per datagram.
+// Every datagram but the last must have the same length; it returns false,
+// having sent nothing, when they do not, when the Fanout is not a UDP one,
+// or when the kernel refused segmentation (once refused, the Fanout stops
+// trying: the path's MTU is below a segment, or the kernel lacks it), and
+// the caller sends them with Send. Outcomes are added to the Tally, a
+// datagram per segment. It allocates its buffers on first use, then
+// nothing.
+func (f *Fanout) SendSegments(heads, payloads [][]byte) bool {
+	p := len(f.peers)
+	if !f.recvErr || f.noSegments || len(payloads) < 2 || p == 0 {
+		return false
+	}
+	seg := len(heads[0]) + len(payloads[0])
+	for i := range payloads {
+		n := len(heads[i]) + len(payloads[i])
+		if n != seg && (i < len(payloads)-1 || n > seg) {
+			return false
+		}
+	}
+	if f.segIovs == nil {
+		f.segIovs = make([]unix.Iovec, 2*maxSegments)
+		f.segCtl = make([]byte, unix.CmsgSpace(2))
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&f.segCtl[0]))
+		h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+		h.SetLen(unix.CmsgLen(2))
+	}
+	if p > len(f.segMsgs) {
+		f.segMsgs = make([]unix.Mmsghdr, p)
+	}
+	*(*uint16)(unsafe.Pointer(&f.segCtl[unix.CmsgLen(0)])) = uint16(seg)
+	per := max(1, min(maxSegments, maxSegmentBytes/seg))
+	for first := true; len(payloads) > 0; first = false {
+		k := min(len(payloads), per)
+		for i := range k {
+			f.point(f.segIovs[2*i:2*i+2], heads, i, payloads[i])
+		}
+		msgs := f.segMsgs[:p]
+		for j := range msgs {
+			h := &msgs[j].Hdr
+			h.Name = (*byte)(unsafe.Pointer(&f.addrs[j]))
+			h.Namelen = f.salen
+			h.Iov = &f.segIovs[0]
+			h.SetIovlen(2 * k)
+			h.Control = &f.segCtl[0]
+			h.SetControllen(len(f.segCtl))
+		}
+		clear(f.errs)
+		f.cur, f.curPeer = msgs, nil
+		f.off, f.end, f.retries, f.resentAt = 0, p, 0, -1
+		f.sendmmsg()
+		if e := f.tally.LastErrno; first && f.sentNone() && (e == unix.EMSGSIZE || e == unix.EINVAL || e == unix.EIO) {
+			// No segmentation on this path (EMSGSIZE, EINVAL before Linux
+			// 6.x: a segment above the path MTU; EIO: a device without
+			// checksum offload), and nothing went out: the caller sends
+			// them unsegmented, from now on.
+			f.noSegments = true
+			f.tally.LastErrno, f.tally.LastPeer = 0, 0
+			return false
+		}
+		for j := range f.tally.Sent {
+			f.tally.Sent[j] += uint64(k) * (1 - f.errs[j])
+			f.tally.Errors[j] += uint64(k) * f.errs[j]
+		}
+		payloads, heads = payloads[k:], heads[k:]
+	}
+	return true
+}
+
+// sentNone reports whether every message of the send in progress failed.
+func (f *Fanout) sentNone() bool {
+	for _, e := range f.errs {
+		if e == 0 {
+			return false
+		}
+	}
+	return true
 }
