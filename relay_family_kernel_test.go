@@ -15,6 +15,7 @@ import (
 
 	"github.com/go-pmtud/go-pmtud"
 	"github.com/go-pmtud/go-pmtud/bench/netlab"
+	"github.com/go-pmtud/go-pmtud/internal/transport"
 	"github.com/go-pmtud/go-pmtud/wire"
 )
 
@@ -325,5 +326,76 @@ func TestIPv6HostPolicies(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestSegmentedPacksAreAllInjected: B packs a burst of router ICMPs into
+// same-sized version 3 datagrams, which go to A as one segmented send
+// (UDP GSO), and A's socket may take them whole (UDP GRO): A injects
+// every packet of every pack, over IPv4 and over IPv6, and drops none.
+func TestSegmentedPacksAreAllInjected(t *testing.T) {
+	const n = 20
+	for _, fam := range []pmtud.Family{pmtud.FamilyIPv4, pmtud.FamilyIPv6} {
+		t.Run(fam.String(), func(t *testing.T) {
+			c := familyCluster(t, 2, dualStack)
+			relays := startFamilyDaemons(t, c, dualStack, pmtud.ModeUDP, func(cfg *pmtud.Config) {
+				cfg.Envelope, cfg.PackBytes, cfg.RelayFamily = 3, 600, fam
+				cfg.NFLOG.QThreshold = n // one batch for the burst
+			}, 0, 1)
+			inj := newInjector(t, c.Router)
+			for i := range n {
+				inj.send(t, netlab.NodeAddr(1), fragNeeded(netlab.RouterLoopback, 1400, uint16(42000+i)))
+			}
+			onA, onB := relays[0], relays[1]
+			waitFor(t, "A to inject every packet", func() bool { return onA.Stats().Injected == n })
+			if st := onA.Stats(); len(st.RelayDropped) != 0 || st.Injected != n {
+				t.Fatalf("A: %+v; want %d injected, none dropped (B: %+v)", st, n, onB.Stats())
+			}
+		})
+	}
+}
+
+// TestReceiverSplitsCoalescedPacks: a peer's segmented send of packs
+// reaches the receiving socket whole over lo (UDP GRO), one read holding
+// several datagrams; the receiver opens each and injects every packet.
+func TestReceiverSplitsCoalescedPacks(t *testing.T) {
+	ns, err := netlab.NewT(t).AddNS("gro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, sender := netip.MustParseAddr("198.18.83.1"), netip.MustParseAddr("198.18.83.2")
+	for _, a := range []netip.Addr{node, sender} {
+		ns.MustRun(t, "ip", "addr", "add", a.String()+"/32", "dev", "lo")
+	}
+	relay := startRelay(t, ns, pmtud.Config{Mode: pmtud.ModeUDP, Source: node, Peers: pmtud.PeersOf(sender), Keys: testKeys(pmtud.ModeUDP)})
+	var fan *transport.Fanout
+	if err := ns.Do(func() (err error) {
+		fan, err = transport.NewUDP(sender, 10, []netip.Addr{node}, pmtud.DefaultRelayPort)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer fan.Close()
+	key := testKeys(pmtud.ModeUDP)[0]
+	sealer, err := wire.NewSealerPacked(&key, wire.NewSequence(time.Now()), sender)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 8 packs of 3 packets each, all of one size.
+	const packs, per = 8, 3
+	heads, bodies := make([][]byte, packs), make([][]byte, packs)
+	for i := range packs {
+		for k := range per {
+			bodies[i] = wire.AppendPacked(bodies[i], fragNeeded(netlab.RouterLoopback, 1400, uint16(43000+i*per+k)))
+		}
+		var h [wire.EnvelopeLen]byte
+		heads[i] = h[:sealer.Seal(&h, bodies[i], time.Now())]
+	}
+	if !fan.SendSegments(heads, bodies) {
+		t.Fatal("the packs did not go out segmented")
+	}
+	waitFor(t, "every packet injected", func() bool { return relay.Stats().Injected == packs*per })
+	if st := relay.Stats(); st.RelayReceived != packs || len(st.RelayDropped) != 0 {
+		t.Fatalf("receiver: %+v; want %d datagrams, %d packets injected, none dropped", st, packs, packs*per)
 	}
 }

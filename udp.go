@@ -193,15 +193,21 @@ func (rv *receiver) run() error {
 			time.Sleep(10 * time.Millisecond) // do not spin on a persistent error
 			continue
 		}
-		rv.r.m.relayRecv.Add(n)
 		rv.stamp(time.Now())
 		for i := range n {
-			switch reason := rv.handle(i); reason {
-			case 0:
-				rv.r.m.injected.Inc()
-			case recvCounted:
-			default:
-				rv.r.m.relayDropped[reason].Inc()
+			src, d, truncated := rv.in.Datagram(i)
+			// A sender's segmented send may arrive whole (UDP_GRO): its
+			// datagrams, each seg bytes but the last, are handled apart.
+			seg := rv.l.Segment(i)
+			if seg <= 0 || truncated {
+				seg = len(d)
+			}
+			for off := 0; off < len(d) || off == 0; off += seg {
+				rv.r.m.relayRecv.Inc()
+				rv.count(rv.handleFrom(src, d[off:min(off+seg, len(d))], truncated))
+				if seg == 0 {
+					break
+				}
 			}
 		}
 	}
@@ -219,10 +225,26 @@ func (rv *receiver) stamp(t time.Time) {
 	rv.sentMax = n + int64(sendTimeSlack)
 }
 
+// count counts a datagram's outcome.
+func (rv *receiver) count(reason RecvDropReason) {
+	switch reason {
+	case 0:
+		rv.r.m.injected.Inc()
+	case recvCounted:
+	default:
+		rv.r.m.relayDropped[reason].Inc()
+	}
+}
+
 // handle checks datagram i and injects its packet; 0 means injected.
 // Call stamp first.
 func (rv *receiver) handle(i int) RecvDropReason {
 	src, d, truncated := rv.in.Datagram(i)
+	return rv.handleFrom(src, d, truncated)
+}
+
+// handleFrom checks datagram d from src and injects its packet.
+func (rv *receiver) handleFrom(src netip.Addr, d []byte, truncated bool) RecvDropReason {
 	if truncated {
 		return RecvTruncated
 	}

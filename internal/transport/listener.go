@@ -35,6 +35,8 @@ type Listener struct {
 	names []sockaddr
 	msgs  []unix.Mmsghdr
 	v6    bool // an AF_INET6 socket
+	// ctls are the messages' control buffers: a UDP_GRO segment size.
+	ctls []byte
 
 	// The read in progress: recvFn's outputs.
 	n      int
@@ -61,6 +63,11 @@ func Listen(src netip.Addr, port uint16) (*Listener, error) {
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20); err != nil {
 		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
 	}
+	// UDP_GRO (include/uapi/linux/udp.h): a sender's segmented send
+	// arrives whole, one read for all its datagrams (Segment says where
+	// they part). Kernels before 5.0 lack it; they deliver datagrams one
+	// by one, as without.
+	unix.SetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_GRO, 1)
 	file := os.NewFile(uintptr(fd), "pmtud-relay")
 	rc, err := file.SyscallConn()
 	if err != nil {
@@ -75,6 +82,7 @@ func Listen(src netip.Addr, port uint16) (*Listener, error) {
 		names: make([]sockaddr, ListenBatch),
 		msgs:  make([]unix.Mmsghdr, ListenBatch),
 		v6:    src.Is6(),
+		ctls:  make([]byte, ListenBatch*ctlLen),
 	}
 	for i := range l.msgs {
 		l.iovs[i].Base = &l.bufs[i*recvBufLen]
@@ -94,6 +102,8 @@ func (l *Listener) recvmmsg(fd uintptr) bool {
 	for i := range l.msgs {
 		l.msgs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
 		l.msgs[i].Hdr.Flags = 0
+		l.msgs[i].Hdr.Control = &l.ctls[i*ctlLen]
+		l.msgs[i].Hdr.SetControllen(ctlLen)
 	}
 	for {
 		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd,
@@ -139,6 +149,26 @@ func (l *Listener) Datagram(i int) (src netip.Addr, b []byte, truncated bool) {
 		src = netip.AddrFrom16(sa.Addr)
 	}
 	return src, l.bufs[i*recvBufLen : i*recvBufLen+int(m.Len)], m.Hdr.Flags&unix.MSG_TRUNC != 0
+}
+
+// ctlLen holds one control message with an int: UDP_GRO's segment size.
+var ctlLen = unix.CmsgSpace(4)
+
+// Segment returns the size of the datagrams that datagram i of the batch
+// Read returned is made of, when the kernel delivered a sender's
+// segmented send whole (UDP_GRO): every that many bytes but the last part
+// are one datagram. 0 means datagram i is one datagram. It allocates
+// nothing.
+func (l *Listener) Segment(i int) int {
+	h := &l.msgs[i].Hdr
+	if h.Controllen < uint64(unix.CmsgLen(4)) {
+		return 0
+	}
+	c := (*unix.Cmsghdr)(unsafe.Pointer(&l.ctls[i*ctlLen]))
+	if c.Level != unix.IPPROTO_UDP || c.Type != unix.UDP_GRO {
+		return 0
+	}
+	return int(*(*int32)(unsafe.Pointer(&l.ctls[i*ctlLen+unix.CmsgLen(0)])))
 }
 
 // Drops returns how many datagrams the kernel dropped because the
