@@ -91,17 +91,23 @@ func (n *neighbours) copyFromPeer(hw []byte) bool {
 // addresses (link-local and global) and its IPv4 one share a MAC by
 // nature: that is no sign. It returns the number left out.
 func (n *neighbours) setPeerMACs(s *peerSet, macs map[netip.Addr]neigh.MAC) (shared int) {
-	uses := make(map[neigh.MAC]int, len(macs))
-	linkLocal := make(map[neigh.MAC]int) // IPv6 link-local entries: one per host
+	// A host has one IPv4 and one IPv6 link-local address on a segment:
+	// a second of either kind behind a MAC is another host's.
+	proxied := make(map[neigh.MAC]bool)
+	seen4, seenLL := make(map[neigh.MAC]bool, len(macs)), make(map[neigh.MAC]bool)
 	for a, mac := range macs {
+		seen := seen4
 		switch {
 		case a.Is4():
-			uses[mac]++
 		case a.IsLinkLocalUnicast():
-			if linkLocal[mac]++; linkLocal[mac] > 1 {
-				uses[mac] = 2 // two hosts behind one MAC: proxy NDP
-			}
+			seen = seenLL
+		default:
+			continue
 		}
+		if seen[mac] {
+			proxied[mac] = true
+		}
+		seen[mac] = true
 	}
 	// The node (its first address's index) each peer MAC belongs to.
 	node := make(map[neigh.MAC]int, len(s.addrs))
@@ -115,7 +121,7 @@ func (n *neighbours) setPeerMACs(s *peerSet, macs map[netip.Addr]neigh.MAC) (sha
 			id = sib
 		}
 		if o, seen := node[mac]; seen && o != id {
-			uses[mac] = 2 // two peers
+			proxied[mac] = true // two peers
 		}
 		node[mac] = id
 	}
@@ -124,7 +130,7 @@ func (n *neighbours) setPeerMACs(s *peerSet, macs map[netip.Addr]neigh.MAC) (sha
 		mac, ok := macs[a]
 		switch {
 		case !ok || !n.onSegment(a):
-		case uses[mac] > 1:
+		case proxied[mac]:
 			shared++
 		default:
 			m[mac] = true

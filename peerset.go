@@ -146,21 +146,25 @@ type peerState struct {
 func newPeerSet(c *Config, prev *peerSet, peers []Peer) *peerSet {
 	own := c.ownAddrs()
 	var only4, dual, only6 []Peer
-	seen := make(map[netip.Addr]bool, 2*len(peers))
+	// index serves first as the set of addresses seen (positions come
+	// once the peers are sorted by kind): one map, not two.
+	index := make(map[netip.Addr]int, 2*len(peers))
+	keep := func(a netip.Addr) netip.Addr {
+		if !a.IsValid() {
+			return a
+		}
+		if _, dup := index[a]; dup {
+			return netip.Addr{} // the first peer with it keeps it
+		}
+		index[a] = -1
+		return a
+	}
 	for _, p := range peers {
 		p.V4 = p.V4.Unmap()
 		if own[p.V4] || own[p.V6] {
 			continue
 		}
-		for _, a := range []*netip.Addr{&p.V4, &p.V6} {
-			if !a.IsValid() {
-				continue
-			}
-			if seen[*a] {
-				*a = netip.Addr{} // a duplicate: the first peer with it keeps it
-			}
-			seen[*a] = true
-		}
+		p.V4, p.V6 = keep(p.V4), keep(p.V6)
 		switch {
 		case p.V4.IsValid() && p.V6.IsValid():
 			dual = append(dual, p)
@@ -190,7 +194,7 @@ func newPeerSet(c *Config, prev *peerSet, peers []Peer) *peerSet {
 		sibling: sibling,
 		nodes:   nA + nB + nC,
 		state:   make([]*peerState, 0, len(addrs)),
-		index:   make(map[netip.Addr]int, len(addrs)),
+		index:   index,
 		guard:   make(map[netip.Addr]DropReason, len(addrs)+len(own)),
 	}
 	s.route(c, nA, nB)
@@ -300,17 +304,6 @@ func (s *peerSet) countIn(set []uint64, f int) int {
 	return n
 }
 
-// familyAddrs returns addrs' addresses of family f (fam4, fam6).
-func familyAddrs(addrs []netip.Addr, f int) []netip.Addr {
-	var out []netip.Addr
-	for _, a := range addrs {
-		if a.Is4() == (f == fam4) {
-			out = append(out, a)
-		}
-	}
-	return out
-}
-
 // diff counts the peers of s that are not in prev (added) and those of
 // prev that are not in s (removed).
 func (s *peerSet) diff(prev *peerSet) (added, removed int) {
@@ -386,10 +379,9 @@ func (r *Relay) filterPeers(addrs []netip.Addr) {
 		if rv.l == nil {
 			continue
 		}
-		fa := familyAddrs(addrs, rv.fam)
-		switch err := rv.l.FilterPeers(fa); {
+		switch err := rv.l.FilterPeers(addrs); {
 		case errors.Is(err, transport.ErrTooManyPeers):
-			r.log.Warn("relay socket unfiltered: more peers than a socket filter holds; the receiver still checks every datagram's source", "peers", len(fa), "max", transport.MaxFilterPeers)
+			r.log.Warn("relay socket unfiltered: more peers than a socket filter holds; the receiver still checks every datagram's source", "err", err)
 		case err != nil:
 			r.m.errors.Inc()
 			r.log.Warn("relay socket filter not updated", "err", err)

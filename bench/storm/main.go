@@ -381,9 +381,9 @@ func describe(c *netlab.Cluster, work string) {
 	}
 }
 
-// get fetches path from the daemon's metrics server in ns.
-func get(ns *netlab.NS, addr netip.Addr, path string) (string, error) {
-	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+// nsClient returns an HTTP client whose connections are made in ns.
+func nsClient(ns *netlab.NS) *http.Client {
+	return &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, network, a string) (c net.Conn, err error) {
 			err = ns.Do(func() (err error) {
 				c, err = (&net.Dialer{}).DialContext(ctx, network, a)
@@ -391,7 +391,11 @@ func get(ns *netlab.NS, addr netip.Addr, path string) (string, error) {
 			})
 			return c, err
 		}}}
-	resp, err := client.Get("http://" + net.JoinHostPort(addr.String(), "30040") + path)
+}
+
+// get fetches path from the daemon's metrics server in ns.
+func get(ns *netlab.NS, addr netip.Addr, path string) (string, error) {
+	resp, err := nsClient(ns).Get("http://" + net.JoinHostPort(addr.String(), "30040") + path)
 	if err != nil {
 		return "", err
 	}
@@ -403,14 +407,7 @@ func get(ns *netlab.NS, addr netip.Addr, path string) (string, error) {
 
 // waitReady polls the daemon's /readyz in its namespace.
 func waitReady(ns *netlab.NS, addr netip.Addr, d *exec.Cmd) error {
-	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, a string) (c net.Conn, err error) {
-			err = ns.Do(func() (err error) {
-				c, err = (&net.Dialer{}).DialContext(ctx, network, a)
-				return err
-			})
-			return c, err
-		}}}
+	client := nsClient(ns)
 	url := "http://" + net.JoinHostPort(addr.String(), "30040") + "/readyz"
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if d.ProcessState != nil {

@@ -215,15 +215,24 @@ const maxInsns = 4096
 // MaxFilterPeers: the socket is then left without a filter.
 var ErrTooManyPeers = errors.New("transport: too many peers for a socket filter")
 
+// tooManyPeers is ErrTooManyPeers with the number of the socket's peers.
+type tooManyPeers int
+
+func (n tooManyPeers) Error() string {
+	return fmt.Sprintf("%v: %d peers of the socket's family, at most %d", ErrTooManyPeers, int(n), MaxFilterPeers)
+}
+func (tooManyPeers) Unwrap() error { return ErrTooManyPeers }
+
 // FilterPeers attaches a classic BPF filter to the socket that admits only
 // datagrams whose source is one of peers (of the socket's family; others
 // are left out): the kernel drops the rest
 // before they are queued (counted in Drops, as the socket's drops), so a
 // flood from anyone else cannot crowd out the peers' copies. It replaces
 // the previous filter atomically. For more than MaxFilterPeers peers it
-// detaches any filter and returns ErrTooManyPeers. Cost per datagram: one
-// comparison per peer, in the kernel.
+// detaches any filter and returns an error that is ErrTooManyPeers. Cost
+// per datagram: one comparison per peer, in the kernel.
 func (l *Listener) FilterPeers(peers []netip.Addr) error {
+	peers = slices.DeleteFunc(slices.Clone(peers), func(a netip.Addr) bool { return a.Is4() == l.v6 })
 	var prog []unix.SockFilter
 	if len(peers) <= MaxFilterPeers {
 		if l.v6 {
@@ -242,7 +251,7 @@ func (l *Listener) FilterPeers(peers []netip.Addr) error {
 		if errno != 0 {
 			return fmt.Errorf("transport: detach socket filter: %w", errno)
 		}
-		return ErrTooManyPeers
+		return tooManyPeers(len(peers))
 	}
 	var err error
 	if cerr := l.rc.Control(func(fd uintptr) {
@@ -265,7 +274,6 @@ func peerFilter(peers []netip.Addr) []unix.SockFilter {
 	const block = 250
 	src := int32(skfNetOff + 12) // the IPv4 source address
 	prog := []unix.SockFilter{{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: uint32(src)}}
-	peers = slices.DeleteFunc(slices.Clone(peers), func(a netip.Addr) bool { return !a.Is4() })
 	for len(peers) > 0 {
 		n := min(len(peers), block)
 		for i, a := range peers[:n] {
@@ -292,7 +300,7 @@ func peerFilter6(peers []netip.Addr) []unix.SockFilter {
 	const block = 240
 	off := int32(skfNetOff + 8) // the IPv6 source address
 	src := uint32(off)
-	peers = slices.DeleteFunc(slices.Clone(peers), func(a netip.Addr) bool { return !a.Is6() || a.Is4In6() })
+	peers = slices.Clone(peers)
 	slices.SortFunc(peers, netip.Addr.Compare)
 	word := func(a netip.Addr, i int) uint32 {
 		b := a.As16()
