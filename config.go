@@ -163,7 +163,8 @@ type Config struct {
 	// NFLOG is the subscription to the kernel's log group.
 	NFLOG nl.Config
 	// Workers is the number of send sockets, each with a goroutine locked
-	// to an OS thread that handles whole batches; 0 means 1.
+	// to an OS thread that handles whole batches; 0 means 1. A single
+	// worker without CPUs has no goroutine: the reader handles the batches.
 	Workers int
 	// CPUs, when set, pins worker i's thread to CPUs[i % len(CPUs)].
 	CPUs []int

@@ -64,12 +64,18 @@ type Relay struct {
 	keys    atomic.Pointer[keySet] // udp relay: the keys in force
 	pre     *preparer              // SplitPeer: the reader's
 	workers []*worker
-	open    resources
-	tun     injector    // udp relay only
-	recvs   []*receiver // udp relay only: one per transport family
-	jobs    []*job      // the pool, every job
-	free    chan *job   // jobs ready to be read into
-	work    chan *job   // SplitBatch: jobs ready to be handled
+	// inline is the only worker when it is not pinned: the reader handles
+	// each batch itself, in its own goroutine, instead of handing it to the
+	// worker's thread. The handoff (a futex wake of the locked thread per
+	// NFLOG datagram, and the thread's sleep after) cost about a quarter of
+	// the l2 relay's CPU per ICMP (docs/performance.md). nil otherwise.
+	inline *worker
+	open   resources
+	tun    injector    // udp relay only
+	recvs  []*receiver // udp relay only: one per transport family
+	jobs   []*job      // the pool, every job
+	free   chan *job   // jobs ready to be read into
+	work   chan *job   // SplitBatch: jobs ready to be handled
 
 	lastLog time.Time // of the reader's warnings
 	// neigh is the l2 relay's neighbour table for unicast frames; nil
@@ -297,6 +303,9 @@ func newRelay(cfg Config, log *slog.Logger, res resources) (*Relay, error) {
 			return nil, err
 		}
 		r.workers = append(r.workers, w)
+	}
+	if n == 1 && r.workers[0].cpu < 0 {
+		r.inline = r.workers[0]
 	}
 	if r.reader, err = res.nflog(&r.cfg); err != nil {
 		r.closeWorkers()
@@ -553,6 +562,9 @@ func (r *Relay) Run(ctx context.Context) error {
 		defer func() { cancel(); <-done }()
 	}
 	for _, w := range r.workers {
+		if w == r.inline {
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -640,6 +652,18 @@ func (r *Relay) read(ctx context.Context) error {
 
 // dispatch hands a job that holds packets to the workers.
 func (r *Relay) dispatch(j *job) {
+	if w := r.inline; w != nil {
+		if w.pre != nil {
+			w.handle(j)
+		} else { // SplitPeer: the reader's preparer, all peers are w's
+			r.pre.prepare(j)
+			if !j.empty() {
+				w.send(j)
+			}
+		}
+		r.done(j)
+		return
+	}
 	if r.cfg.Split != SplitPeer {
 		r.work <- j
 		return

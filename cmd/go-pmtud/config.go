@@ -149,7 +149,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.UintVar(&o.qthreshold, "nflog-qthreshold", 64, "packets the kernel batches into one NFLOG datagram (1..65535)")
 	fs.DurationVar(&o.timeout, "nflog-timeout", 10*time.Millisecond, "longest the kernel holds a batch before sending it (10ms steps)")
 	fs.UintVar(&o.bufsize, "nflog-bufsize", 131072, "NFLOG kernel batch buffer in bytes (nlbufsiz; the kernel ignores values above 131072)")
-	fs.IntVar(&o.workers, "workers", 1, "send sockets, each with its own goroutine locked to an OS thread (1..16)")
+	fs.IntVar(&o.workers, "workers", 1, "send sockets, each with its own goroutine locked to an OS thread (1..16); one unpinned worker sends from the NFLOG reader's goroutine")
 	fs.StringVar(&o.split, "split", "batch", "how several workers divide the work: batch (each takes whole NFLOG datagrams) or peer (each sends every ICMP to its share of the peers)")
 	fs.DurationVar(&o.dedupWindow, "dedup-window", pmtud.DefaultDedupWindow, "an ICMP relayed or injected is not relayed again within this window (loop safety of the udp relay; 0 disables)")
 	fs.IntVar(&o.rateLimit, "rate-limit", DefaultRateLimit, "ICMPs this node relays per second on average, each to every peer, in bursts of up to that many (0: no limit); the rest are dropped as rate_limited")
