@@ -6,8 +6,11 @@ import (
 )
 
 // DefaultQThreshold is the QThreshold of a zero Config: packets per NFLOG
-// datagram under load.
-const DefaultQThreshold = 64
+// datagram under load. 200 is about what the default 128 KiB batch buffer
+// holds of the 576-byte ICMPs Linux routers send: the daemon's cost per
+// datagram (its wake-up) is spread over as many packets as fit. It does
+// not lengthen the wait at low rates, which Timeout bounds.
+const DefaultQThreshold = 200
 
 // Defaults for the other zero fields of a Config.
 const (
@@ -30,7 +33,7 @@ type Config struct {
 	CopyRange uint32
 
 	// QThreshold is NFULA_CFG_QTHRESH: how many packets the kernel queues
-	// before it sends them as one datagram. Default 64. An iptables rule's
+	// before it sends them as one datagram. Default 200. An iptables rule's
 	// --nflog-threshold or an nft rule's queue-threshold lowers it for the
 	// packets that rule logs.
 	QThreshold uint32

@@ -10,7 +10,7 @@ func TestConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{Group: 3, CopyRange: 0xffff, QThreshold: 64, Timeout: 10 * time.Millisecond, BufSize: 131072, ReadBuffer: 8 << 20}
+	want := Config{Group: 3, CopyRange: 0xffff, QThreshold: 200, Timeout: 10 * time.Millisecond, BufSize: 131072, ReadBuffer: 8 << 20}
 	if c != want {
 		t.Errorf("defaults: got %+v, want %+v", c, want)
 	}

@@ -50,25 +50,36 @@ func (s cpuSample) others() time.Duration { return max(0, s.machine-s.daemon-s.s
 // procCPU returns the CPU time (user + system, all threads) process pid
 // has used, from /proc/<pid>/stat.
 func procCPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return statCPU(fmt.Sprintf("/proc/%d/stat", pid))
+}
+
+// taskCPU returns the CPU time (user + system) thread tid of this process
+// has used, from /proc/self/task/<tid>/stat.
+func taskCPU(tid int) (time.Duration, error) {
+	return statCPU(fmt.Sprintf("/proc/self/task/%d/stat", tid))
+}
+
+// statCPU returns utime + stime from the stat file at path.
+func statCPU(path string) (time.Duration, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return 0, fmt.Errorf("read process CPU time: %w", err)
+		return 0, fmt.Errorf("read CPU time: %w", err)
 	}
 	// Fields after the parenthesised command name, which may hold spaces:
 	// state is field 3, utime 14, stime 15.
 	i := strings.LastIndexByte(string(b), ')')
 	if i < 0 {
-		return 0, fmt.Errorf("parse /proc/%d/stat: %q", pid, b)
+		return 0, fmt.Errorf("parse %s: %q", path, b)
 	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 13 {
-		return 0, fmt.Errorf("parse /proc/%d/stat: %q", pid, b)
+		return 0, fmt.Errorf("parse %s: %q", path, b)
 	}
 	var ticks uint64
 	for _, s := range f[11:13] {
 		n, err := strconv.ParseUint(s, 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
+			return 0, fmt.Errorf("parse %s: %w", path, err)
 		}
 		ticks += n
 	}

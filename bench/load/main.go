@@ -72,6 +72,13 @@
 // lost, unaccounted). Rounds differ when other processes take CPU: each
 // line says how much they took.
 //
+// With -nflog-ceiling the harness first measures the NFLOG delivery
+// ceiling, before the daemon starts: the daemon's own nl.Reader, with the
+// daemon's NFLOG defaults, alone in the node, reading and counting the
+// logged ICMPs while the injection rate rises by 1.5x from 25,000 ICMP/s
+// until it loses more than 0.1 %, lags, or the injector falls short. Each
+// run then also prints its ICMP/s against that ceiling.
+//
 // Every injected ICMP quotes its own TCP sequence number, so no two are
 // alike and the daemon's dedup window (1 s by default) drops none of them:
 // the runs measure the fan-out, not dedup, at any rate.
@@ -100,7 +107,10 @@
 // daemon's drops by reason, its CPU seconds per million injected packets
 // and its peak RSS; -sweep searches the highest rate held as above. There
 // is no ceiling or latency phase. The sender shares the machine with the
-// daemon: the node's UDP receive runs in its softirqs, on its CPU.
+// daemon: the node's UDP receive runs in its softirqs, on its CPU. With
+// -receive-pack N the peer packs N packets into each datagram (version 3
+// envelopes, as --relay-envelope 3 sends them); -rate stays in datagrams,
+// and packs beyond a 1500-byte path get a 9000-byte segment.
 //
 // Run it as root from the module directory:
 //
@@ -111,6 +121,8 @@
 //	sudo go run ./bench/load -peers 16 -sweep -swap-every 100ms
 //	sudo go run ./bench/load -receive -rate 50000 -duration 5s
 //	sudo go run ./bench/load -receive -sweep
+//	sudo go run ./bench/load -receive -rate 2667 -receive-pack 15 -exclude-tun
+//	sudo go run ./bench/load -peers 16 -relay l2 -sweep -latency-rate 0 -nflog-ceiling
 //	sudo go run ./bench/load -peers 16 -quote 28 -latency-rate 0 -overload 5 \
 //	    -daemon-args "--workers 1 --rate-limit 0 --source-rate-limit 0"
 //
@@ -149,6 +161,12 @@ type options struct {
 	daemonBin   string
 	dropLogged  bool
 	excludeTUN  bool
+	// receivePack is the packets per datagram the receive mode's peer
+	// sends: 1, version 2 envelopes; more, version 3 packs.
+	receivePack int
+	// nflogCeiling measures the NFLOG delivery ceiling before the daemon
+	// starts.
+	nflogCeiling bool
 	// swapEvery swaps the daemon's peers file during every run;
 	// compareSwap measures twice, without swaps and with a swap every
 	// compareSwap. 0 is off.
@@ -214,7 +232,9 @@ func parseOptions(args []string) (options, error) {
 	fs.BoolVar(&o.receive, "receive", false, "measure the udp relay's receive side instead: a peer sends sealed relay datagrams to the node's go-pmtud at -rate datagrams/s (-peers, -relay and the latency phase do not apply)")
 	fs.StringVar(&daemonArgs, "daemon-args", "", "extra go-pmtud flags, space-separated (e.g. \"--workers 2\")")
 	fs.StringVar(&o.daemonBin, "daemon-bin", "", "go-pmtud binary to run (default: build ./cmd/go-pmtud)")
+	fs.BoolVar(&o.nflogCeiling, "nflog-ceiling", false, "before the daemon starts, sweep the input rate up by 1.5x from 25,000 ICMP/s with a plain NFLOG reader (nl.Reader, the daemon's defaults) in its place: the NFLOG delivery ceiling, and each run's ICMP/s against it")
 	fs.BoolVar(&o.excludeTUN, "exclude-tun", false, "with -receive: accept packets arriving on the daemon's TUN device before the NFLOG rule (as --manage-rules nftables does), so the packets it injects are not logged a second time")
+	fs.IntVar(&o.receivePack, "receive-pack", 1, "with -receive: packets per datagram, 1..15: 1 sends version 2 envelopes, more version 3 packs as a peer with --relay-envelope 3 does (above 2 the node's segment gets MTU 9000)")
 	fs.BoolVar(&o.dropLogged, "drop-logged", false, "drop the injected ICMPs in the node right after the NFLOG rule, so the node's kernel does not route and deliver them: a cheaper packet source for the daemon (the injector's CPU pays for the node's receive path)")
 	fs.DurationVar(&o.swapEvery, "swap-every", 0, "start go-pmtud with --peers-file in a ConfigMap-style directory and, during each run, swap the file the kubelet's way every DURATION between the P peers and the same with the last replaced by a spare address the sink holds (0: off, --peers)")
 	fs.IntVar(&o.overload, "overload", 0, "after a sweep for the held rate H on the same daemon, ROUNDS rounds of -duration at H then at 2×H: delivered copies/s at 2×H against H in the same round, and the NFLOG accounting of every run (0: off)")
@@ -249,6 +269,12 @@ func parseOptions(args []string) (options, error) {
 		return o, errors.New("give -swap-every or -compare-swap, not both")
 	case o.overload < 0 || o.overload > 20:
 		return o, fmt.Errorf("-overload %d is outside 0..20", o.overload)
+	case o.receivePack < 1 || o.receivePack > 15:
+		return o, fmt.Errorf("-receive-pack %d is outside 1..15", o.receivePack)
+	case o.receivePack > 1 && !o.receive:
+		return o, errors.New("-receive-pack applies to -receive only")
+	case o.nflogCeiling && o.receive:
+		return o, errors.New("-nflog-ceiling measures the forward path: not with -receive")
 	case o.overload > 0 && (o.sweep || o.compareSwap != 0 || o.receive):
 		return o, errors.New("-overload runs its own sweep: give it without -sweep, -compare-swap and -receive")
 	}
@@ -392,6 +418,14 @@ func runForward(r *report, t *topology, bin, dir string, cl *cleanups) error {
 		return err
 	}
 
+	if o.nflogCeiling {
+		c, err := measureNFLOGCeiling(t, inj, o, nflogCeilingStart)
+		if err != nil {
+			return err
+		}
+		r.nflog = &c
+	}
+
 	var cm *configMap
 	peersFile := ""
 	if o.swapInterval() > 0 {
@@ -474,12 +508,19 @@ func runReceive(r *report, t *topology, bin, dir string, cl *cleanups) error {
 	if err != nil {
 		return err
 	}
-	snd, err := newPeerSender(t.sink, tmpl, key, poolSlots(o))
+	snd, err := newPeerSender(t.sink, tmpl, key, poolSlots(o), o.receivePack)
 	if err != nil {
 		return err
 	}
 	defer snd.close()
 	r.sender = snd
+	if snd.slotLen+28 > 1500 { // IPv4 and UDP headers
+		// Packs beyond a 1500-byte path: a 9000-byte one, as between nodes
+		// with jumbo frames, so that no datagram is fragmented.
+		if err := t.jumbo(); err != nil {
+			return err
+		}
+	}
 
 	progress("starting go-pmtud in %s: udp relay, peer %v", t.node.Name(), senderAddr)
 	d, err := startDaemon(bin, t, "", append(receiveDaemonFlags(keyFile), o.daemonArgs...), dir)
@@ -490,7 +531,7 @@ func runReceive(r *report, t *topology, bin, dir string, cl *cleanups) error {
 
 	p := receivePath(t, snd)
 	if o.sweep {
-		if r.sweep, err = sweepRates(p, d, o, receiveSweepStart); err != nil {
+		if r.sweep, err = sweepRates(p, d, o, math.Round(receiveSweepStart/float64(o.receivePack))); err != nil {
 			return err
 		}
 	} else {

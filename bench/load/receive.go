@@ -110,7 +110,7 @@ func receivePath(t *topology, snd *peerSender) path {
 		send:    snd.run,
 		probe:   snd.probe,
 		count:   func() (uint64, error) { return tunCount(t.node) },
-		fanout:  1,
+		fanout:  snd.pack,
 		kernel:  func() (kernelCounters, error) { return readKernelCounters(t) },
 	}
 }
@@ -177,7 +177,9 @@ func readKernelCounters(t *topology) (kernelCounters, error) {
 // datagrams, each an envelope sealed with the relay key for senderAddr
 // followed by a distinct frag-needed (the quoted TCP source port and
 // sequence number differ, so the daemon's dedup window never takes one for
-// a repeat), with sendmmsg over a UDP socket bound to senderAddr.
+// a repeat), with sendmmsg over a UDP socket bound to senderAddr. With
+// pack 1 a datagram is a version 2 envelope of one packet; with pack n > 1
+// a version 3 envelope of n packets, as a packing peer sends.
 //
 // The datagrams live in a ring of slots, sealed ahead by prepare with
 // increasing envelope sequence numbers and sent in order, so the daemon's
@@ -187,6 +189,8 @@ type peerSender struct {
 	fd      int
 	tmpl    template
 	sealer  *wire.Sealer
+	pack    int    // packets per datagram
+	scratch []byte // a packed datagram's packet while it is stamped
 	dst     unix.RawSockaddrInet4
 	pool    []byte // nslots slots of slotLen bytes
 	slotLen int
@@ -203,12 +207,16 @@ type peerSender struct {
 // newPeerSender opens the sender's UDP socket in ns, bound to senderAddr,
 // and allocates a ring for slots datagrams (at least two batches, at most
 // maxPoolBytes; only the slots sealed become resident).
-func newPeerSender(ns *netlab.NS, t template, key wire.Key, slots int) (*peerSender, error) {
-	sealer, err := wire.NewSealer(&key, wire.NewSequence(time.Now()), senderAddr)
+func newPeerSender(ns *netlab.NS, t template, key wire.Key, slots, pack int) (*peerSender, error) {
+	seal, body := wire.NewSealer, len(t.pkt)
+	if pack > 1 {
+		seal, body = wire.NewSealerPacked, pack*(2+len(t.pkt))
+	}
+	sealer, err := seal(&key, wire.NewSequence(time.Now()), senderAddr)
 	if err != nil {
 		return nil, fmt.Errorf("sender: %w", err)
 	}
-	s := &peerSender{fd: -1, tmpl: t, sealer: sealer, slotLen: wire.EnvelopeLen + len(t.pkt)}
+	s := &peerSender{fd: -1, tmpl: t, sealer: sealer, pack: pack, scratch: make([]byte, len(t.pkt)), slotLen: wire.EnvelopeLen + body}
 	s.nslots = max(2*maxMmsg, min(slots, maxPoolBytes/s.slotLen))
 	s.pool = make([]byte, s.nslots*s.slotLen)
 	s.dst = sockaddrInet4(nodeAddr, relayPort)
@@ -280,11 +288,21 @@ func (s *peerSender) prepare(rate float64, d time.Duration) error {
 // envelope sequence number.
 func (s *peerSender) seal(i int) {
 	b := s.pool[i*s.slotLen : (i+1)*s.slotLen]
-	pkt := b[wire.EnvelopeLen:]
-	copy(pkt, s.tmpl.pkt)
-	s.tmpl.stamp(pkt, s.seq)
-	s.seq++
-	s.sealer.Seal((*[wire.EnvelopeLen]byte)(b), pkt, time.Now())
+	body := b[wire.EnvelopeLen:]
+	if s.pack == 1 {
+		copy(body, s.tmpl.pkt)
+		s.tmpl.stamp(body, s.seq)
+		s.seq++
+	} else {
+		packed := body[:0]
+		for range s.pack {
+			copy(s.scratch, s.tmpl.pkt)
+			s.tmpl.stamp(s.scratch, s.seq)
+			s.seq++
+			packed = wire.AppendPacked(packed, s.scratch)
+		}
+	}
+	s.sealer.Seal((*[wire.EnvelopeLen]byte)(b), body, time.Now())
 }
 
 // run sends rate datagrams per second for d, paced by pace.

@@ -21,6 +21,8 @@ type report struct {
 	opts    options
 	busy    float64 // the machine's CPU use just before the run, 0..1
 	ceiling ceiling
+	// nflog is the NFLOG delivery ceiling, with -nflog-ceiling.
+	nflog   *nflogCeiling
 	load    load
 	sweep   sweep
 	latency latency
@@ -69,6 +71,9 @@ func (r *report) print(w io.Writer) {
 	line("ceiling", "%.0f packets/s (plain sendmmsg, 1 %s socket, 1024/call, %.2f s)", c.rate, o.relay.socketKind(), c.elapsed.Seconds())
 	line("ceiling CPU", "%.2f s per million packets (the sending thread, kernel included); other processes %.2f s",
 		c.cpuPerMillion(), c.others.Seconds())
+	if r.nflog != nil {
+		r.printNFLOGCeiling(line)
+	}
 	if r.swapped != nil {
 		r.printCompare(line)
 	} else if o.sweep || o.overload > 0 {
@@ -98,6 +103,7 @@ func (r *report) printLoad(line func(string, string, ...any), l load) {
 		l.outRate(), l.atEnd, l.inj.sent*uint64(l.peers), l.arrived)
 	line("loss", "%.3f %% (lag at the end %.0f ms)", 100*l.loss(), ms(l.lag().Seconds()))
 	line("ratio to ceiling", "%.1f %%", 100*l.outRate()/r.ceiling.rate)
+	r.printNFLOGRatio(line, l)
 	line("daemon CPU", "%.2f s per million replicated packets (%.2f s over %.2f s of injection and draining)",
 		l.cpuPerMillion(), l.cpu.daemon.Seconds(), l.window.Seconds())
 	r.printPerCore(line, l)
@@ -210,6 +216,7 @@ func (r *report) printSweep(line func(string, string, ...any), s sweep) {
 	}
 	line("sweep", "%s%.0f ICMP/s held (loss < %.1f %%, lag < %v) -> %.0f packets/s replicated (%.1f %% of ceiling), %v runs",
 		prefix, b.inj.rate(), 100*lossLimit, lagLimit, b.outRate(), 100*b.outRate()/r.ceiling.rate, r.opts.sweepStep)
+	r.printNFLOGRatio(line, b)
 	line("daemon CPU", "%.2f s per million replicated packets (at the held rate)", b.cpuPerMillion())
 	r.printPerCore(line, b)
 }
@@ -238,8 +245,12 @@ func dropNote(on bool) string {
 // printReceive writes the report of the receive mode.
 func (r *report) printReceive(line func(string, string, ...any)) {
 	o, snd := r.opts, r.sender
-	line("scene", "receive side: 1 peer (%v) sends %d-byte datagrams (%d-byte envelope, key id %d, + %d-byte frag-needed quoting %d bytes) to %v:%d, 1 UDP socket, sendmmsg; daemon flags: %s",
-		senderAddr, snd.slotLen, wire.EnvelopeLen, relayKeyID, snd.slotLen-wire.EnvelopeLen, o.quote, nodeAddr, relayPort, daemonFlags(o.daemonArgs))
+	version := "version 2 envelope"
+	if snd.pack > 1 {
+		version = fmt.Sprintf("version 3 envelope packing %d", snd.pack)
+	}
+	line("scene", "receive side: 1 peer (%v) sends %d-byte datagrams (%d-byte %s x %d-byte frag-needed quoting %d bytes, key id %d) to %v:%d, 1 UDP socket, sendmmsg; daemon flags: %s",
+		senderAddr, snd.slotLen, wire.EnvelopeLen, version, len(snd.tmpl.pkt), o.quote, relayKeyID, nodeAddr, relayPort, daemonFlags(o.daemonArgs))
 	line("sealing", "%d datagrams sealed ahead of the runs, %d in the send loop (on the sender's CPU)", snd.ahead, snd.inline)
 	if o.sweep {
 		r.printReceiveSweep(line)
@@ -339,4 +350,48 @@ func cpuModel() string {
 		}
 	}
 	return "unknown CPU"
+}
+
+// printNFLOGCeiling writes the NFLOG delivery ceiling's steps and result.
+func (r *report) printNFLOGCeiling(line func(string, string, ...any)) {
+	c := r.nflog
+	for _, s := range c.steps {
+		line("nflog step", "target %7.0f ICMP/s: injected %7.0f/s, read %8.0f, loss %.3f %%, lag %4.0f ms, kernel drops seen %d, reader CPU %.2f us per ICMP, %s",
+			s.target, s.inj.rate(), float64(s.read), 100*s.loss(), ms(s.lag().Seconds()), s.lost, float64(s.cpuPerICMP())/1e3, nflogVerdict(s))
+	}
+	if c.best < 0 {
+		line("nflog ceiling", "no rate held (loss < %.1f %%, lag < %v)", 100*lossLimit, lagLimit)
+		return
+	}
+	b := c.steps[c.best]
+	prefix := ""
+	if c.limited {
+		prefix = "at least (injector limited) "
+	}
+	line("nflog ceiling", "%s%.0f ICMP/s read by a plain nl.Reader with the daemon's NFLOG defaults (loss < %.1f %%, lag < %v), reader thread %.2f us CPU per ICMP",
+		prefix, b.inj.rate(), 100*lossLimit, lagLimit, float64(b.cpuPerICMP())/1e3)
+}
+
+// nflogVerdict says how a step of the NFLOG ceiling's sweep ended.
+func nflogVerdict(s nflogStep) string {
+	switch {
+	case !s.kept():
+		return "not held"
+	case s.injectorLimited():
+		return "held, injector limited"
+	}
+	return "held"
+}
+
+// printNFLOGRatio writes the ICMP rate of run l against the NFLOG delivery
+// ceiling, with -nflog-ceiling.
+func (r *report) printNFLOGRatio(line func(string, string, ...any), l load) {
+	if r.nflog == nil || r.nflog.rate() == 0 {
+		return
+	}
+	bound := ""
+	if r.nflog.limited {
+		bound = " (the ceiling ended at the injector's limit: it is a lower bound)"
+	}
+	line("ratio to nflog", "%.1f %% of the NFLOG delivery ceiling's ICMP/s%s", 100*l.inj.rate()/r.nflog.rate(), bound)
 }

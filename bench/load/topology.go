@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 
 	"github.com/go-pmtud/go-pmtud/bench/netlab"
 )
@@ -185,4 +186,17 @@ func setNeighbour(ns *netlab.NS, dev string, a netip.Addr, mac net.HardwareAddr)
 func dropLoggedRule() []string {
 	return []string{"iptables", "-t", "raw", "-A", "PREROUTING", "-p", "icmp",
 		"-s", icmpSource.String(), "--icmp-type", "fragmentation-needed", "-j", "DROP"}
+}
+
+// jumboMTU is the node segment's MTU for the receive mode's large packs.
+const jumboMTU = 9000
+
+// jumbo sets the MTU of the node–sink segment, both ends, to jumboMTU.
+func (t *topology) jumbo() error {
+	for _, ns := range []*netlab.NS{t.node, t.sink} {
+		if _, err := ns.Run("ip", "link", "set", "eth0", "mtu", strconv.Itoa(jumboMTU)); err != nil {
+			return err
+		}
+	}
+	return nil
 }

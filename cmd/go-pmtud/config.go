@@ -146,7 +146,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.BoolVar(&o.acceptV1, "relay-accept-v1", false, "also accept version 1 udp relay datagrams, which carry no send time (a datagram captured before this node restarted is accepted after it): only while peers still send version 1")
 	fs.StringVar(&o.tunName, "tun-name", "pmtud0", "TUN device the udp relay creates to inject received packets")
 	fs.StringVar(&o.tunAddress, "tun-address", pmtud.DefaultTUNAddr.String(), "/32 address given to the TUN device when net.ipv4.conf.all.rp_filter is not 0")
-	fs.UintVar(&o.qthreshold, "nflog-qthreshold", 64, "packets the kernel batches into one NFLOG datagram (1..65535)")
+	fs.UintVar(&o.qthreshold, "nflog-qthreshold", uint(nl.DefaultQThreshold), "packets the kernel batches into one NFLOG datagram (1..65535)")
 	fs.DurationVar(&o.timeout, "nflog-timeout", 10*time.Millisecond, "longest the kernel holds a batch before sending it (10ms steps)")
 	fs.UintVar(&o.bufsize, "nflog-bufsize", 131072, "NFLOG kernel batch buffer in bytes (nlbufsiz; the kernel ignores values above 131072)")
 	fs.IntVar(&o.workers, "workers", 1, "send sockets, each with its own goroutine locked to an OS thread (1..16); one unpinned worker sends from the NFLOG reader's goroutine")

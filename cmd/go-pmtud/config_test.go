@@ -66,7 +66,7 @@ func TestResolve(t *testing.T) {
 				c := s.relay
 				if c.Source != netip.MustParseAddr("198.18.0.10") || c.TTL != 10 || c.NFLOG.Group != 33 ||
 					c.NodeName != "host-a" || s.metricsAddr != "198.18.0.10:30040" || len(c.Peers) != 2 ||
-					c.NFLOG.QThreshold != 64 || c.NFLOG.Timeout != 10*time.Millisecond ||
+					c.NFLOG.QThreshold != 200 || c.NFLOG.Timeout != 10*time.Millisecond ||
 					c.RateLimit != 5000 || c.SourceRateLimit != 1000 || c.Envelope != 2 || c.AcceptEnvelopeV1 {
 					t.Errorf("unexpected settings %+v metrics %q", c, s.metricsAddr)
 				}
