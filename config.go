@@ -63,6 +63,43 @@ func ParseSplit(s string) (Split, error) {
 	return 0, fmt.Errorf("unknown split %q (want batch or peer)", s)
 }
 
+// Inject says how the udp relay injects the packets it receives from
+// peers into this node's kernel.
+type Inject uint8
+
+const (
+	// InjectAuto is InjectVeth where the process may open AF_PACKET
+	// sockets (CAP_NET_RAW), else InjectTUN.
+	InjectAuto Inject = iota
+	// InjectTUN writes each packet into a TUN device: one write(2) per
+	// packet; needs CAP_NET_ADMIN and /dev/net/tun.
+	InjectTUN
+	// InjectVeth sends the packets of a batch as Ethernet frames into a
+	// veth pair in one sendmmsg(2); needs CAP_NET_ADMIN and CAP_NET_RAW.
+	InjectVeth
+)
+
+// String returns the setting's flag value.
+func (i Inject) String() string {
+	switch i {
+	case InjectTUN:
+		return "tun"
+	case InjectVeth:
+		return "veth"
+	}
+	return "auto"
+}
+
+// ParseInject parses an --inject value.
+func ParseInject(s string) (Inject, error) {
+	for _, i := range []Inject{InjectAuto, InjectTUN, InjectVeth} {
+		if s == i.String() {
+			return i, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown inject %q (want auto, tun or veth)", s)
+}
+
 // DefaultRelayPort is the udp relay's default port: below the Kubernetes
 // NodePort range (30000-32767) and the kernel's default ephemeral range
 // (32768-60999), so neither a Service nor an outgoing connection takes it.
@@ -226,7 +263,11 @@ type Config struct {
 	// accepted after the restart. Envelope 1 implies it. Without it they are
 	// dropped as bad_version.
 	AcceptEnvelopeV1 bool
-	// TUNName names the TUN device the relay creates; "" means "pmtud0".
+	// Inject is how the udp relay injects received packets.
+	Inject Inject
+	// TUNName names the device the relay creates and injects through (the
+	// TUN device, or the veth end the packets arrive on); "" means
+	// "pmtud0".
 	TUNName string
 	// TUNAddr becomes the TUN device's /32 address when
 	// net.ipv4.conf.all.rp_filter is not 0: loose mode on the device then

@@ -251,7 +251,7 @@ func newRelay(cfg Config, log *slog.Logger, res resources) (*Relay, error) {
 		work: make(chan *job, 2*n+1),
 	}
 	if res == nil {
-		res = system{stopping: &r.stopping}
+		res = system{stopping: &r.stopping, log: r.log}
 	}
 	r.open = res
 	first := newPeerSet(&r.cfg, nil, cfg.Peers)
@@ -405,15 +405,50 @@ var _ sender = (*transport.Fanout)(nil)
 
 // system opens the relay's kernel resources; tests substitute fakes
 // (see Relay.open).
-type system struct{ stopping *atomic.Bool }
+type system struct {
+	stopping *atomic.Bool
+	log      *slog.Logger
+}
 
-// tun creates the udp relay's TUN device.
-func (system) tun(c *Config) (injector, error) {
+// tun creates the device the udp relay injects through: a veth pair
+// (InjectVeth, or InjectAuto where AF_PACKET sockets may be opened), else
+// a TUN device.
+func (s system) tun(c *Config) (injector, error) {
+	var vethErr error
+	if c.Inject != InjectTUN {
+		v, err := openVeth(c)
+		if err == nil {
+			return v, nil
+		}
+		if c.Inject == InjectVeth {
+			return nil, fmt.Errorf("pmtud: %w%s", err, needs(err, "CAP_NET_ADMIN and CAP_NET_RAW"))
+		}
+		vethErr = err
+	}
 	d, err := tun.Open(c.TUNName, c.TUNAddr)
 	if err != nil {
 		return nil, fmt.Errorf("pmtud: %w%s", err, needs(err, "CAP_NET_ADMIN and /dev/net/tun"))
 	}
+	if vethErr != nil {
+		s.log.Warn("injecting through a TUN device, one write per packet, instead of a veth pair (give CAP_NET_RAW, or --inject tun to choose this)", "err", vethErr)
+	}
 	return d, nil
+}
+
+// openVeth creates the veth pair and checks that a writer can be opened
+// for it: without CAP_NET_RAW the pair is of no use.
+func openVeth(c *Config) (*tun.Veth, error) {
+	v, err := tun.OpenVeth(c.TUNName, c.TUNAddr)
+	if err != nil {
+		return nil, err
+	}
+	w, err := v.Writer()
+	if err != nil {
+		v.Close()
+		return nil, err
+	}
+	w.Close()
+	return v, nil
 }
 
 // listen opens the udp relay's receive socket for src's family.
@@ -520,6 +555,9 @@ func (r *Relay) openUDP() error {
 			return err // the caller closes the TUN device and other sockets
 		}
 		rv := &receiver{r: r, l: l, tun: r.tun, fam: t}
+		if rv.w, err = r.tun.Writer(); err != nil {
+			return err // the caller closes the device and the sockets
+		}
 		if l != nil {
 			rv.in = l
 		}
@@ -1072,6 +1110,10 @@ func (r *Relay) closeWorkers() error {
 	}
 	for _, rv := range r.recvs {
 		errs = append(errs, rv.close())
+		if rv.w != nil { // after run has returned: it flushes into w
+			errs = append(errs, rv.w.Close())
+			rv.w = nil
+		}
 	}
 	if r.tun != nil {
 		errs = append(errs, r.tun.Close())

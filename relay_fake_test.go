@@ -3,6 +3,7 @@ package pmtud
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-pmtud/go-pmtud/internal/transport"
+	"github.com/go-pmtud/go-pmtud/internal/tun"
 	"github.com/go-pmtud/go-pmtud/nl"
 	"github.com/go-pmtud/go-pmtud/wire"
 )
@@ -88,19 +90,36 @@ func (s *fakeSender) SendSome(heads, payloads [][]byte, sets [][]uint64, base in
 func (s *fakeSender) Tally() *transport.Tally { return &s.tally }
 func (s *fakeSender) Close() error            { return nil }
 
-// fakeTUN records the packets written into it.
+// fakeTUN records the packets injected through it: at Flush, as a veth
+// writer sends them, so a receiver that forgot to flush, or let a queued
+// packet change before the flush, injects nothing or the wrong bytes.
 type fakeTUN struct {
 	ipv6    bool
+	queued  [][]byte // views, until Flush
 	written [][]byte
 	down    error // what Up returns
+	fail    error // what Flush fails the first queued packet with
 }
 
-func (t *fakeTUN) Write(p []byte) error { t.written = append(t.written, bytes.Clone(p)); return nil }
-func (t *fakeTUN) IPv6() bool           { return t.ipv6 }
-func (t *fakeTUN) Name() string         { return "fake0" }
-func (t *fakeTUN) Index() int           { return 99 }
-func (t *fakeTUN) Close() error         { return nil }
-func (t *fakeTUN) Up() error            { return t.down }
+func (t *fakeTUN) Writer() (tun.Writer, error) { return t, nil }
+func (t *fakeTUN) Queue(p []byte) bool         { t.queued = append(t.queued, p); return false }
+func (t *fakeTUN) Flush() (queued, failed int, err error) {
+	queued = len(t.queued)
+	ok := t.queued
+	if t.fail != nil && queued > 0 {
+		failed, err, ok = 1, t.fail, ok[1:]
+	}
+	for _, p := range ok {
+		t.written = append(t.written, bytes.Clone(p))
+	}
+	t.queued = t.queued[:0]
+	return queued, failed, err
+}
+func (t *fakeTUN) IPv6() bool   { return t.ipv6 }
+func (t *fakeTUN) Name() string { return "fake0" }
+func (t *fakeTUN) Index() int   { return 99 }
+func (t *fakeTUN) Close() error { return nil }
+func (t *fakeTUN) Up() error    { return t.down }
 
 var (
 	fakeA = netip.MustParseAddr("198.18.1.10")
@@ -122,6 +141,64 @@ func newFakeRelay(t *testing.T, src netip.Addr, peers ...netip.Addr) (*Relay, *f
 	}
 	t.Cleanup(func() { r.Close() })
 	return r, res
+}
+
+// TestInjectFailuresAreCounted: a packet the device refuses at the flush
+// counts as inject_failed and the rest of the flush as injected, for
+// datagrams of one packet and for packs; once the device works again all
+// count as injected.
+func TestInjectFailuresAreCounted(t *testing.T) {
+	for _, envelope := range []int{2, 3} {
+		t.Run(fmt.Sprint("v", envelope), func(t *testing.T) {
+			resA := &fakeResources{}
+			a, err := newRelay(Config{NodeName: "a", Mode: ModeUDP, Source: fakeA, Peers: PeersOf(fakeB), TTL: 10,
+				Keys: []wire.Key{testKey}, Envelope: envelope}, nil, resA)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			b, resB := newFakeRelay(t, fakeB, fakeA)
+			j := newJob()
+			for _, p := range distinctFragNeeded(4) {
+				j.batch.Packets = append(j.batch.Packets, nl.Packet{Payload: p})
+			}
+			process(a, j)
+			j.set.Store(nil)
+			sent := resA.senders[0].copies
+			if len(sent) == 0 {
+				t.Fatal("A sent nothing")
+			}
+			deliver := func(d []byte) RecvDropReason {
+				b.recvs[0].in = &testDatagram{src: fakeA, buf: d}
+				b.recvs[0].stamp(time.Now())
+				return b.recvs[0].handle(0)
+			}
+			resB.dev.fail = errors.New("device gone")
+			want := RecvInjectFailed
+			if envelope == 3 {
+				want = recvCounted
+			}
+			if got := deliver(sent[0].datagram); got != want {
+				t.Fatalf("first datagram: %v, want %v", got, want)
+			}
+			st := b.Stats()
+			failed := st.RelayDropped[RecvInjectFailed]
+			if failed != 1 || st.Injected != uint64(len(resB.dev.written)) {
+				t.Fatalf("with the device failing one packet: injected %d (device got %d), inject_failed %d; want 1 failed, the rest injected", st.Injected, len(resB.dev.written), failed)
+			}
+			if envelope == 3 && st.Injected == 0 {
+				t.Fatal("the pack's other packets were not injected")
+			}
+			resB.dev.fail = nil
+			for _, c := range sent[1:] {
+				deliver(c.datagram)
+			}
+			st = b.Stats()
+			if st.Injected != uint64(len(resB.dev.written)) || st.Injected+failed != 4 || st.RelayDropped[RecvInjectFailed] != failed {
+				t.Fatalf("after the device works again: injected %d (device got %d), inject_failed %d; want the 4 packets split between them", st.Injected, len(resB.dev.written), st.RelayDropped[RecvInjectFailed])
+			}
+		})
+	}
 }
 
 // TestRelayLogicWithFakes runs the relay's logic without root: node A

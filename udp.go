@@ -13,15 +13,19 @@ import (
 // injector writes received packets where the kernel takes them as if
 // they had arrived from the router: a *tun.Device, or a fake in tests.
 type injector interface {
-	Write(pkt []byte) error // allocates nothing
-	IPv6() bool             // whether IPv6 packets are taken
+	// Writer returns a writer for one receiver goroutine.
+	Writer() (tun.Writer, error)
+	IPv6() bool // whether IPv6 packets are taken
 	Name() string
 	Index() int // the interface index NFLOG reports for injected packets
 	Up() error  // nil while the device exists and is up; it allocates
 	Close() error
 }
 
-var _ injector = (*tun.Device)(nil)
+var (
+	_ injector = (*tun.Device)(nil)
+	_ injector = (*tun.Veth)(nil)
+)
 
 // RecvDropReason says why a relay datagram from a peer was not injected.
 // Its String is the reason label of go_pmtud_relay_dropped_total.
@@ -165,6 +169,7 @@ type receiver struct {
 	l      *transport.Listener
 	in     datagrams // the batch in hand: l, or a test's
 	tun    injector
+	w      tun.Writer   // this receiver's: packets queued until flush
 	opener *wire.Opener // of the batch in hand: the key set in force
 
 	lastLog time.Time
@@ -210,7 +215,27 @@ func (rv *receiver) run() error {
 				}
 			}
 		}
+		// The queued packets are views into the batch's buffers: inject
+		// them before the next Read.
+		rv.flush()
 	}
+}
+
+// flush injects the packets queued in rv.w and counts them: injected, or
+// dropped as inject_failed. It returns how many failed.
+func (rv *receiver) flush() (failed int) {
+	n, failed, err := rv.w.Flush()
+	m := rv.r.m
+	if n > failed {
+		m.injected.Add(n - failed)
+	}
+	if failed > 0 {
+		m.relayDropped[RecvInjectFailed].Add(failed)
+		if throttled(&rv.lastLog) {
+			rv.r.log.Warn("inject failed (repeats are counted in go_pmtud_relay_dropped_total)", "dev", rv.tun.Name(), "err", err)
+		}
+	}
+	return failed
 }
 
 // stamp sets the time and the peer set handle judges the datagrams in hand
@@ -228,19 +253,23 @@ func (rv *receiver) stamp(t time.Time) {
 // count counts a datagram's outcome.
 func (rv *receiver) count(reason RecvDropReason) {
 	switch reason {
-	case 0:
-		rv.r.m.injected.Inc()
+	case 0: // queued: flush counts it
 	case recvCounted:
 	default:
 		rv.r.m.relayDropped[reason].Inc()
 	}
 }
 
-// handle checks datagram i and injects its packet; 0 means injected.
-// Call stamp first.
+// handle checks datagram i, injects its packets and counts the injected
+// ones; 0 means injected (recvCounted: a pack, whose packets were counted
+// each). Call stamp first.
 func (rv *receiver) handle(i int) RecvDropReason {
 	src, d, truncated := rv.in.Datagram(i)
-	return rv.handleFrom(src, d, truncated)
+	reason := rv.handleFrom(src, d, truncated)
+	if rv.flush() > 0 && reason == 0 {
+		return RecvInjectFailed
+	}
+	return reason
 }
 
 // handleFrom checks datagram d from src and injects its packet.
@@ -298,9 +327,7 @@ func (rv *receiver) handlePacked(env *wire.Envelope, window *wire.ReplayWindow) 
 		}
 		if reason != 0 {
 			m.relayDropped[reason].Inc()
-		} else {
-			m.injected.Inc()
-		}
+		} // else queued: flush counts it
 	}
 	return recvCounted
 }
@@ -371,11 +398,8 @@ func (rv *receiver) inject(f *wire.FragNeeded) RecvDropReason {
 	if rv.r.dedup.seen(rv.r.dedup.key(f.Src, f.Dst, f.ICMP), rv.now) {
 		return RecvDuplicate
 	}
-	if err := rv.tun.Write(f.Packet); err != nil {
-		if throttled(&rv.lastLog) {
-			rv.r.log.Warn("inject into TUN failed (repeats are counted in go_pmtud_relay_dropped_total)", "dev", rv.tun.Name(), "err", err)
-		}
-		return RecvInjectFailed
+	if rv.w.Queue(f.Packet) {
+		rv.flush()
 	}
 	return 0
 }

@@ -268,8 +268,8 @@ func (r *report) printReceiveLoad(line func(string, string, ...any), l load) {
 		l.inj.rate(), l.target, l.inj.sent, sec, l.inj.failed)
 	line("daemon received", "%.0f datagrams, %.0f not (node UDP receive-buffer drops %d); injected %.0f, dropped %.0f (%s), errors %.0f",
 		m.relayRecv, float64(l.inj.sent)-m.relayRecv, k.rcvbufErrors, m.injected, m.relayDropped, reasons(m.relayDrops), m.errors)
-	line("injected", "%.0f packets/s through %s during the sending (nft: %d of %d sent; %d after draining; %d delivered locally)",
-		l.outRate(), tunName, l.atEnd, l.inj.sent, l.arrived, k.delivered)
+	line("injected", "%.0f packets/s through %s during the sending (nft: %d of the %d sent; %d after draining; %d delivered locally)",
+		l.outRate(), tunName, l.atEnd, l.inj.sent*uint64(l.peers), l.arrived, k.delivered)
 	line("injected (daemon)", "%.0f packets/s during the sending (go_pmtud_relay_injected_total: %.0f; %.0f after draining)",
 		l.dEnd.injected/sec, l.dEnd.injected, m.injected)
 	line("loss", "%.3f %% (lag at the end %.0f ms)", 100*l.loss(), ms(l.lag().Seconds()))

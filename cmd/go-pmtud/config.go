@@ -74,6 +74,7 @@ type options struct {
 	l2Dest          string
 	acceptV1        bool
 	tunName         string
+	inject          string
 	tunAddress      string
 	dedupWindow     time.Duration
 	split           string
@@ -144,7 +145,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.UintVar(&o.relayEnvelope, "relay-envelope", 2, "udp relay datagram version this node sends: 2 (with the send time, so a datagram captured before a receiver restarted is refused after it), 3 (as 2, with several packets per datagram: every node must run a release that accepts it) or 1 (what releases before 2 understand; implies --relay-accept-v1), for a rolling upgrade")
 	fs.IntVar(&o.packBytes, "relay-pack-bytes", pmtud.DefaultPackBytes, "with --relay-envelope 3: the most bytes of packets (with their 2-byte lengths) one datagram carries; 1432 fills a 1500-byte path, 8932 a 9000-byte one")
 	fs.BoolVar(&o.acceptV1, "relay-accept-v1", false, "also accept version 1 udp relay datagrams, which carry no send time (a datagram captured before this node restarted is accepted after it): only while peers still send version 1")
-	fs.StringVar(&o.tunName, "tun-name", "pmtud0", "TUN device the udp relay creates to inject received packets")
+	fs.StringVar(&o.tunName, "tun-name", "pmtud0", "device the udp relay creates to inject received packets: the TUN device, or the veth end they arrive on (the other end is this name's first 12 bytes + \"-tx\")")
+	fs.StringVar(&o.inject, "inject", "auto", "how the udp relay injects received packets: veth (a veth pair, a batch per sendmmsg; needs CAP_NET_RAW), tun (a TUN device, one write per packet) or auto (veth where CAP_NET_RAW allows, else tun)")
 	fs.StringVar(&o.tunAddress, "tun-address", pmtud.DefaultTUNAddr.String(), "/32 address given to the TUN device when net.ipv4.conf.all.rp_filter is not 0")
 	fs.UintVar(&o.qthreshold, "nflog-qthreshold", uint(nl.DefaultQThreshold), "packets the kernel batches into one NFLOG datagram (1..65535)")
 	fs.DurationVar(&o.timeout, "nflog-timeout", 10*time.Millisecond, "longest the kernel holds a batch before sending it (10ms steps)")
@@ -270,6 +272,9 @@ func resolve(o options, getenv func(string) string, h host) (settings, error) {
 	c.AcceptEnvelopeV1 = o.acceptV1
 	if c.TUNAddr, err = netip.ParseAddr(o.tunAddress); err != nil || !c.TUNAddr.Is4() {
 		return s, fmt.Errorf("--tun-address: %q is not an IPv4 address", o.tunAddress)
+	}
+	if c.Inject, err = pmtud.ParseInject(o.inject); err != nil {
+		return s, fmt.Errorf("--inject: %w", err)
 	}
 	if c.Split, err = pmtud.ParseSplit(o.split); err != nil {
 		return s, fmt.Errorf("--split: %w", err)

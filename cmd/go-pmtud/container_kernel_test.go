@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,7 +14,8 @@ import (
 
 // TestImageRunsWithChartSecurityContext builds the image from the static
 // binary (FROM scratch, no registry) and runs it on both nodes of a lab as
-// the chart runs the udp relay: all capabilities dropped but NET_ADMIN,
+// the chart runs the udp relay: all capabilities dropped but NET_ADMIN and
+// NET_RAW (the daemon injects through a veth pair),
 // no privilege escalation, a read-only root file system (and so a
 // read-only /proc/sys), /dev/net/tun, the key file mounted read-only. A
 // learns the path MTU from B's copy and the download completes.
@@ -64,7 +66,7 @@ func TestImageRunsWithChartSecurityContext(t *testing.T) {
 		argv := []string{"podman", "run", "--rm", "--name", name, "--runtime", "runc",
 			"--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
 			"--network", "ns:/run/netns/" + n.Name(),
-			"--cap-drop", "ALL", "--cap-add", "NET_ADMIN", "--security-opt", "no-new-privileges",
+			"--cap-drop", "ALL", "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "--security-opt", "no-new-privileges",
 			"--read-only", "--device", "/dev/net/tun",
 			"-v", keyFile + ":/etc/go-pmtud/keys:ro",
 			"-e", "PMTUD_PEERS=" + netlab.NodeAddr(0).String() + "," + netlab.NodeAddr(1).String(),
@@ -75,6 +77,9 @@ func TestImageRunsWithChartSecurityContext(t *testing.T) {
 		d := startDaemonCmd(t, podman(argv[1:]...), n, netlab.NodeAddr(i))
 		if code, body := d.get("/healthz"); code != 200 {
 			t.Fatalf("node %d: /healthz = %d %q\n%s", i, code, body, d.stderr.String())
+		}
+		if link := n.MustRun(t, "ip", "-d", "link", "show", "pmtud0"); !strings.Contains(link, "\n    veth ") {
+			t.Errorf("node %d: pmtud0 is no veth device:\n%s", i, link)
 		}
 	}
 	a := c.Nodes[0]

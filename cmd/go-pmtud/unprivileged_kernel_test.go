@@ -13,29 +13,33 @@ import (
 // privileges has it: /proc/sys read-only (a private mount namespace
 // remounts it) and only the chart's capabilities (the bounding set, as
 // `capabilities: drop: [ALL], add: [...]` leaves it).
-//   - udp relay, on both nodes, CAP_NET_ADMIN alone, the Kubernetes case:
-//     the download comes from a pod behind A's DNAT, the nodes drop
-//     conntrack-INVALID packets and filter reverse paths strictly. Each
-//     daemon sets its TUN device up over rtnetlink; the pod learns the path
-//     MTU from B's copy and the download completes; the two daemons do not
-//     ping-pong (A relays nothing); the TUN devices send nothing (no IPv6
-//     link-local address, so no DAD, router solicitation or MLD).
+//   - udp relay, on both nodes, CAP_NET_ADMIN and CAP_NET_RAW, the
+//     Kubernetes case: the download comes from a pod behind A's DNAT, the
+//     nodes drop conntrack-INVALID packets and filter reverse paths
+//     strictly. Each daemon sets its veth pair up over rtnetlink; the pod
+//     learns the path MTU from B's copy and the download completes; the two
+//     daemons do not ping-pong (A relays nothing); the device sends nothing
+//     (no IPv6 link-local address, so no DAD, router solicitation or MLD).
+//   - the same with CAP_NET_ADMIN alone (a manifest from before --inject):
+//     the daemon falls back to a TUN device, and all of the above holds.
 //   - icmp relay, on B alone, CAP_NET_ADMIN and CAP_NET_RAW, the anycast
 //     case (its copies cannot reach a pod behind DNAT): A learns the MTU.
 func TestRelaysWithoutPrivileges(t *testing.T) {
 	for _, tc := range []struct {
-		relay string
-		caps  string
-		nodes []int
+		name, relay string
+		caps        string
+		nodes       []int
+		device      string // the kind of pmtud0, for the udp relay
 	}{
-		{"udp", "-all,+net_admin", []int{0, 1}},
-		{"icmp", "-all,+net_admin,+net_raw", []int{1}},
+		{"udp", "udp", "-all,+net_admin,+net_raw", []int{0, 1}, "veth"},
+		{"udp-without-net-raw", "udp", "-all,+net_admin", []int{0, 1}, "tun"},
+		{"icmp", "icmp", "-all,+net_admin,+net_raw", []int{1}, ""},
 	} {
-		t.Run(tc.relay, func(t *testing.T) { testRelayWithoutPrivileges(t, tc.relay, tc.caps, tc.nodes) })
+		t.Run(tc.name, func(t *testing.T) { testRelayWithoutPrivileges(t, tc.relay, tc.caps, tc.nodes, tc.device) })
 	}
 }
 
-func testRelayWithoutPrivileges(t *testing.T, relay, caps string, nodes []int) {
+func testRelayWithoutPrivileges(t *testing.T, relay, caps string, nodes []int, device string) {
 	for _, tool := range []string{"unshare", "setpriv"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("%s is missing (util-linux): %v", tool, err)
@@ -92,9 +96,12 @@ func testRelayWithoutPrivileges(t *testing.T, relay, caps string, nodes []int) {
 		t.Errorf("A injected nothing:\n%s", m)
 	}
 	for i, n := range c.Nodes {
+		if link := n.MustRun(t, "ip", "-d", "link", "show", "pmtud0"); !strings.Contains(link, "\n    "+device+" ") {
+			t.Errorf("node %d: pmtud0 is no %s device:\n%s", i, device, link)
+		}
 		tx := strings.TrimSpace(n.MustRun(t, "cat", "/sys/class/net/pmtud0/statistics/tx_packets"))
 		if tx != "0" {
-			t.Errorf("node %d's TUN device sent %s packets, want none", i, tx)
+			t.Errorf("node %d's device sent %s packets, want none", i, tx)
 		}
 		if v := strings.TrimSpace(n.MustRun(t, "cat", "/proc/sys/net/ipv4/conf/pmtud0/forwarding")); v != "1" {
 			t.Errorf("node %d: pmtud0 forwarding %s, want 1", i, v)

@@ -1,8 +1,10 @@
-// Package tun creates and owns the TUN device through which the udp relay
-// injects the router's packets received from peers: the kernel then
-// handles each one as if it had arrived from the router. It sets the
-// device up so that the kernel accepts what is written (rp_filter,
-// forwarding, IPv6 without a link-local address) and deletes it on Close.
+// Package tun creates and owns the device through which the udp relay
+// injects the router's packets received from peers, so that the kernel
+// handles each one as if it had arrived from the router: a veth pair
+// written in batches by AF_PACKET sockets (Veth), or a TUN device written
+// one packet at a time (Device). It sets the device up so that the kernel
+// accepts what arrives on it (rp_filter, forwarding, IPv6 without a
+// link-local address) and deletes it on Close.
 package tun
 
 import (
@@ -66,13 +68,24 @@ func (t *Device) setup(addr netip.Addr) error {
 		return fmt.Errorf("tun: TUN device %s: %w", t.name, err)
 	}
 	t.index = ifi.Index
-
-	if t.ipv6, err = setupTUN6(t.name, t.index); err != nil {
+	if t.ipv6, err = setupInject(t.name, t.index, addr); err != nil {
 		return err
+	}
+	// A write to a TUN device that is down fails with EIO.
+	return up(t.name)
+}
+
+// setupInject makes the kernel accept packets that arrive on device name
+// (index): IPv6 (see setupTUN6), reverse-path filtering and forwarding,
+// and addr as its /32 address where loose filtering needs one. It
+// reports whether the device takes IPv6 packets.
+func setupInject(name string, index int, addr netip.Addr) (ipv6 bool, err error) {
+	if ipv6, err = setupTUN6(name, index); err != nil {
+		return false, err
 	}
 	all, err := readSysctl("ipv4/conf/all/rp_filter")
 	if err != nil {
-		return err
+		return false, err
 	}
 	// The effective rp_filter is the larger of conf.all and the device's.
 	// Strict (1) drops every injected packet, since the route back to the
@@ -83,48 +96,57 @@ func (t *Device) setup(addr netip.Addr) error {
 	if all != "0" {
 		rp = 2
 		if !addr.IsValid() {
-			return fmt.Errorf("tun: net.ipv4.conf.all.rp_filter is %s: the TUN device needs an address (--tun-address) for loose reverse-path filtering to accept injected packets", all)
+			return false, fmt.Errorf("tun: net.ipv4.conf.all.rp_filter is %s: the device %s needs an address (--tun-address) for loose reverse-path filtering to accept injected packets", all, name)
 		}
 	}
 	// The kernel checks the in-device's forwarding flag before it forwards
 	// an injected packet to a pod; local delivery does not need it. Both
 	// go over rtnetlink: /proc/sys may be read-only.
-	if err := setInetConf(t.index, rp, 1); err != nil {
-		return fmt.Errorf("tun: set net.ipv4.conf.%s.rp_filter=%d and forwarding=1 over rtnetlink (needs CAP_NET_ADMIN): %w", t.name, rp, err)
+	if err := setInetConf(index, rp, 1); err != nil {
+		return false, fmt.Errorf("tun: set net.ipv4.conf.%s.rp_filter=%d and forwarding=1 over rtnetlink (needs CAP_NET_ADMIN): %w", name, rp, err)
 	}
-
+	if rp != 2 {
+		return ipv6, nil
+	}
 	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("tun: socket for TUN ioctls: %w", err)
+		return false, fmt.Errorf("tun: socket for device ioctls: %w", err)
 	}
 	defer unix.Close(s)
-	if rp == 2 {
-		a := addr.As4()
-		for _, op := range []struct {
-			req  uint
-			val  []byte
-			what string
-		}{
-			{unix.SIOCSIFADDR, a[:], "address"},
-			{unix.SIOCSIFNETMASK, []byte{255, 255, 255, 255}, "netmask"},
-		} {
-			ifr, _ := unix.NewIfreq(t.name)
-			if err := ifr.SetInet4Addr(op.val); err != nil {
-				return err
-			}
-			if err := unix.IoctlIfreq(s, op.req, ifr); err != nil {
-				return fmt.Errorf("tun: set %s %v/32 on %s: %w", op.what, addr, t.name, err)
-			}
+	a := addr.As4()
+	for _, op := range []struct {
+		req  uint
+		val  []byte
+		what string
+	}{
+		{unix.SIOCSIFADDR, a[:], "address"},
+		{unix.SIOCSIFNETMASK, []byte{255, 255, 255, 255}, "netmask"},
+	} {
+		ifr, _ := unix.NewIfreq(name)
+		if err := ifr.SetInet4Addr(op.val); err != nil {
+			return false, err
+		}
+		if err := unix.IoctlIfreq(s, op.req, ifr); err != nil {
+			return false, fmt.Errorf("tun: set %s %v/32 on %s: %w", op.what, addr, name, err)
 		}
 	}
-	// A write to a TUN device that is down fails with EIO.
-	ifr, _ = unix.NewIfreq(t.name)
+	return ipv6, nil
+}
+
+// up brings device name up, without ARP.
+func up(name string) error {
+	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("tun: socket for device ioctls: %w", err)
+	}
+	defer unix.Close(s)
+	ifr, _ := unix.NewIfreq(name)
 	if err := unix.IoctlIfreq(s, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("tun: get flags of %s: %w", t.name, err)
+		return fmt.Errorf("tun: get flags of %s: %w", name, err)
 	}
 	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP | unix.IFF_NOARP)
 	if err := unix.IoctlIfreq(s, unix.SIOCSIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("tun: bring %s up: %w", t.name, err)
+		return fmt.Errorf("tun: bring %s up: %w", name, err)
 	}
 	return nil
 }
@@ -195,6 +217,49 @@ func (t *Device) Write(pkt []byte) error {
 	_, err := t.file.Write(pkt)
 	return err
 }
+
+// Writer injects packets for one goroutine. Queue takes a packet, which
+// must stay unchanged until the next Flush, and reports whether the
+// writer is full (the caller must Flush before it queues more); Flush
+// injects what is queued and returns how many packets were queued, how
+// many of them failed and the first error. Neither allocates.
+type Writer interface {
+	Queue(pkt []byte) (full bool)
+	Flush() (queued, failed int, err error)
+	Close() error
+}
+
+// Writer returns a Writer that writes each packet into the device as it
+// is queued (a TUN device takes one packet per write): Flush only reports.
+// Several may write at once.
+func (t *Device) Writer() (Writer, error) { return &tunWriter{dev: t}, nil }
+
+// tunWriter is Device's Writer.
+type tunWriter struct {
+	dev            *Device
+	queued, failed int
+	err            error
+}
+
+func (w *tunWriter) Queue(pkt []byte) bool {
+	w.queued++
+	if err := w.dev.Write(pkt); err != nil {
+		w.failed++
+		if w.err == nil {
+			w.err = err
+		}
+	}
+	return false
+}
+
+func (w *tunWriter) Flush() (queued, failed int, err error) {
+	queued, failed, err = w.queued, w.failed, w.err
+	w.queued, w.failed, w.err = 0, 0, nil
+	return queued, failed, err
+}
+
+// Close does nothing: the device is closed by its own Close.
+func (w *tunWriter) Close() error { return nil }
 
 // Close deletes the device (it is not persistent). It is safe to call
 // twice.

@@ -1,0 +1,372 @@
+package tun
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"unsafe"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Veth is a veth pair the udp relay injects packets through, in batches:
+// a Writer sends them as Ethernet frames out of one end (the "-tx" end) to
+// the other end's address, and the kernel receives them on that end, the
+// device named by OpenVeth, as it would receive them from the router. A
+// TUN device takes one packet per write(2); an AF_PACKET socket takes a
+// batch per sendmmsg(2), which on the 2-vCPU VM cost half the CPU per
+// injected packet (docs/performance.md). It needs CAP_NET_ADMIN to create
+// the pair and CAP_NET_RAW for the Writers' sockets. The relay creates
+// it, owns it, and Close deletes it.
+type Veth struct {
+	name   string // the end packets arrive on
+	index  int
+	txName string // the end they are sent out of
+	tx     int
+	mac    [6]byte // name's address: the frames' destination
+	ipv6   bool
+	// conn is an rtnetlink socket in the pair's network namespace: Close
+	// deletes the pair there, whichever namespace its caller's thread is
+	// in. nil once closed.
+	conn *netlink.Conn
+}
+
+// vethMTU is both ends' MTU, the largest a veth device takes
+// (ETH_MAX_MTU, include/uapi/linux/if_ether.h): an AF_PACKET send refuses
+// a packet above the device's MTU, and a relayed packet may be any size.
+const vethMTU = 65535
+
+// VETH_INFO_PEER (include/uapi/linux/veth.h): the peer's ifinfomsg and
+// attributes, nested in IFLA_INFO_DATA.
+const vethInfoPeer = 1
+
+// TxName returns the name of the end a Veth named name sends out of: name
+// (its first 12 bytes) with "-tx" appended.
+func TxName(name string) string { return name[:min(len(name), unix.IFNAMSIZ-4)] + "-tx" }
+
+// OpenVeth creates veth pair name (where injected packets arrive) and
+// TxName(name), sets name up as Open sets up a TUN device (reverse-path
+// filter, forwarding, addr as its /32 address when
+// net.ipv4.conf.all.rp_filter is not 0, IPv6 without a link-local
+// address), keeps the -tx end silent (no addresses, no ARP, no IPv6
+// link-local) and brings both up. A veth pair named name left behind by a
+// daemon that was killed is deleted first; any other device of that name
+// is an error.
+func OpenVeth(name string, addr netip.Addr) (*Veth, error) {
+	if name == "" || len(name) >= unix.IFNAMSIZ {
+		return nil, fmt.Errorf("tun: veth name %q is empty or longer than %d bytes", name, unix.IFNAMSIZ-1)
+	}
+	c, err := netlink.Dial(unix.NETLINK_ROUTE, nil)
+	if err != nil {
+		return nil, fmt.Errorf("tun: rtnetlink: %w", err)
+	}
+	v := &Veth{name: name, txName: TxName(name), conn: c}
+	if err := removeStaleVeth(c, name); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if err := createVeth(c, v.txName, name); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("tun: create veth pair %s/%s (needs CAP_NET_ADMIN): %w", name, v.txName, err)
+	}
+	if err := v.setup(addr); err != nil {
+		v.Close()
+		return nil, err
+	}
+	return v, nil
+}
+
+func (v *Veth) setup(addr netip.Addr) error {
+	rx, err := net.InterfaceByName(v.name)
+	if err != nil {
+		return fmt.Errorf("tun: veth %s: %w", v.name, err)
+	}
+	tx, err := net.InterfaceByName(v.txName)
+	if err != nil {
+		return fmt.Errorf("tun: veth %s: %w", v.txName, err)
+	}
+	v.index, v.tx = rx.Index, tx.Index
+	if len(rx.HardwareAddr) != 6 {
+		return fmt.Errorf("tun: veth %s has no Ethernet address", v.name)
+	}
+	copy(v.mac[:], rx.HardwareAddr)
+	// The -tx end sends frames only to its peer: no IPv6 link-local
+	// address, so no DAD, router solicitation or MLD report arrives on
+	// the receiving end.
+	if _, err := setupTUN6(v.txName, v.tx); err != nil {
+		return err
+	}
+	if v.ipv6, err = setupInject(v.name, v.index, addr); err != nil {
+		return err
+	}
+	for _, n := range []string{v.txName, v.name} {
+		if err := up(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// removeStaleVeth deletes the device called name if it is a veth pair's
+// end, and refuses any other device of that name.
+func removeStaleVeth(c *netlink.Conn, name string) error {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return nil // no such device
+	}
+	kind, err := linkKind(c, ifi.Index)
+	if err != nil {
+		return fmt.Errorf("tun: %s exists, and its kind is unknown: %w", name, err)
+	}
+	if kind != "veth" {
+		return fmt.Errorf("tun: a device named %s exists and is no veth (%q): choose another --tun-name", name, kind)
+	}
+	if err := deleteLink(c, ifi.Index, ""); err != nil {
+		return fmt.Errorf("tun: delete the veth pair %s left by a previous run: %w", name, err)
+	}
+	return nil
+}
+
+// Name returns the name of the end packets arrive on.
+func (v *Veth) Name() string { return v.name }
+
+// Index returns the interface index of the end packets arrive on: NFLOG
+// reports it as their in-interface.
+func (v *Veth) Index() int { return v.index }
+
+// IPv6 reports whether the device takes IPv6 packets.
+func (v *Veth) IPv6() bool { return v.ipv6 }
+
+// Up returns nil while both ends exist under their names and are up; else
+// what is wrong. It asks the kernel and allocates: for health probes.
+func (v *Veth) Up() error {
+	for _, e := range []struct {
+		name  string
+		index int
+	}{{v.name, v.index}, {v.txName, v.tx}} {
+		ifi, err := net.InterfaceByIndex(e.index)
+		if err != nil || ifi.Name != e.name {
+			return fmt.Errorf("veth %s is gone", e.name)
+		}
+		if ifi.Flags&net.FlagUp == 0 {
+			return fmt.Errorf("veth %s is down", e.name)
+		}
+	}
+	return nil
+}
+
+// Close deletes the pair, in its own network namespace. It is safe to
+// call twice.
+func (v *Veth) Close() error {
+	c := v.conn
+	if c == nil {
+		return nil
+	}
+	v.conn = nil
+	defer c.Close()
+	// By index once set up: a device that took the name since is not ours.
+	err := deleteLink(c, v.index, v.name)
+	if err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("tun: delete veth %s: %w", v.name, err)
+	}
+	return nil
+}
+
+// vethQueue is how many packets a VethWriter holds before Queue asks for
+// a Flush.
+const vethQueue = 256
+
+// VethWriter injects packets through a Veth from one goroutine, in
+// batches: Queue takes packets, Flush sends them in one sendmmsg on an
+// AF_PACKET socket of its own. It allocates nothing after
+// NewWriter.
+type VethWriter struct {
+	fd   int
+	dst  [2]unix.RawSockaddrLinklayer // to the receiving end: IPv4, IPv6
+	iovs []unix.Iovec
+	msgs []unix.Mmsghdr
+	n    int // packets queued
+}
+
+// Writer returns a VethWriter with a socket of its own, for one
+// goroutine. It needs CAP_NET_RAW, and it must be called in the pair's
+// network namespace: the socket names the -tx end by its index there.
+func (v *Veth) Writer() (Writer, error) {
+	if ifi, err := net.InterfaceByIndex(v.tx); err != nil || ifi.Name != v.txName {
+		return nil, fmt.Errorf("tun: veth %s is not interface %d here: Writer called outside the pair's network namespace, or the pair is gone", v.txName, v.tx)
+	}
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("tun: AF_PACKET socket for veth %s (needs CAP_NET_RAW): %w", v.txName, err)
+	}
+	w := &VethWriter{fd: fd, iovs: make([]unix.Iovec, vethQueue), msgs: make([]unix.Mmsghdr, vethQueue)}
+	for i, proto := range [2]uint16{unix.ETH_P_IP, unix.ETH_P_IPV6} {
+		a := &w.dst[i]
+		a.Family = unix.AF_PACKET
+		// sll_protocol is in network byte order.
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&a.Protocol))[:], proto)
+		a.Ifindex = int32(v.tx)
+		a.Halen = 6
+		copy(a.Addr[:6], v.mac[:])
+	}
+	for i := range w.msgs {
+		h := &w.msgs[i].Hdr
+		h.Iov = &w.iovs[i]
+		h.Iovlen = 1
+		h.Namelen = unix.SizeofSockaddrLinklayer
+	}
+	return w, nil
+}
+
+// Queue adds pkt, an IPv4 or IPv6 packet, to the batch; pkt must stay
+// unchanged until the next Flush. It reports whether the batch is full:
+// the caller must Flush before it queues more.
+func (w *VethWriter) Queue(pkt []byte) (full bool) {
+	if len(pkt) == 0 {
+		return w.n == len(w.msgs)
+	}
+	h := &w.msgs[w.n].Hdr
+	fam := 0
+	if pkt[0]>>4 == 6 {
+		fam = 1
+	}
+	h.Name = (*byte)(unsafe.Pointer(&w.dst[fam]))
+	w.iovs[w.n].Base = &pkt[0]
+	w.iovs[w.n].SetLen(len(pkt))
+	w.n++
+	return w.n == len(w.msgs)
+}
+
+// Flush sends the queued packets with sendmmsg, resuming after partial
+// sends and skipping a packet the kernel refuses, and empties the batch.
+// It returns how many packets were queued, how many of them failed, and
+// the first error.
+func (w *VethWriter) Flush() (queued, failed int, err error) {
+	queued = w.n
+	for off := 0; off < w.n; {
+		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(w.fd),
+			uintptr(unsafe.Pointer(&w.msgs[off])), uintptr(w.n-off), 0, 0, 0)
+		switch {
+		case errno == 0:
+			off += int(n)
+		case errno == unix.EINTR:
+		default:
+			// The message at off failed: skip it.
+			if err == nil {
+				err = fmt.Errorf("tun: sendmmsg: %w", errno)
+			}
+			off++
+			failed++
+		}
+	}
+	w.n = 0
+	return queued, failed, err
+}
+
+// Close closes the writer's socket.
+func (w *VethWriter) Close() error { return unix.Close(w.fd) }
+
+// createVeth sends RTM_NEWLINK for a veth pair: tx and its peer rx.
+func createVeth(c *netlink.Conn, tx, rx string) error {
+	peer := netlink.NewAttributeEncoder()
+	peer.String(unix.IFLA_IFNAME, rx)
+	peer.Uint32(unix.IFLA_MTU, vethMTU)
+	pb, err := peer.Encode()
+	if err != nil {
+		return err
+	}
+	// VETH_INFO_PEER holds a struct ifinfomsg, then the peer's attributes.
+	peerData := append(make([]byte, unix.SizeofIfInfomsg), pb...)
+	ae := netlink.NewAttributeEncoder()
+	ae.String(unix.IFLA_IFNAME, tx)
+	ae.Uint32(unix.IFLA_MTU, vethMTU)
+	ae.Nested(unix.IFLA_LINKINFO, func(ae *netlink.AttributeEncoder) error {
+		ae.String(unix.IFLA_INFO_KIND, "veth")
+		ae.Nested(unix.IFLA_INFO_DATA, func(ae *netlink.AttributeEncoder) error {
+			ae.Bytes(vethInfoPeer, peerData)
+			return nil
+		})
+		return nil
+	})
+	b, err := ae.Encode()
+	if err != nil {
+		return err
+	}
+	_, err = c.Execute(netlink.Message{
+		Header: netlink.Header{Type: unix.RTM_NEWLINK, Flags: netlink.Request | netlink.Acknowledge | netlink.Create | netlink.Excl},
+		Data:   append(ifinfomsg(0), b...),
+	})
+	return err
+}
+
+// deleteLink sends RTM_DELLINK for interface index, or with index 0 for
+// the interface called name; for a veth end it deletes the pair.
+func deleteLink(c *netlink.Conn, index int, name string) error {
+	data := ifinfomsg(index)
+	if index == 0 {
+		ae := netlink.NewAttributeEncoder()
+		ae.String(unix.IFLA_IFNAME, name)
+		b, err := ae.Encode()
+		if err != nil {
+			return err
+		}
+		data = append(data, b...)
+	}
+	_, err := c.Execute(netlink.Message{
+		Header: netlink.Header{Type: unix.RTM_DELLINK, Flags: netlink.Request | netlink.Acknowledge},
+		Data:   data,
+	})
+	return err
+}
+
+// linkKind returns interface index's IFLA_INFO_KIND ("veth", "tun", ...),
+// "" for a device without one.
+func linkKind(c *netlink.Conn, index int) (string, error) {
+	msgs, err := c.Execute(netlink.Message{
+		Header: netlink.Header{Type: unix.RTM_GETLINK, Flags: netlink.Request},
+		Data:   ifinfomsg(index),
+	})
+	if err != nil {
+		return "", err
+	}
+	for _, m := range msgs {
+		if len(m.Data) < unix.SizeofIfInfomsg {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[unix.SizeofIfInfomsg:])
+		if err != nil {
+			return "", err
+		}
+		kind := ""
+		for ad.Next() {
+			if ad.Type() != unix.IFLA_LINKINFO {
+				continue
+			}
+			ad.Nested(func(nad *netlink.AttributeDecoder) error {
+				for nad.Next() {
+					if nad.Type() == unix.IFLA_INFO_KIND {
+						kind = nad.String()
+					}
+				}
+				return nil
+			})
+		}
+		if err := ad.Err(); err != nil {
+			return "", err
+		}
+		return kind, nil
+	}
+	return "", fmt.Errorf("no answer for interface %d", index)
+}
+
+// ifinfomsg returns a struct ifinfomsg (include/uapi/linux/rtnetlink.h)
+// for interface index: family AF_UNSPEC, the rest zero.
+func ifinfomsg(index int) []byte {
+	hdr := make([]byte, unix.SizeofIfInfomsg)
+	hdr[0] = unix.AF_UNSPEC
+	binary.NativeEndian.PutUint32(hdr[4:8], uint32(index))
+	return hdr
+}
