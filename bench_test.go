@@ -360,21 +360,26 @@ func tooBig6(b []byte, seq uint32) []byte {
 
 // BenchmarkReceiveInject is the udp relay's receive path for one datagram:
 // source check, envelope verification (HMAC-SHA256), parse, replay window
-// and the write into the TUN device. The recvmmsg call is not included.
+// and the injection of its packets, through the veth pair (one sendmmsg
+// per datagram: the receiver's batches of several datagrams are not
+// modelled) and through the TUN device (a write per packet). The recvmmsg
+// call is not included.
 func BenchmarkReceiveInject(b *testing.B) {
-	// Packets per datagram: one (version 2), or packs of version 3 as the
-	// sender fills them for a 1500-byte path (2 of 576 bytes) and a
-	// 9000-byte one (15).
-	for _, per := range []int{1, 2, 15} {
-		name := "v2"
-		if per > 1 {
-			name = fmt.Sprintf("packed-%d", per)
+	for _, inject := range []Inject{InjectVeth, InjectTUN} {
+		// Packets per datagram: one (version 2), or packs of version 3 as
+		// the sender fills them for a 1500-byte path (2 of 576 bytes) and
+		// a 9000-byte one (15).
+		for _, per := range []int{1, 2, 15} {
+			name := "v2"
+			if per > 1 {
+				name = fmt.Sprintf("packed-%d", per)
+			}
+			b.Run(inject.String()+"/"+name, func(b *testing.B) { benchReceive(b, inject, per) })
 		}
-		b.Run(name, func(b *testing.B) { benchReceive(b, per) })
 	}
 }
 
-func benchReceive(b *testing.B, per int) {
+func benchReceive(b *testing.B, inject Inject, per int) {
 	ns, _ := sinkPeers(b, 1)
 	sender := netip.MustParseAddr("198.18.50.10")
 	var r *Relay
@@ -387,6 +392,7 @@ func benchReceive(b *testing.B, per int) {
 			TTL:      10,
 			Keys:     []wire.Key{testKey},
 			NFLOG:    nl.Config{Group: 33},
+			Inject:   inject,
 		}, nil)
 		return err
 	}); err != nil {

@@ -21,7 +21,7 @@ const (
 	// needs no daemon, but its conntrack sees the copy as INVALID.
 	ModeICMP Mode = iota + 1
 	// ModeUDP sends the router's packet, untouched, in an authenticated UDP
-	// datagram to the peer's go-pmtud, which writes it into a TUN device:
+	// datagram to the peer's go-pmtud, which injects it into its kernel (veth pair or TUN device):
 	// the peer's kernel sees exactly what the router sent (RELATED to the
 	// flow, NAT reversed), so pods behind DNAT learn too.
 	ModeUDP
@@ -68,8 +68,9 @@ func ParseSplit(s string) (Split, error) {
 type Inject uint8
 
 const (
-	// InjectAuto is InjectVeth where the process may open AF_PACKET
-	// sockets (CAP_NET_RAW), else InjectTUN.
+	// InjectAuto is InjectVeth where the veth pair can be made and
+	// written (CAP_NET_ADMIN, CAP_NET_RAW, the veth driver), else
+	// InjectTUN.
 	InjectAuto Inject = iota
 	// InjectTUN writes each packet into a TUN device: one write(2) per
 	// packet; needs CAP_NET_ADMIN and /dev/net/tun.
@@ -269,7 +270,7 @@ type Config struct {
 	// TUN device, or the veth end the packets arrive on); "" means
 	// "pmtud0".
 	TUNName string
-	// TUNAddr becomes the TUN device's /32 address when
+	// TUNAddr becomes the injection device's /32 address when
 	// net.ipv4.conf.all.rp_filter is not 0: loose mode on the device then
 	// accepts injected packets only if the device has an address. Invalid
 	// means DefaultTUNAddr.

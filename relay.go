@@ -31,7 +31,9 @@ const logEvery = 10 * time.Second
 // runs.
 //
 // One goroutine reads NFLOG datagrams into jobs from a small pool. Each
-// worker owns a send socket and an OS thread (pinned with Config.CPUs).
+// worker owns a send socket and, but for a single unpinned worker whose
+// batches the reader handles itself, an OS thread (pinned with
+// Config.CPUs).
 // With SplitBatch a job goes to the next free worker, which prepares it
 // (parse, policy, dedup, seal) and sends it to every peer. With SplitPeer
 // the reader prepares the job and every worker sends it to its share of
@@ -147,7 +149,8 @@ func (l *lane) reset() {
 func newJob() *job {
 	j := &job{
 		batch: nl.NewBatch(),
-		hdrs:  make([][wire.EnvelopeLen]byte, 256),
+		// A dual-stack node seals a packet once per transport.
+		hdrs: make([][wire.EnvelopeLen]byte, 2*nl.DefaultQThreshold),
 	}
 	for f := range j.lanes {
 		l := &j.lanes[f]
@@ -292,7 +295,7 @@ func newRelay(cfg Config, log *slog.Logger, res resources) (*Relay, error) {
 	if cfg.Split == SplitPeer {
 		var err error
 		if r.pre, err = r.newPreparer(); err != nil {
-			r.closeWorkers() // and the udp relay's TUN device and socket
+			r.closeWorkers() // and the udp relay's injection device and socket
 			return nil, err
 		}
 	}
@@ -427,10 +430,13 @@ func (s system) tun(c *Config) (injector, error) {
 	}
 	d, err := tun.Open(c.TUNName, c.TUNAddr)
 	if err != nil {
+		if vethErr != nil {
+			err = fmt.Errorf("%w (and no veth pair: %v)", err, vethErr)
+		}
 		return nil, fmt.Errorf("pmtud: %w%s", err, needs(err, "CAP_NET_ADMIN and /dev/net/tun"))
 	}
 	if vethErr != nil {
-		s.log.Warn("injecting through a TUN device, one write per packet, instead of a veth pair (give CAP_NET_RAW, or --inject tun to choose this)", "err", vethErr)
+		s.log.Warn("injecting through a TUN device, one write per packet, instead of a veth pair"+needs(vethErr, "CAP_NET_RAW")+"; --inject tun chooses this without the warning", "err", vethErr)
 	}
 	return d, nil
 }
@@ -531,7 +537,7 @@ func (w *worker) use(s *peerSet) {
 	w.set = s
 }
 
-// openUDP creates the udp relay's TUN device and receive socket.
+// openUDP creates the udp relay's injection device, receive sockets and writers.
 func (r *Relay) openUDP() error {
 	c := &r.cfg
 	ks, err := newKeySet(c.Keys)
@@ -552,16 +558,16 @@ func (r *Relay) openUDP() error {
 		}
 		l, err := r.open.listen(c, c.source(t))
 		if err != nil {
-			return err // the caller closes the TUN device and other sockets
-		}
-		rv := &receiver{r: r, l: l, tun: r.tun, fam: t}
-		if rv.w, err = r.tun.Writer(); err != nil {
 			return err // the caller closes the device and the sockets
 		}
+		rv := &receiver{r: r, l: l, tun: r.tun, fam: t}
 		if l != nil {
 			rv.in = l
 		}
-		r.recvs = append(r.recvs, rv)
+		r.recvs = append(r.recvs, rv) // from here on closeWorkers closes l
+		if rv.w, err = r.tun.Writer(); err != nil {
+			return err // the caller closes the device and the sockets
+		}
 	}
 	r.filterPeers(r.set.Load().addrs)
 	// The kernel counts the drops; the series reads its count at scrape
@@ -1139,7 +1145,7 @@ type Stats struct {
 	// The udp relay's receive side.
 	RelayReceived uint64                    // datagrams from peers
 	SocketDrops   uint64                    // datagrams the kernel dropped: receive buffer full
-	Injected      uint64                    // packets written into the TUN device
+	Injected      uint64                    // packets injected through the injection device
 	RelayDropped  map[RecvDropReason]uint64 // datagrams not injected, by reason
 }
 
@@ -1210,9 +1216,9 @@ func (r *Relay) loopDown() {
 // Health returns nil while the relay works, or what is wrong: it is not
 // running, a worker or receiver loop has stopped, NFLOG reads have failed
 // for stuckAfter, a batch has been in hand for stuckAfter (a send is
-// stuck), or the udp relay's TUN device is gone or down. An idle relay is
-// healthy. It is for probes: it asks the kernel about the TUN device and
-// may allocate.
+// stuck), or the udp relay's injection device is gone, down or
+// readdressed. An idle relay is healthy. It is for probes: it asks the
+// kernel about the injection device and may allocate.
 func (r *Relay) Health() error {
 	if !r.running.Load() {
 		return errors.New("the relay is not running")

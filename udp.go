@@ -52,7 +52,7 @@ const (
 	// buffer holds the largest UDP payload, so this is a guard on the
 	// kernel's MSG_TRUNC, not an expected outcome.
 	RecvTruncated
-	// RecvInjectFailed: the write into the TUN device failed.
+	// RecvInjectFailed: the injection device refused the packet (a TUN write or a sendmmsg message failed).
 	RecvInjectFailed
 	// RecvFutureSequence: a keyed datagram whose sequence number says its
 	// sender started more than futureSlack after this node's clock reads,
@@ -61,7 +61,7 @@ const (
 	// sender's genuine ones look old once its clock is put right, and its
 	// send times would outlive a restart of this node.
 	RecvFutureSequence
-	// RecvIPv6Off: an IPv6 packet, but this node's TUN device takes none
+	// RecvIPv6Off: an IPv6 packet, but this node's injection device takes none
 	// (IPv6 is off on the host): the kernel would drop it unseen.
 	RecvIPv6Off
 	// RecvBadPack: a version 3 datagram whose pack ends in a malformed
@@ -161,7 +161,7 @@ type datagrams interface {
 var _ datagrams = (*transport.Listener)(nil)
 
 // receiver reads relay datagrams from peers in batches, verifies them and
-// injects the router's packets into the TUN device. It is owned by one
+// injects the router's packets through the injection device (veth pair or TUN device). It is owned by one
 // goroutine.
 type receiver struct {
 	r      *Relay
@@ -389,8 +389,8 @@ func (rv *receiver) admit(env *wire.Envelope, window *wire.ReplayWindow) RecvDro
 	return 0
 }
 
-// inject writes a checked packet into the TUN device, unless this node
-// cannot take it or has had it already.
+// inject queues a checked packet on the receiver's writer (flush injects
+// it), unless this node cannot take it or has had it already.
 func (rv *receiver) inject(f *wire.FragNeeded) RecvDropReason {
 	if f.Src.Is6() && !rv.tun.IPv6() {
 		return RecvIPv6Off

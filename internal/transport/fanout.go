@@ -57,9 +57,10 @@ type sockaddr = unix.RawSockaddrInet6
 // iovecs change. A message has one iovec (the payload) or two (a header,
 // then the payload: the payload is never copied).
 //
-// The socket is blocking and stays out of the Go netpoller: a worker owns
-// its OS thread, so a sendmmsg that waits for buffer space parks only that
-// thread. Registered with the netpoller, every packet the kernel frees
+// The socket is blocking and stays out of the Go netpoller: a sendmmsg
+// that waits for buffer space parks only its caller's thread (a worker's
+// own, or the NFLOG reader's when a single worker sends from it), and the
+// runtime hands that thread's P to other goroutines meanwhile. Registered with the netpoller, every packet the kernel frees
 // would wake the poller (measured more than twice as costly per packet:
 // docs/performance.md).
 //

@@ -15,6 +15,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -28,6 +29,7 @@ type Device struct {
 	name  string
 	index int
 	ipv6  bool // the device takes IPv6 packets (see setupTUN6)
+	lock  int  // the name's lock (see lockName), held until Close
 }
 
 // sysctlRoot is where the per-device settings live; the error messages
@@ -39,14 +41,27 @@ const sysctlRoot = "/proc/sys/net"
 // net.ipv4.conf.all.rp_filter is not 0, addr becomes the device's /32
 // address: loose mode on the device then accepts packets only when the
 // device has an address (measured on Linux 6.18).
+//
+// A veth pair of that name, left by a go-pmtud that injected through one
+// and was killed, is deleted first.
 func Open(name string, addr netip.Addr) (*Device, error) {
+	lock, err := lockName(name)
+	if err != nil {
+		return nil, err
+	}
+	if err := removeVethNamed(name); err != nil {
+		unix.Close(lock)
+		return nil, err
+	}
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
+		unix.Close(lock)
 		return nil, fmt.Errorf("tun: open /dev/net/tun: %w", err)
 	}
-	t := &Device{fd: fd, name: name}
+	t := &Device{fd: fd, name: name, lock: lock}
 	if err := t.setup(addr); err != nil {
 		unix.Close(fd)
+		unix.Close(lock)
 		return nil, err
 	}
 	t.file = os.NewFile(uintptr(fd), name)
@@ -264,10 +279,28 @@ func (w *tunWriter) Close() error { return nil }
 // Close deletes the device (it is not persistent). It is safe to call
 // twice.
 func (t *Device) Close() error {
-	if err := t.file.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+	if err := t.file.Close(); err != nil {
+		if errors.Is(err, os.ErrClosed) {
+			return nil // closed before, lock and all
+		}
 		return fmt.Errorf("tun: close TUN %s: %w", t.name, err)
 	}
+	unix.Close(t.lock)
 	return nil
+}
+
+// removeVethNamed deletes a veth pair called name, if there is one.
+func removeVethNamed(name string) error {
+	if _, err := net.InterfaceByName(name); err != nil {
+		return nil // nothing of that name: no rtnetlink socket needed
+	}
+	c, err := netlink.Dial(unix.NETLINK_ROUTE, nil)
+	if err != nil {
+		return fmt.Errorf("tun: rtnetlink: %w", err)
+	}
+	defer c.Close()
+	_, err = removeVeth(c, name)
+	return err
 }
 
 func readSysctl(path string) (string, error) {

@@ -1,11 +1,14 @@
 package tun
 
 import (
+	"bytes"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"unsafe"
 
 	"github.com/mdlayher/netlink"
@@ -32,6 +35,7 @@ type Veth struct {
 	// deletes the pair there, whichever namespace its caller's thread is
 	// in. nil once closed.
 	conn *netlink.Conn
+	lock int // the name's lock (see lockName), held until Close
 }
 
 // vethMTU is both ends' MTU, the largest a veth device takes
@@ -56,21 +60,41 @@ func TxName(name string) string { return name[:min(len(name), unix.IFNAMSIZ-4)] 
 // daemon that was killed is deleted first; any other device of that name
 // is an error.
 func OpenVeth(name string, addr netip.Addr) (*Veth, error) {
-	if name == "" || len(name) >= unix.IFNAMSIZ {
-		return nil, fmt.Errorf("tun: veth name %q is empty or longer than %d bytes", name, unix.IFNAMSIZ-1)
+	if name == "" || len(name) >= unix.IFNAMSIZ || strings.ContainsAny(name, "%/ ") {
+		return nil, fmt.Errorf("tun: veth name %q is empty, longer than %d bytes or holds %%, / or a space", name, unix.IFNAMSIZ-1)
+	}
+	lock, err := lockName(name)
+	if err != nil {
+		return nil, err
 	}
 	c, err := netlink.Dial(unix.NETLINK_ROUTE, nil)
 	if err != nil {
+		unix.Close(lock)
 		return nil, fmt.Errorf("tun: rtnetlink: %w", err)
 	}
-	v := &Veth{name: name, txName: TxName(name), conn: c}
-	if err := removeStaleVeth(c, name); err != nil {
+	v := &Veth{name: name, txName: TxName(name), conn: c, lock: lock}
+	fail := func(err error) (*Veth, error) {
 		c.Close()
+		unix.Close(lock)
 		return nil, err
 	}
-	if err := createVeth(c, v.txName, name); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("tun: create veth pair %s/%s (needs CAP_NET_ADMIN): %w", name, v.txName, err)
+	if err := removeStaleVeth(c, name); err != nil {
+		return fail(err)
+	}
+	// Addresses of our own choosing: the kernel marks them set by the
+	// user, and udev (MACAddressPolicy=persistent) leaves them alone. A
+	// random address the kernel picked could be replaced after we read
+	// it, and every frame to the old one would be dropped unseen.
+	var macs [2][6]byte
+	for i := range macs {
+		if _, err := rand.Read(macs[i][:]); err != nil {
+			return fail(err)
+		}
+		macs[i][0] = macs[i][0]&^1 | 2 // unicast, locally administered
+	}
+	v.mac = macs[1]
+	if err := createVeth(c, v.txName, name, macs[0], macs[1]); err != nil {
+		return fail(fmt.Errorf("tun: create veth pair %s/%s (needs CAP_NET_ADMIN): %w", name, v.txName, err))
 	}
 	if err := v.setup(addr); err != nil {
 		v.Close()
@@ -89,10 +113,9 @@ func (v *Veth) setup(addr netip.Addr) error {
 		return fmt.Errorf("tun: veth %s: %w", v.txName, err)
 	}
 	v.index, v.tx = rx.Index, tx.Index
-	if len(rx.HardwareAddr) != 6 {
-		return fmt.Errorf("tun: veth %s has no Ethernet address", v.name)
+	if !bytes.Equal(rx.HardwareAddr, v.mac[:]) {
+		return fmt.Errorf("tun: veth %s has address %v, not the %v it was created with", v.name, rx.HardwareAddr, net.HardwareAddr(v.mac[:]))
 	}
-	copy(v.mac[:], rx.HardwareAddr)
 	// The -tx end sends frames only to its peer: no IPv6 link-local
 	// address, so no DAD, router solicitation or MLD report arrives on
 	// the receiving end.
@@ -113,21 +136,34 @@ func (v *Veth) setup(addr netip.Addr) error {
 // removeStaleVeth deletes the device called name if it is a veth pair's
 // end, and refuses any other device of that name.
 func removeStaleVeth(c *netlink.Conn, name string) error {
-	ifi, err := net.InterfaceByName(name)
+	kind, err := removeVeth(c, name)
 	if err != nil {
-		return nil // no such device
+		return err
 	}
-	kind, err := linkKind(c, ifi.Index)
-	if err != nil {
-		return fmt.Errorf("tun: %s exists, and its kind is unknown: %w", name, err)
-	}
-	if kind != "veth" {
+	if kind != "" && kind != "veth" {
 		return fmt.Errorf("tun: a device named %s exists and is no veth (%q): choose another --tun-name", name, kind)
 	}
-	if err := deleteLink(c, ifi.Index, ""); err != nil {
-		return fmt.Errorf("tun: delete the veth pair %s left by a previous run: %w", name, err)
-	}
 	return nil
+}
+
+// removeVeth deletes the device called name if it is a veth pair's end,
+// and returns its kind ("" if there is no such device). The caller holds
+// the name's lock: no live go-pmtud owns the pair.
+func removeVeth(c *netlink.Conn, name string) (kind string, err error) {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return "", nil // no such device
+	}
+	if kind, err = linkKind(c, ifi.Index); err != nil {
+		return "", fmt.Errorf("tun: %s exists, and its kind is unknown: %w", name, err)
+	}
+	if kind != "veth" {
+		return kind, nil
+	}
+	if err := deleteLink(c, ifi.Index, ""); err != nil {
+		return kind, fmt.Errorf("tun: delete the veth pair %s left by a previous run: %w", name, err)
+	}
+	return kind, nil
 }
 
 // Name returns the name of the end packets arrive on.
@@ -154,6 +190,10 @@ func (v *Veth) Up() error {
 		if ifi.Flags&net.FlagUp == 0 {
 			return fmt.Errorf("veth %s is down", e.name)
 		}
+		if e.index == v.index && !bytes.Equal(ifi.HardwareAddr, v.mac[:]) {
+			// Frames to the old address would arrive as another host's.
+			return fmt.Errorf("veth %s changed its address to %v", e.name, ifi.HardwareAddr)
+		}
 	}
 	return nil
 }
@@ -167,6 +207,7 @@ func (v *Veth) Close() error {
 	}
 	v.conn = nil
 	defer c.Close()
+	defer unix.Close(v.lock) // after the pair is gone
 	// By index once set up: a device that took the name since is not ours.
 	err := deleteLink(c, v.index, v.name)
 	if err != nil && !errors.Is(err, unix.ENODEV) {
@@ -182,7 +223,7 @@ const vethQueue = 256
 // VethWriter injects packets through a Veth from one goroutine, in
 // batches: Queue takes packets, Flush sends them in one sendmmsg on an
 // AF_PACKET socket of its own. It allocates nothing after
-// NewWriter.
+// Writer.
 type VethWriter struct {
 	fd   int
 	dst  [2]unix.RawSockaddrLinklayer // to the receiving end: IPv4, IPv6
@@ -270,9 +311,10 @@ func (w *VethWriter) Flush() (queued, failed int, err error) {
 func (w *VethWriter) Close() error { return unix.Close(w.fd) }
 
 // createVeth sends RTM_NEWLINK for a veth pair: tx and its peer rx.
-func createVeth(c *netlink.Conn, tx, rx string) error {
+func createVeth(c *netlink.Conn, tx, rx string, txMAC, rxMAC [6]byte) error {
 	peer := netlink.NewAttributeEncoder()
 	peer.String(unix.IFLA_IFNAME, rx)
+	peer.Bytes(unix.IFLA_ADDRESS, rxMAC[:])
 	peer.Uint32(unix.IFLA_MTU, vethMTU)
 	pb, err := peer.Encode()
 	if err != nil {
@@ -282,6 +324,7 @@ func createVeth(c *netlink.Conn, tx, rx string) error {
 	peerData := append(make([]byte, unix.SizeofIfInfomsg), pb...)
 	ae := netlink.NewAttributeEncoder()
 	ae.String(unix.IFLA_IFNAME, tx)
+	ae.Bytes(unix.IFLA_ADDRESS, txMAC[:])
 	ae.Uint32(unix.IFLA_MTU, vethMTU)
 	ae.Nested(unix.IFLA_LINKINFO, func(ae *netlink.AttributeEncoder) error {
 		ae.String(unix.IFLA_INFO_KIND, "veth")
@@ -369,4 +412,25 @@ func ifinfomsg(index int) []byte {
 	hdr[0] = unix.AF_UNSPEC
 	binary.NativeEndian.PutUint32(hdr[4:8], uint32(index))
 	return hdr
+}
+
+// lockName takes the lock on device name for this network namespace: an
+// abstract unix socket bound to "go-pmtud/dev/" + name. Abstract sockets
+// belong to a network namespace, so a second go-pmtud on the node (a pod
+// started before the old one has stopped) finds it taken instead of
+// deleting a device in use; the kernel releases it when the process dies,
+// however it dies. The caller closes the descriptor to release it.
+func lockName(name string) (int, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("tun: lock %s: %w", name, err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: "@go-pmtud/dev/" + name}); err != nil {
+		unix.Close(fd)
+		if errors.Is(err, unix.EADDRINUSE) {
+			return -1, fmt.Errorf("tun: another go-pmtud in this network namespace owns %s", name)
+		}
+		return -1, fmt.Errorf("tun: lock %s: %w", name, err)
+	}
+	return fd, nil
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/go-pmtud/go-pmtud/bench/netlab"
@@ -153,6 +154,39 @@ func TestVethInjects(t *testing.T) {
 	}
 }
 
+// linkKindOf returns interface index's kind, in the calling thread's
+// namespace.
+func linkKindOf(index int) (string, error) {
+	c, err := netlink.Dial(unix.NETLINK_ROUTE, nil)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	return linkKind(c, index)
+}
+
+// TestVethAddress: the end packets arrive on has the locally administered
+// unicast address the pair was created with (so udev leaves it alone), and
+// Up reports a change of it, after which frames would miss.
+func TestVethAddress(t *testing.T) {
+	ns := newNS(t)
+	v := openVeth(t, ns)
+	if v.mac[0]&1 != 0 || v.mac[0]&2 == 0 {
+		t.Errorf("address %v is not unicast and locally administered", net.HardwareAddr(v.mac[:]))
+	}
+	link := ns.MustRun(t, "ip", "link", "show", "pmtud0")
+	if !strings.Contains(link, net.HardwareAddr(v.mac[:]).String()) {
+		t.Errorf("pmtud0 does not have %v:\n%s", net.HardwareAddr(v.mac[:]), link)
+	}
+	if err := ns.Do(v.Up); err != nil {
+		t.Fatal(err)
+	}
+	ns.MustRun(t, "ip", "link", "set", "pmtud0", "address", "02:00:00:00:00:42")
+	if err := ns.Do(v.Up); err == nil || !strings.Contains(err.Error(), "changed its address") {
+		t.Errorf("Up after the address changed: %v, want an error saying so", err)
+	}
+}
+
 // TestVethFull: Queue reports a full writer at its capacity, and a Flush
 // then sends the whole batch.
 func TestVethFull(t *testing.T) {
@@ -170,9 +204,19 @@ func TestVethFull(t *testing.T) {
 	}
 }
 
-// TestOpenVethReplacesLeftover: a pair left by a daemon that never closed
-// it (killed) is replaced; a device of the name that is no veth is not
-// touched, and OpenVeth says so.
+// kill leaves v's pair behind as a killed daemon would: its lock and
+// rtnetlink socket closed (by the kernel, at the process's death), the
+// pair not deleted.
+func kill(v *Veth) {
+	unix.Close(v.lock)
+	v.conn.Close()
+	v.conn = nil
+}
+
+// TestOpenVethReplacesLeftover: a pair left by a daemon that was killed is
+// replaced, by OpenVeth and by Open (a TUN device of the name); a pair a
+// live daemon holds is not, and neither is a device of the name that is no
+// veth: OpenVeth says why.
 func TestOpenVethReplacesLeftover(t *testing.T) {
 	ns := newNS(t)
 	err := ns.Do(func() error {
@@ -180,8 +224,18 @@ func TestOpenVethReplacesLeftover(t *testing.T) {
 		if err != nil {
 			return err
 		}
+		if _, err := OpenVeth("pmtud0", testAddr); err == nil || !strings.Contains(err.Error(), "owns pmtud0") {
+			t.Errorf("OpenVeth over a live daemon's pair: %v, want it to say another go-pmtud owns pmtud0", err)
+		}
+		if _, err := Open("pmtud0", testAddr); err == nil || !strings.Contains(err.Error(), "owns pmtud0") {
+			t.Errorf("Open over a live daemon's pair: %v, want it to say another go-pmtud owns pmtud0", err)
+		}
+		if err := old.Up(); err != nil {
+			t.Errorf("the live pair was harmed: %v", err)
+		}
 		oldIndex := old.Index()
-		v, err := OpenVeth("pmtud0", testAddr) // old is never closed
+		kill(old)
+		v, err := OpenVeth("pmtud0", testAddr)
 		if err != nil {
 			t.Errorf("OpenVeth over a leftover pair: %v", err)
 			return nil
@@ -192,6 +246,16 @@ func TestOpenVethReplacesLeftover(t *testing.T) {
 		}
 		if _, err := net.InterfaceByIndex(oldIndex); err == nil {
 			t.Errorf("the leftover end (index %d) still exists", oldIndex)
+		}
+		kill(v)
+		d, err := Open("pmtud0", testAddr)
+		if err != nil {
+			t.Errorf("Open (TUN) over a leftover pair: %v", err)
+			return nil
+		}
+		defer d.Close()
+		if kind, err := linkKindOf(d.Index()); err != nil || kind != "tun" {
+			t.Errorf("pmtud0 is %q (%v), want a TUN device", kind, err)
 		}
 		return nil
 	})
