@@ -317,7 +317,7 @@ func (s *peerSet) diff(prev *peerSet) (added, removed int) {
 
 // PeerChange says what a SetPeers call changed.
 type PeerChange struct {
-	Added, Removed int // peers that joined and left
+	Added, Removed int // peer addresses that joined and left
 	Peers          int // peers in force now
 }
 
@@ -441,7 +441,7 @@ func (r *Relay) writeTargetMetrics(w io.Writer) {
 // counts it, and one line is logged.
 func (r *Relay) PeerUpdateFailed(err error) {
 	r.m.updError.Inc()
-	r.log.Warn("peer update failed; the peers in force stay", "peers", len(r.set.Load().addrs), "err", err)
+	r.log.Warn("peer update failed; the peers in force stay", "peer_addrs", len(r.set.Load().addrs), "err", err)
 }
 
 // checkPeers reports what makes peers unusable as a peer set.
@@ -491,9 +491,10 @@ func (r *Relay) quiesce(prev *peerSet) {
 	}
 }
 
-// Peers returns the peers that get copies now: the configured or last set
-// without duplicates and without the node's own addresses. The caller must
-// not modify it.
+// Peers returns the peers' addresses in force: the configured or last set
+// without duplicates and without the node's own addresses, both addresses
+// of a dual-stack peer, also those --relay-family leaves unreached. The
+// caller must not modify it.
 func (r *Relay) Peers() []netip.Addr { return r.set.Load().addrs }
 
 // writePeerMetrics writes the per-peer series of the peers in force, so

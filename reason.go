@@ -14,8 +14,9 @@ const (
 	DropFromPeer
 	// DropFromSelf: the outer source is one of the node's own addresses.
 	DropFromSelf
-	// DropFromTUN: the packet arrived on the udp relay's TUN device, so
-	// go-pmtud injected it: a copy, whatever its source address says.
+	// DropFromTUN: the packet arrived on the udp relay's injection device
+	// (the veth end or the TUN device), so go-pmtud injected it: a copy,
+	// whatever its source address says.
 	DropFromTUN
 	// DropDuplicate: this node relayed or injected the same ICMP within the
 	// dedup window; a copy forwarded back to it, or the router repeating.

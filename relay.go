@@ -165,7 +165,7 @@ func newJob() *job {
 // empty reports whether the job holds nothing to send.
 func (j *job) empty() bool { return j.lanes[fam4].empty() && j.lanes[fam6].empty() }
 
-// preparer turns a job's batch into payloads: TUN check, parse, policy,
+// preparer turns a job's batch into payloads: injection-device check, parse, policy,
 // dedup and, for the udp relay, sealing. One goroutine owns each (the
 // sealer's HMAC state is not shared).
 type preparer struct {
@@ -309,6 +309,9 @@ func newRelay(cfg Config, log *slog.Logger, res resources) (*Relay, error) {
 	}
 	if n == 1 && r.workers[0].cpu < 0 {
 		r.inline = r.workers[0]
+		if r.inline.pre == nil { // SplitPeer: the reader's, all peers are its
+			r.inline.pre = r.pre
+		}
 	}
 	if r.reader, err = res.nflog(&r.cfg); err != nil {
 		r.closeWorkers()
@@ -396,6 +399,8 @@ func (w *worker) close() error {
 // outcome per peer. A *transport.Fanout, or a fake in tests.
 type sender interface {
 	SetPeers(peers []netip.Addr) // allocates only for a larger set than any before
+	// Send sends payload i, after heads[i] if heads is not empty, to
+	// every peer.
 	Send(heads, payloads [][]byte)
 	// SendSome sends payload i to the peers bitmap sets[i] names, bit
 	// base+k for peer k.
@@ -697,14 +702,7 @@ func (r *Relay) read(ctx context.Context) error {
 // dispatch hands a job that holds packets to the workers.
 func (r *Relay) dispatch(j *job) {
 	if w := r.inline; w != nil {
-		if w.pre != nil {
-			w.handle(j)
-		} else { // SplitPeer: the reader's preparer, all peers are w's
-			r.pre.prepare(j)
-			if !j.empty() {
-				w.send(j)
-			}
-		}
+		w.handle(j)
 		r.done(j)
 		return
 	}
@@ -770,7 +768,7 @@ func (w *worker) handle(j *job) {
 	}
 }
 
-// prepare fills j.payloads (and j.heads) with what to send for each packet
+// prepare fills j's lanes (payloads, heads) with what to send for each packet
 // of j.batch that passes the checks, and counts the rest. It allocates
 // nothing once the job has seen its largest batch.
 func (p *preparer) prepare(j *job) {
@@ -998,11 +996,11 @@ func (w *worker) send(j *job) {
 			if len(ln.payloads) > 0 {
 				// Packs of one size go out segmented: a message per peer.
 				if s, ok := l.fan.(segmenter); !ok || w.r.cfg.Envelope != 3 || !s.SendSegments(ln.heads[t], ln.payloads) {
-					l.fan.Send(headsOf(ln.heads[t]), ln.payloads)
+					l.fan.Send(ln.heads[t], ln.payloads)
 				}
 			}
 			if len(ln.somePayloads) > 0 {
-				l.fan.SendSome(headsOf(ln.someHeads[t]), ln.somePayloads, ln.someSets, l.base)
+				l.fan.SendSome(ln.someHeads[t], ln.somePayloads, ln.someSets, l.base)
 			}
 			w.account(l)
 		}
@@ -1013,14 +1011,6 @@ func (w *worker) send(j *job) {
 // datagrams per peer at once (UDP segmentation offload).
 type segmenter interface {
 	SendSegments(heads, payloads [][]byte) bool
-}
-
-// headsOf returns heads, or nil for none: payloads without headers.
-func headsOf(heads [][]byte) [][]byte {
-	if len(heads) == 0 {
-		return nil
-	}
-	return heads
 }
 
 // account moves a leg's tally into the metrics.

@@ -62,7 +62,7 @@ func (s *fakeSender) Send(heads, payloads [][]byte) {
 	for i, p := range payloads {
 		for k, a := range s.peers {
 			var d []byte
-			if heads != nil {
+			if len(heads) > 0 {
 				d = append(d, heads[i]...)
 			}
 			s.copies = append(s.copies, copyTo{peer: a, datagram: append(d, p...), peerIndex: k})
@@ -78,7 +78,7 @@ func (s *fakeSender) SendSome(heads, payloads [][]byte, sets [][]uint64, base in
 				continue
 			}
 			var d []byte
-			if heads != nil {
+			if len(heads) > 0 {
 				d = append(d, heads[i]...)
 			}
 			s.copies = append(s.copies, copyTo{peer: a, datagram: append(d, p...), peerIndex: k})

@@ -199,6 +199,7 @@ func (rv *receiver) run() error {
 			continue
 		}
 		rv.stamp(time.Now())
+		got := 0 // datagrams, a coalesced read's each counted
 		for i := range n {
 			src, d, truncated := rv.in.Datagram(i)
 			// A sender's segmented send may arrive whole (UDP_GRO): its
@@ -208,13 +209,14 @@ func (rv *receiver) run() error {
 				seg = len(d)
 			}
 			for off := 0; off < len(d) || off == 0; off += seg {
-				rv.r.m.relayRecv.Inc()
+				got++
 				rv.count(rv.handleFrom(src, d[off:min(off+seg, len(d))], truncated))
 				if seg == 0 {
 					break
 				}
 			}
 		}
+		rv.r.m.relayRecv.Add(got)
 		// The queued packets are views into the batch's buffers: inject
 		// them before the next Read.
 		rv.flush()

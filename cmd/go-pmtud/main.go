@@ -108,7 +108,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		log.Info("--ignore-networks is empty: only ICMPs from peers and own addresses are recognised as copies")
 	}
 	log.Info("go-pmtud started", "node", c.NodeName, "relay", c.Mode, "source", c.Source,
-		"peer_source", src.name, "peers", len(relay.Peers()), "nflog_group", c.NFLOG.Group, "ttl", c.TTL, "workers", max(c.Workers, 1), "cpus", c.CPUs, "ignore_networks", c.IgnoreNetworks)
+		"peer_source", src.name, "peer_addrs", len(relay.Peers()), "nflog_group", c.NFLOG.Group, "ttl", c.TTL, "workers", max(c.Workers, 1), "cpus", c.CPUs, "ignore_networks", c.IgnoreNetworks)
 	if len(relay.Peers()) <= 32 {
 		log.Info("peers", "addrs", relay.Peers())
 	}

@@ -286,8 +286,8 @@ func bindAddr(fd int, a netip.Addr, port int) error {
 	return unix.Bind(fd, &unix.SockaddrInet4{Addr: a.As4(), Port: port})
 }
 
-// segment is the one destination of a broadcast L2 Fanout: the
-// interface's segment.
+// segment is the one destination of a broadcast L2 Fanout (the
+// interface's segment) and of NewL2To's.
 var segment = []netip.Addr{{}}
 
 // l2Dest is what an L2 Fanout sends to.
@@ -333,6 +333,19 @@ func NewL2(ifindex int, resolve func(netip.Addr) ([6]byte, bool)) (*Fanout, erro
 		return nil, fmt.Errorf("transport: AF_PACKET socket: %w", err)
 	}
 	return newFanout(fd, "l2", nil, 0, 1, &l2Dest{ifindex: int32(ifindex), resolve: resolve})
+}
+
+// NewL2To is NewL2 to a single destination, the link-layer address mac on
+// interface ifindex (a veth pair's other end): each payload goes in one
+// unicast frame, and the Tally has one entry. SetPeers must not be
+// called.
+func NewL2To(ifindex int, mac [6]byte) (*Fanout, error) {
+	f, err := NewL2(ifindex, func(netip.Addr) ([6]byte, bool) { return mac, true })
+	if err != nil {
+		return nil, err
+	}
+	f.SetPeers(segment)
+	return f, nil
 }
 
 // newFanout takes ownership of the blocking socket fd and prepares messages
@@ -445,7 +458,7 @@ func (f *Fanout) Tally() *Tally { return &f.tally }
 func (f *Fanout) StopRetries(stopping *atomic.Bool) { f.stopping = stopping }
 
 // Send sends every payload, preceded by its header when the Fanout has two
-// parts (heads[i] goes with payloads[i]; heads is nil otherwise), to every
+// parts (heads[i] goes with payloads[i]; heads is ignored otherwise), to every
 // peer. It blocks while the socket buffer is full and allocates nothing.
 // Outcomes are added to the Tally.
 func (f *Fanout) Send(heads, payloads [][]byte) {
@@ -470,7 +483,7 @@ func (f *Fanout) Send(heads, payloads [][]byte) {
 		f.sendmmsg()
 		f.account(g)
 		payloads = payloads[g:]
-		if heads != nil {
+		if f.parts == 2 { // heads are used, and sliced, only then
 			heads = heads[g:]
 		}
 	}

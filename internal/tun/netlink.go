@@ -1,7 +1,6 @@
 package tun
 
 import (
-	"encoding/binary"
 	"fmt"
 
 	"github.com/mdlayher/netlink"
@@ -37,11 +36,6 @@ func setLink(index int, attrs func(ae *netlink.AttributeEncoder)) error {
 		return fmt.Errorf("rtnetlink: %w", err)
 	}
 	defer c.Close()
-	// struct ifinfomsg (include/uapi/linux/rtnetlink.h): family, pad,
-	// type, index, flags, change.
-	hdr := make([]byte, unix.SizeofIfInfomsg)
-	hdr[0] = unix.AF_UNSPEC
-	binary.NativeEndian.PutUint32(hdr[4:8], uint32(index))
 	ae := netlink.NewAttributeEncoder()
 	attrs(ae)
 	b, err := ae.Encode()
@@ -50,7 +44,7 @@ func setLink(index int, attrs func(ae *netlink.AttributeEncoder)) error {
 	}
 	_, err = c.Execute(netlink.Message{
 		Header: netlink.Header{Type: unix.RTM_SETLINK, Flags: netlink.Request | netlink.Acknowledge},
-		Data:   append(hdr, b...),
+		Data:   append(ifinfomsg(index), b...),
 	})
 	return err
 }

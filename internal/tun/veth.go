@@ -9,9 +9,10 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"unsafe"
 
 	"github.com/mdlayher/netlink"
+
+	"github.com/go-pmtud/go-pmtud/internal/transport"
 	"golang.org/x/sys/unix"
 )
 
@@ -221,15 +222,12 @@ func (v *Veth) Close() error {
 const vethQueue = 256
 
 // VethWriter injects packets through a Veth from one goroutine, in
-// batches: Queue takes packets, Flush sends them in one sendmmsg on an
-// AF_PACKET socket of its own. It allocates nothing after
-// Writer.
+// batches: Queue takes packets, Flush sends them as frames to the
+// receiving end in sendmmsg calls, through a transport.Fanout of its own
+// (an AF_PACKET socket). It allocates nothing after Writer.
 type VethWriter struct {
-	fd   int
-	dst  [2]unix.RawSockaddrLinklayer // to the receiving end: IPv4, IPv6
-	iovs []unix.Iovec
-	msgs []unix.Mmsghdr
-	n    int // packets queued
+	fan  *transport.Fanout
+	pkts [][]byte // queued, up to vethQueue
 }
 
 // Writer returns a VethWriter with a socket of its own, for one
@@ -239,76 +237,45 @@ func (v *Veth) Writer() (Writer, error) {
 	if ifi, err := net.InterfaceByIndex(v.tx); err != nil || ifi.Name != v.txName {
 		return nil, fmt.Errorf("tun: veth %s is not interface %d here: Writer called outside the pair's network namespace, or the pair is gone", v.txName, v.tx)
 	}
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	fan, err := transport.NewL2To(v.tx, v.mac)
 	if err != nil {
-		return nil, fmt.Errorf("tun: AF_PACKET socket for veth %s (needs CAP_NET_RAW): %w", v.txName, err)
+		return nil, fmt.Errorf("tun: veth %s (needs CAP_NET_RAW): %w", v.txName, err)
 	}
-	w := &VethWriter{fd: fd, iovs: make([]unix.Iovec, vethQueue), msgs: make([]unix.Mmsghdr, vethQueue)}
-	for i, proto := range [2]uint16{unix.ETH_P_IP, unix.ETH_P_IPV6} {
-		a := &w.dst[i]
-		a.Family = unix.AF_PACKET
-		// sll_protocol is in network byte order.
-		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&a.Protocol))[:], proto)
-		a.Ifindex = int32(v.tx)
-		a.Halen = 6
-		copy(a.Addr[:6], v.mac[:])
-	}
-	for i := range w.msgs {
-		h := &w.msgs[i].Hdr
-		h.Iov = &w.iovs[i]
-		h.Iovlen = 1
-		h.Namelen = unix.SizeofSockaddrLinklayer
-	}
-	return w, nil
+	return &VethWriter{fan: fan, pkts: make([][]byte, 0, vethQueue)}, nil
 }
 
 // Queue adds pkt, an IPv4 or IPv6 packet, to the batch; pkt must stay
 // unchanged until the next Flush. It reports whether the batch is full:
-// the caller must Flush before it queues more.
+// the caller should Flush before it queues more (a batch grows past
+// vethQueue, allocating, rather than lose a packet).
 func (w *VethWriter) Queue(pkt []byte) (full bool) {
-	if len(pkt) == 0 {
-		return w.n == len(w.msgs)
+	if len(pkt) > 0 { // an empty packet has no version to frame it by
+		w.pkts = append(w.pkts, pkt)
 	}
-	h := &w.msgs[w.n].Hdr
-	fam := 0
-	if pkt[0]>>4 == 6 {
-		fam = 1
-	}
-	h.Name = (*byte)(unsafe.Pointer(&w.dst[fam]))
-	w.iovs[w.n].Base = &pkt[0]
-	w.iovs[w.n].SetLen(len(pkt))
-	w.n++
-	return w.n == len(w.msgs)
+	return len(w.pkts) >= vethQueue
 }
 
-// Flush sends the queued packets with sendmmsg, resuming after partial
-// sends and skipping a packet the kernel refuses, and empties the batch.
-// It returns how many packets were queued, how many of them failed, and
-// the first error.
+// Flush sends the queued packets (Fanout.Send: sendmmsg, resuming after
+// partial sends, retrying a full device queue, skipping a packet the
+// kernel refuses) and empties the batch. It returns how many packets were
+// queued, how many of them failed, and the last error.
 func (w *VethWriter) Flush() (queued, failed int, err error) {
-	queued = w.n
-	for off := 0; off < w.n; {
-		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(w.fd),
-			uintptr(unsafe.Pointer(&w.msgs[off])), uintptr(w.n-off), 0, 0, 0)
-		switch {
-		case errno == 0:
-			off += int(n)
-		case errno == unix.EINTR:
-		default:
-			// The message at off failed: skip it.
-			if err == nil {
-				err = fmt.Errorf("tun: sendmmsg: %w", errno)
-			}
-			off++
-			failed++
-		}
+	queued = len(w.pkts)
+	if queued == 0 {
+		return 0, 0, nil
 	}
-	w.n = 0
+	t := w.fan.Tally()
+	before := t.Errors[0]
+	w.fan.Send(nil, w.pkts)
+	w.pkts = w.pkts[:0]
+	if failed = int(t.Errors[0] - before); failed > 0 {
+		err = fmt.Errorf("tun: sendmmsg: %w", t.LastErrno)
+	}
 	return queued, failed, err
 }
 
 // Close closes the writer's socket.
-func (w *VethWriter) Close() error { return unix.Close(w.fd) }
+func (w *VethWriter) Close() error { return w.fan.Close() }
 
 // createVeth sends RTM_NEWLINK for a veth pair: tx and its peer rx.
 func createVeth(c *netlink.Conn, tx, rx string, txMAC, rxMAC [6]byte) error {
@@ -405,8 +372,9 @@ func linkKind(c *netlink.Conn, index int) (string, error) {
 	return "", fmt.Errorf("no answer for interface %d", index)
 }
 
-// ifinfomsg returns a struct ifinfomsg (include/uapi/linux/rtnetlink.h)
-// for interface index: family AF_UNSPEC, the rest zero.
+// ifinfomsg returns a struct ifinfomsg (include/uapi/linux/rtnetlink.h:
+// family, pad, type, index, flags, change) for interface index: family
+// AF_UNSPEC, the rest zero.
 func ifinfomsg(index int) []byte {
 	hdr := make([]byte, unix.SizeofIfInfomsg)
 	hdr[0] = unix.AF_UNSPEC
